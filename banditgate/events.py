@@ -1,0 +1,97 @@
+"""Event schemas and their Redis stream encodings.
+
+The decisions stream holds batches: one entry per router flush, `n` decisions
+as one orjson array. One XADD per batch instead of per decision keeps the
+router's logging cost at a few microseconds a request (see BENCHMARKS.md).
+Reward and joined streams hold one event per entry.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, NotRequired, TypedDict
+
+import orjson
+
+
+class Decision(TypedDict):
+    event_id: str
+    experiment: str
+    ts_ms: int
+    policy_version: int
+    mode: str
+    context: dict[str, Any]
+    arms: list[str]
+    pmf: list[float]
+    chosen: str
+    forced: bool
+    status: int
+    latency_ms: float
+    action_features: NotRequired[list[dict[str, Any]]]
+    error: NotRequired[str]
+    shadow: NotRequired[list[dict[str, Any]]]
+
+
+class Reward(TypedDict):
+    event_id: str
+    value: float
+    ts_ms: int
+
+
+class Joined(TypedDict):
+    decision: Decision
+    reward: float
+    rewarded: bool
+    n_rewards: int
+    joined_ts_ms: int
+
+
+def new_event_id() -> str:
+    """A random uuid4 string (RFC 4122 layout, without the uuid module's overhead)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def decision_batch_fields(decisions: list[Decision]) -> dict[str, bytes | int]:
+    return {"n": len(decisions), "b": orjson.dumps(decisions)}
+
+
+def decode_decision_batch(fields: dict[bytes, bytes]) -> list[Decision]:
+    decisions: list[Decision] = orjson.loads(fields[b"b"])
+    return decisions
+
+
+EVENT_INDEX_BUCKET_MS = 300_000
+
+
+def event_index_bucket(ts_ms: int) -> int:
+    return ts_ms // EVENT_INDEX_BUCKET_MS
+
+
+def reward_fields(reward: Reward) -> dict[str, bytes | str | int | float]:
+    return {"id": reward["event_id"], "v": repr(float(reward["value"])), "ts": reward["ts_ms"]}
+
+
+def decode_reward(fields: dict[bytes, bytes]) -> Reward:
+    return {
+        "event_id": fields[b"id"].decode(),
+        "value": float(fields[b"v"]),
+        "ts_ms": int(fields[b"ts"]),
+    }
+
+
+def decode_joined(fields: dict[bytes, bytes]) -> Joined:
+    return {
+        "decision": orjson.loads(fields[b"d"]),
+        "reward": float(fields[b"r"]),
+        "rewarded": fields[b"rw"] == b"1",
+        "n_rewards": int(fields[b"n"]),
+        "joined_ts_ms": int(fields[b"jt"]),
+    }
+
+
+def chosen_probability(decision: Decision) -> float:
+    return decision["pmf"][decision["arms"].index(decision["chosen"])]

@@ -1,0 +1,124 @@
+"""Every Redis key and channel name. Per-experiment keys carry the name as a cluster hash tag."""
+
+from __future__ import annotations
+
+EXPERIMENTS = "bg:experiments"
+ANNOUNCE_CHANNEL = "bg:announce"
+UNROUTED_REWARDS = "bg:rewards:unrouted"
+
+
+def _tag(experiment: str) -> str:
+    return f"bg:{{{experiment}}}"
+
+
+def spec(experiment: str) -> str:
+    return f"{_tag(experiment)}:spec"
+
+
+def spec_history(experiment: str) -> str:
+    return f"{_tag(experiment)}:spec:history"
+
+
+def weights(experiment: str) -> str:
+    return f"{_tag(experiment)}:weights"
+
+
+def decisions(experiment: str) -> str:
+    return f"{_tag(experiment)}:decisions"
+
+
+def rewards(experiment: str) -> str:
+    return f"{_tag(experiment)}:rewards"
+
+
+def joined(experiment: str) -> str:
+    return f"{_tag(experiment)}:joined"
+
+
+def event_index(bucket: int) -> str:
+    """Event id -> experiment, for rewards that do not name their experiment."""
+    return f"bg:evidx:{bucket}"
+
+
+def policy_seq(experiment: str) -> str:
+    return f"{_tag(experiment)}:policy:seq"
+
+
+def policy_current(experiment: str) -> str:
+    return f"{_tag(experiment)}:policy:current"
+
+
+def policy_versions(experiment: str) -> str:
+    return f"{_tag(experiment)}:policy:versions"
+
+
+def policy_model(experiment: str, version: int) -> str:
+    return f"{_tag(experiment)}:policy:model:{version}"
+
+
+def policy_history(experiment: str) -> str:
+    return f"{_tag(experiment)}:policy:history"
+
+
+def candidates(experiment: str) -> str:
+    return f"{_tag(experiment)}:policy:candidates"
+
+
+def trainer_state(experiment: str) -> str:
+    return f"{_tag(experiment)}:trainer:state"
+
+
+def trainer_lock(experiment: str) -> str:
+    return f"{_tag(experiment)}:trainer:lock"
+
+
+def join_pending(experiment: str) -> str:
+    return f"{_tag(experiment)}:join:pending"
+
+
+def join_deadlines(experiment: str) -> str:
+    return f"{_tag(experiment)}:join:deadlines"
+
+
+def join_rewards(experiment: str) -> str:
+    return f"{_tag(experiment)}:join:rewards"
+
+
+def join_early(experiment: str) -> str:
+    return f"{_tag(experiment)}:join:early"
+
+
+def join_early_deadlines(experiment: str) -> str:
+    return f"{_tag(experiment)}:join:early:deadlines"
+
+
+def join_closed(experiment: str) -> str:
+    return f"{_tag(experiment)}:join:closed"
+
+
+def join_late(experiment: str) -> str:
+    return f"{_tag(experiment)}:join:late"
+
+
+def join_counters(experiment: str) -> str:
+    return f"{_tag(experiment)}:join:counters"
+
+
+def rollout_state(experiment: str) -> str:
+    return f"{_tag(experiment)}:rollout"
+
+
+def rollout_lock(experiment: str) -> str:
+    return f"{_tag(experiment)}:rollout:lock"
+
+
+def arm_stats(experiment: str) -> str:
+    return f"{_tag(experiment)}:armstats"
+
+
+def shadow_results(experiment: str) -> str:
+    return f"{_tag(experiment)}:shadow"
+
+
+def experiment_keys_pattern(experiment: str) -> str:
+    return f"{_tag(experiment)}:*"

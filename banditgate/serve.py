@@ -1,0 +1,179 @@
+"""The composition root: the one module that imports every component and runs them together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from banditgate.redis import EmbeddedRedis, connect, resolve_redis_url
+from banditgate.settings import CoreSettings
+from banditgate.spec import ExperimentSpec
+from banditgate.store import ExperimentStore
+
+log = logging.getLogger(__name__)
+
+
+def configure_logging(level: str | None = None) -> None:
+    logging.basicConfig(
+        level=(level or os.environ.get("BANDITGATE_LOG_LEVEL", "INFO")).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+async def apply_specs(url: str, specs: Sequence[ExperimentSpec], reason: str = "serve -f") -> None:
+    redis = connect(url)
+    try:
+        store = ExperimentStore(redis)
+        for spec in specs:
+            entry = await store.put(spec, reason=reason)
+            if entry.get("unchanged"):
+                log.info("experiment %s unchanged (spec version %s)", spec.name, entry["version"])
+            else:
+                log.info("experiment %s applied (spec version %s)", spec.name, entry["version"])
+    finally:
+        await redis.aclose()
+
+
+def create_serve_app(*, redis: Any = None, with_ingest: bool = True, with_control: bool = True) -> Any:
+    """Router, reward webhook and control plane on one port (the uvicorn worker's app).
+
+    The data plane is plain ASGI; every other route lives in one FastAPI app that
+    the router falls back to. Each package contributes `build(settings, redis=) ->
+    (APIRouter, component)`, the component having `startup()` and `shutdown()`.
+    """
+    from fastapi import FastAPI
+
+    from router.app import create_app as create_router
+    from router.settings import RouterSettings
+
+    fallback = FastAPI(title="banditgate", version=_version())
+    install_error_handlers(fallback)
+    components: list[Any] = []
+    if with_ingest:
+        from reward_ingest.app import build as build_ingest
+        from reward_ingest.settings import IngestSettings
+
+        routes, component = build_ingest(IngestSettings(), redis=redis)
+        fallback.include_router(routes)
+        components.append(component)
+    if with_control:
+        from experiments.app import build as build_control
+        from experiments.settings import ControlSettings
+
+        routes, component = build_control(ControlSettings(), redis=redis)
+        fallback.include_router(routes)
+        components.append(component)
+    return create_router(RouterSettings(), redis=redis, fallback=fallback, components=components)
+
+
+def install_error_handlers(app: Any) -> None:
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import ORJSONResponse
+
+    from banditgate.errors import BanditgateError
+
+    async def banditgate_error(request: Any, exc: BanditgateError) -> ORJSONResponse:
+        return ORJSONResponse(exc.to_dict(), status_code=exc.status)
+
+    async def validation_error(request: Any, exc: RequestValidationError) -> ORJSONResponse:
+        problems = []
+        for error in exc.errors():
+            loc = [str(part) for part in error.get("loc", ()) if part not in ("body",)]
+            problems.append({"field": ".".join(loc) or "body", "reason": error.get("msg", "")})
+        first = problems[0] if problems else {"field": "body", "reason": "invalid"}
+        body = {
+            "error": {
+                "type": "InvalidInput",
+                "message": "; ".join(f"{p['field']}: {p['reason']}" for p in problems),
+                "field": first["field"],
+                "problems": problems,
+            }
+        }
+        return ORJSONResponse(body, status_code=422)
+
+    app.add_exception_handler(BanditgateError, banditgate_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("banditgate")
+    except PackageNotFoundError:
+        return "0"
+
+
+def run_background(settings: CoreSettings) -> None:
+    """Joiner, trainer and rollout controller in this process (until SIGTERM/SIGINT)."""
+    from banditgate.workers import run_workers
+
+    asyncio.run(run_workers(settings.redis_url or ""))
+
+
+def spawn_background() -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "banditgate.cli", "background"], env=os.environ.copy())
+
+
+def serve(
+    specs: Sequence[ExperimentSpec],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    workers: int = 1,
+    background: bool = True,
+    settings: CoreSettings | None = None,
+) -> None:
+    settings = settings or CoreSettings()
+    url, embedded = resolve_redis_url(settings)
+    helper: subprocess.Popen[bytes] | None = None
+    try:
+        asyncio.run(apply_specs(url, specs))
+        if background:
+            helper = spawn_background()
+        uvicorn.run(
+            "banditgate.serve:create_serve_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=15,
+        )
+    finally:
+        stop_process(helper)
+        close_embedded(embedded)
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 20.0) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def close_embedded(embedded: EmbeddedRedis | None) -> None:
+    if embedded is not None:
+        embedded.close()
+
+
+def data_path(settings: CoreSettings, *parts: str) -> Path:
+    path = settings.data_dir.joinpath(*parts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,411 @@
+"""The experiment spec: what users write in YAML or JSON, validated with pydantic."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import orjson
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from banditgate.errors import InvalidSpec
+from banditgate.pointers import PointerError, parse_pointer
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+ARM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+
+Mode = Literal["bandit", "ab", "canary", "bluegreen", "shadow"]
+Protocol = Literal["sagemaker", "v2", "http"]
+FeatureValue = str | int | float | bool
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Arm(_Strict):
+    name: Annotated[str, Field(pattern=ARM_NAME_PATTERN)]
+    url: str
+    protocol: Protocol = "http"
+    model: str | None = Field(default=None, description="Model name for the v2 protocol.")
+    path: str | None = Field(default=None, description="Request path for sagemaker/http.")
+    features: dict[str, FeatureValue] = Field(default_factory=dict)
+    weight: float | None = Field(default=None, ge=0)
+    timeout_s: float | None = Field(default=None, gt=0, le=600)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        return value
+
+    @property
+    def model_name(self) -> str:
+        return self.model or self.name
+
+
+class ContextSpec(_Strict):
+    body: list[str] = Field(default_factory=list)
+    headers: list[str] = Field(default_factory=list)
+    text: str | None = None
+
+    @field_validator("body")
+    @classmethod
+    def _pointers(cls, value: list[str]) -> list[str]:
+        for pointer in value:
+            try:
+                parse_pointer(pointer)
+            except PointerError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_pointer(value)
+            except PointerError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: list[str]) -> list[str]:
+        return [h.lower() for h in value]
+
+
+class Exploration(_Strict):
+    type: Literal["epsilon", "cover", "bag", "softmax", "squarecb"] = "epsilon"
+    epsilon: float = Field(default=0.02, ge=0, le=1)
+    n: int = Field(default=3, ge=1, le=64, description="Policies for cover and bag.")
+    psi: float = Field(default=0.1, ge=0, description="Cover's disagreement parameter.")
+    lambda_: float = Field(default=10.0, alias="lambda", gt=0, description="Softmax inverse temperature.")
+    gamma_scale: float = Field(default=10.0, gt=0, description="SquareCB's exploration scale.")
+
+
+class UpdateSpec(_Strict):
+    every_events: int = Field(default=200, ge=1)
+    every_s: float = Field(default=5.0, gt=0)
+
+
+class GateSpec(_Strict):
+    min_examples: int = Field(default=100, ge=0)
+    estimator: Literal["ips", "snips", "dr"] = "dr"
+    margin: float = Field(default=0.02, ge=0)
+    enabled: bool = True
+
+
+class PolicySpec(_Strict):
+    learner: Literal["vw", "thompson", "static"] = "vw"
+    exploration: Exploration = Field(default_factory=Exploration)
+    min_arm_share: float = Field(default=0.01, ge=0, lt=1)
+    update: UpdateSpec = Field(default_factory=UpdateSpec)
+    gate: GateSpec = Field(default_factory=GateSpec)
+    weights: dict[str, float] | None = Field(default=None, description="Static learner weights.")
+    interactions: list[str] = Field(default_factory=lambda: ["ca", "ta"])
+    vw_args: str = Field(default="", description="Extra VW arguments, appended as given.")
+
+    @field_validator("interactions")
+    @classmethod
+    def _interactions(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if len(item) < 2 or not set(item) <= set("cta"):
+                raise ValueError(f"{item!r}: interactions combine namespaces c, t and a")
+        return value
+
+    @field_validator("vw_args")
+    @classmethod
+    def _vw_args(cls, value: str) -> str:
+        forbidden = {"-i", "--initial_regressor", "-f", "--final_regressor", "-d", "--data"}
+        for token in value.split():
+            if token in forbidden:
+                raise ValueError(f"{token} is managed by banditgate")
+        return value
+
+
+class RewardSpec(_Strict):
+    window_s: float = Field(default=600.0, gt=0, le=7 * 86400)
+    default: float = 0.0
+    aggregation: Literal["earliest", "sum", "mean", "max", "min"] = "earliest"
+    min: float = 0.0
+    max: float = 1.0
+    backward_window_s: float = Field(default=120.0, ge=0, le=86400)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RewardSpec:
+        for name in ("default", "min", "max"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite")
+        if self.min >= self.max:
+            raise ValueError("min must be below max")
+        if not self.min <= self.default <= self.max:
+            raise ValueError("default must lie within [min, max]")
+        return self
+
+
+class StickySpec(_Strict):
+    header: str | None = None
+    cookie: str | None = None
+    body: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> StickySpec:
+        given = [k for k in ("header", "cookie", "body") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("set exactly one of header, cookie or body")
+        if self.body:
+            try:
+                parse_pointer(self.body)
+            except PointerError as exc:
+                raise ValueError(str(exc)) from None
+        if self.header:
+            self.header = self.header.lower()
+        return self
+
+
+class RuleSpec(_Strict):
+    header: str | None = None
+    body: str | None = None
+    equals: str | None = None
+    in_: list[str] | None = Field(default=None, alias="in")
+    arm: str
+
+    @model_validator(mode="after")
+    def _match(self) -> RuleSpec:
+        if (self.header is None) == (self.body is None):
+            raise ValueError("set exactly one of header or body")
+        if (self.equals is None) == (self.in_ is None):
+            raise ValueError("set exactly one of equals or in")
+        if self.header:
+            self.header = self.header.lower()
+        return self
+
+
+class Guardrails(_Strict):
+    min_samples: int = Field(default=50, ge=1, description="Per arm, per interval.")
+    max_error_rate_delta: float = Field(default=0.02, ge=0, le=1)
+    max_p99_latency_ratio: float = Field(default=1.5, gt=0)
+    max_p99_latency_delta_ms: float = Field(default=50.0, ge=0)
+    min_reward_delta: float | None = Field(default=None, description="Canary minus baseline.")
+    min_reward_samples: int = Field(default=100, ge=1)
+
+
+class AbSpec(_Strict):
+    sticky: StickySpec | None = None
+    rules: list[RuleSpec] = Field(default_factory=list)
+
+
+class CanarySpec(_Strict):
+    baseline: str
+    canary: str
+    steps: list[float] = Field(default_factory=lambda: [5.0, 10.0, 25.0, 50.0, 100.0])
+    interval_s: float = Field(default=60.0, gt=0)
+    guardrails: Guardrails = Field(default_factory=Guardrails)
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("at least one step")
+        for before, after in zip(value, value[1:], strict=False):
+            if after <= before:
+                raise ValueError("steps must increase")
+        if value[0] <= 0 or value[-1] > 100:
+            raise ValueError("steps are percentages in (0, 100]")
+        return value
+
+
+class BlueGreenSpec(_Strict):
+    active: str
+    preview: str
+    bake_s: float = Field(default=300.0, ge=0)
+    termination_wait_s: float = Field(default=600.0, ge=0)
+    guardrails: Guardrails = Field(default_factory=Guardrails)
+
+
+class ShadowSpec(_Strict):
+    primary: str
+    shadows: list[str] = Field(min_length=1)
+    percent: float = Field(default=100.0, ge=0, le=100)
+    compare_bodies: bool = False
+
+
+class ExperimentSpec(_Strict):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    mode: Mode = "bandit"
+    arms: list[Arm] = Field(min_length=1)
+    context: ContextSpec = Field(default_factory=ContextSpec)
+    policy: PolicySpec = Field(default_factory=PolicySpec)
+    reward: RewardSpec = Field(default_factory=RewardSpec)
+    ab: AbSpec | None = None
+    canary: CanarySpec | None = None
+    bluegreen: BlueGreenSpec | None = None
+    shadow: ShadowSpec | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentSpec:
+        names = [arm.name for arm in self.arms]
+        seen: set[str] = set()
+        for index, name in enumerate(names):
+            if name in seen:
+                raise _FieldError(("arms", index, "name"), f"duplicate arm name {name!r}")
+            seen.add(name)
+        known = set(names)
+
+        def check_arm(path: tuple[str | int, ...], name: str) -> None:
+            if name not in known:
+                raise _FieldError(path, f"unknown arm {name!r}; arms are {sorted(known)}")
+
+        share = self.policy.min_arm_share
+        if share * len(self.arms) > 1:
+            raise _FieldError(
+                ("policy", "min_arm_share"),
+                f"{share} x {len(self.arms)} arms exceeds 1",
+            )
+        if self.policy.weights is not None:
+            for name in self.policy.weights:
+                check_arm(("policy", "weights", name), name)
+            _check_weights(("policy", "weights"), self.policy.weights)
+        if self.policy.learner == "static" and self.policy.weights is None and self.mode == "bandit":
+            if all(arm.weight is None for arm in self.arms):
+                raise _FieldError(("policy", "weights"), "the static learner needs weights")
+        if any(arm.weight is not None for arm in self.arms):
+            _check_weights(("arms",), {arm.name: arm.weight or 0.0 for arm in self.arms})
+        if self.ab is not None:
+            for index, rule in enumerate(self.ab.rules):
+                check_arm(("ab", "rules", index, "arm"), rule.arm)
+        required = {"canary": self.canary, "bluegreen": self.bluegreen, "shadow": self.shadow}
+        if self.mode in required and required[self.mode] is None:
+            raise _FieldError((self.mode,), f"mode {self.mode!r} needs a {self.mode!r} section")
+        if self.canary is not None:
+            check_arm(("canary", "baseline"), self.canary.baseline)
+            check_arm(("canary", "canary"), self.canary.canary)
+            if self.canary.baseline == self.canary.canary:
+                raise _FieldError(("canary", "canary"), "canary and baseline must differ")
+        if self.bluegreen is not None:
+            check_arm(("bluegreen", "active"), self.bluegreen.active)
+            check_arm(("bluegreen", "preview"), self.bluegreen.preview)
+            if self.bluegreen.active == self.bluegreen.preview:
+                raise _FieldError(("bluegreen", "preview"), "preview and active must differ")
+        if self.shadow is not None:
+            check_arm(("shadow", "primary"), self.shadow.primary)
+            for index, name in enumerate(self.shadow.shadows):
+                check_arm(("shadow", "shadows", index), name)
+                if name == self.shadow.primary:
+                    raise _FieldError(("shadow", "shadows", index), "a shadow cannot be the primary")
+        return self
+
+    @property
+    def arm_names(self) -> list[str]:
+        return [arm.name for arm in self.arms]
+
+    def arm(self, name: str) -> Arm | None:
+        for arm in self.arms:
+            if arm.name == name:
+                return arm
+        return None
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
+def _check_weights(path: tuple[str | int, ...], weights: dict[str, float]) -> None:
+    total = 0.0
+    for name, weight in weights.items():
+        if not math.isfinite(weight) or weight < 0:
+            raise _FieldError((*path, name), "weights are finite and non-negative")
+        total += weight
+    if total <= 0:
+        raise _FieldError(path, "weights must add up to a positive number")
+
+
+class _FieldError(ValueError):
+    """Raised inside validators to report a precise field path."""
+
+    def __init__(self, path: tuple[str | int, ...], reason: str) -> None:
+        super().__init__(reason)
+        self.path = path
+        self.reason = reason
+
+
+def format_path(path: tuple[str | int, ...] | list[str | int]) -> str:
+    out = ""
+    for step in path:
+        if isinstance(step, int):
+            out += f"[{step}]"
+        else:
+            out += f".{step}" if out else str(step)
+    return out or "(root)"
+
+
+def spec_problems(exc: ValidationError) -> list[dict[str, str]]:
+    problems = []
+    for error in exc.errors():
+        location: list[str | int] = [s for s in error["loc"] if isinstance(s, str | int)]
+        reason = error["msg"]
+        ctx_error = (error.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _FieldError):
+            location = [*location, *ctx_error.path]
+            reason = ctx_error.reason
+        elif reason.startswith("Value error, "):
+            reason = reason[len("Value error, ") :]
+        problems.append({"field": format_path(location), "reason": reason})
+    return problems
+
+
+def parse_spec(data: Any) -> ExperimentSpec:
+    if not isinstance(data, dict):
+        raise InvalidSpec("an experiment spec is a mapping", field="(root)")
+    try:
+        return ExperimentSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = spec_problems(exc)
+        message = "; ".join(f"{p['field']}: {p['reason']}" for p in problems)
+        error = InvalidSpec(f"invalid experiment spec: {message}", field=problems[0]["field"])
+        error.problems = problems  # type: ignore[attr-defined]
+        raise error from None
+
+
+def load_specs(path: str | Path) -> list[ExperimentSpec]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InvalidSpec(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        if path.suffix == ".json":
+            documents = [orjson.loads(text)]
+        else:
+            documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    except (yaml.YAMLError, orjson.JSONDecodeError) as exc:
+        raise InvalidSpec(f"{path}: not valid YAML/JSON: {exc}") from None
+    specs: list[ExperimentSpec] = []
+    for document in documents:
+        items = document if isinstance(document, list) else [document]
+        for item in items:
+            try:
+                specs.append(parse_spec(item))
+            except InvalidSpec as exc:
+                raise InvalidSpec(f"{path}: {exc.message}", field=exc.field) from None
+    if not specs:
+        raise InvalidSpec(f"{path}: no experiment spec in file")
+    return specs

@@ -1,0 +1,145 @@
+"""Experiment specs and traffic overrides, kept in Redis and announced on change."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from banditgate import keys
+from banditgate.announce import message
+from banditgate.errors import UnknownExperiment
+from banditgate.redis import Redis
+from banditgate.spec import ExperimentSpec, parse_spec
+
+
+def spec_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[dict[str, Any]]:
+    """Field-level differences between two spec documents."""
+    if old is None:
+        return [{"path": "(root)", "op": "create"}]
+    changes: list[dict[str, Any]] = []
+
+    def walk(path: str, a: Any, b: Any) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b), key=str):
+                child = f"{path}.{key}" if path else str(key)
+                if key not in a:
+                    changes.append({"path": child, "op": "add", "new": b[key]})
+                elif key not in b:
+                    changes.append({"path": child, "op": "remove", "old": a[key]})
+                else:
+                    walk(child, a[key], b[key])
+        elif isinstance(a, list) and isinstance(b, list) and path == "arms":
+            old_arms = {arm.get("name"): arm for arm in a if isinstance(arm, dict)}
+            new_arms = {arm.get("name"): arm for arm in b if isinstance(arm, dict)}
+            for name in new_arms.keys() - old_arms.keys():
+                changes.append({"path": f"arms[{name}]", "op": "add", "new": new_arms[name]})
+            for name in old_arms.keys() - new_arms.keys():
+                changes.append({"path": f"arms[{name}]", "op": "remove", "old": old_arms[name]})
+            for name in old_arms.keys() & new_arms.keys():
+                walk(f"arms[{name}]", old_arms[name], new_arms[name])
+        elif a != b:
+            changes.append({"path": path, "op": "replace", "old": a, "new": b})
+
+    walk("", old, new)
+    return changes
+
+
+class ExperimentStore:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def names(self) -> list[str]:
+        members = await self.redis.smembers(keys.EXPERIMENTS)
+        return sorted(m.decode() for m in members)
+
+    async def get(self, name: str) -> ExperimentSpec:
+        raw = await self.redis.get(keys.spec(name))
+        if raw is None:
+            raise UnknownExperiment(name)
+        return parse_spec(orjson.loads(raw))
+
+    async def find(self, name: str) -> ExperimentSpec | None:
+        raw = await self.redis.get(keys.spec(name))
+        return parse_spec(orjson.loads(raw)) if raw is not None else None
+
+    async def all(self) -> dict[str, ExperimentSpec]:
+        names = await self.names()
+        specs: dict[str, ExperimentSpec] = {}
+        for name in names:
+            spec = await self.find(name)
+            if spec is not None:
+                specs[name] = spec
+        return specs
+
+    async def put(self, spec: ExperimentSpec, *, reason: str = "apply") -> dict[str, Any]:
+        """Create or replace; returns the history entry (version, changes)."""
+        new_doc = orjson.loads(spec.to_json())
+        old_raw = await self.redis.get(keys.spec(spec.name))
+        old_doc = orjson.loads(old_raw) if old_raw is not None else None
+        changes = spec_changes(old_doc, new_doc)
+        version = int(await self.redis.llen(keys.spec_history(spec.name))) + 1
+        entry = {
+            "version": version,
+            "ts_ms": int(time.time() * 1000),
+            "reason": reason,
+            "changes": changes,
+            "spec": new_doc,
+        }
+        if old_doc is not None and not changes:
+            entry["version"] = version - 1
+            entry["unchanged"] = True
+            return entry
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(keys.spec(spec.name), spec.to_json())
+            pipe.sadd(keys.EXPERIMENTS, spec.name)
+            pipe.rpush(keys.spec_history(spec.name), orjson.dumps(entry))
+            pipe.publish(keys.ANNOUNCE_CHANNEL, message(spec.name, "spec", version=version))
+            await pipe.execute()
+        entry["created"] = old_doc is None
+        return entry
+
+    async def history(self, name: str) -> list[dict[str, Any]]:
+        raw = await self.redis.lrange(keys.spec_history(name), 0, -1)
+        return [orjson.loads(item) for item in raw]
+
+    async def delete(self, name: str) -> None:
+        if not await self.redis.exists(keys.spec(name)):
+            raise UnknownExperiment(name)
+        doomed = [key async for key in self.redis.scan_iter(match=keys.experiment_keys_pattern(name))]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.srem(keys.EXPERIMENTS, name)
+            if doomed:
+                pipe.delete(*doomed)
+            pipe.publish(keys.ANNOUNCE_CHANNEL, message(name, "deleted"))
+            await pipe.execute()
+
+    async def set_override(
+        self, name: str, weights: dict[str, float] | None, *, reason: str, **extra: Any
+    ) -> dict[str, Any] | None:
+        """Static weights that take precedence over the mode's own allocation (None clears)."""
+        key = keys.weights(name)
+        if weights is None:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                pipe.publish(keys.ANNOUNCE_CHANNEL, message(name, "weights"))
+                await pipe.execute()
+            return None
+        old = await self.get_override(name)
+        record = {
+            "weights": weights,
+            "reason": reason,
+            "ts_ms": int(time.time() * 1000),
+            "revision": (old or {}).get("revision", 0) + 1,
+            **extra,
+        }
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, orjson.dumps(record))
+            pipe.publish(keys.ANNOUNCE_CHANNEL, message(name, "weights"))
+            await pipe.execute()
+        return record
+
+    async def get_override(self, name: str) -> dict[str, Any] | None:
+        raw = await self.redis.get(keys.weights(name))
+        return orjson.loads(raw) if raw is not None else None

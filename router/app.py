@@ -1,0 +1,331 @@
+"""HTTP for the data plane, as a plain ASGI app: the hot path skips framework validation.
+
+Routes: SageMaker InvokeEndpoint, Open Inference Protocol v2, a pass-through
+proxy, decision-only rank, health. Anything else goes to `fallback` (the
+reward webhook and control plane when composed by `banditgate serve`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Protocol
+
+import orjson
+
+from banditgate.announce import listen
+from banditgate.errors import BanditgateError, MalformedJSON, NotReady, PayloadTooLarge
+from banditgate.redis import Redis, connect
+from banditgate.tasks import TaskGroup
+from router.backends import HttpBackend
+from router.decision_log import DecisionLog
+from router.routing import Invocation, Outcome, Router
+from router.runtime import Runtime
+from router.settings import RouterSettings
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+JSON = b"application/json"
+
+
+class Component(Protocol):
+    async def startup(self) -> None: ...
+    async def shutdown(self) -> None: ...
+
+
+async def send_response(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes | None = JSON,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    out = headers or []
+    if content_type is not None:
+        out.append((b"content-type", content_type))
+    out.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": out})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(
+    send: Send, error: BanditgateError, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = error.to_dict()
+    headers = headers or []
+    event_id = getattr(error, "event_id", None)
+    if event_id is not None:
+        headers.append((b"x-banditgate-event-id", event_id.encode()))
+    variant = getattr(error, "variant", None)
+    if variant is not None:
+        headers.append((b"x-banditgate-variant", variant.encode()))
+    await send_response(send, error.status, orjson.dumps(body), JSON, headers)
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                raise MalformedJSON("Content-Length is not a number", status=400) from None
+            if declared > limit:
+                raise PayloadTooLarge(f"request body of {declared} bytes exceeds {limit} bytes")
+            break
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise asyncio.CancelledError("client disconnected")
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def header_dict(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+class RouterApp:
+    def __init__(
+        self,
+        settings: RouterSettings,
+        *,
+        redis: Redis | None = None,
+        fallback: ASGIApp | None = None,
+        components: list[Component] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._owns_redis = redis is None
+        self.redis: Redis | None = redis
+        self.fallback = fallback
+        self.components = components or []
+        self.backend = HttpBackend(
+            timeout_s=settings.backend_timeout_s,
+            connect_timeout_s=settings.backend_connect_timeout_s,
+            max_connections=settings.backend_max_connections,
+        )
+        self.runtime: Runtime | None = None
+        self.log: DecisionLog | None = None
+        self.router: Router | None = None
+        self.tasks = TaskGroup("router")
+        self.started = False
+
+    async def startup(self) -> None:
+        if self.redis is None:
+            if not self.settings.redis_url:
+                raise RuntimeError("BANDITGATE_REDIS_URL is not set")
+            self.redis = connect(self.settings.redis_url)
+        self.runtime = Runtime(self.redis)
+        self.log = DecisionLog(
+            self.redis,
+            max_batch=self.settings.flush_max_batch,
+            max_buffer=self.settings.log_buffer_max,
+            stream_maxlen=self.settings.stream_maxlen,
+            index_events=self.settings.event_index,
+        )
+        await self.backend.start()
+        self.router = Router(runtime=self.runtime, backend=self.backend, log=self.log)
+        self.log.start()
+        synced = asyncio.Event()
+        self.tasks.spawn(listen(self.redis, self.runtime.on_announcement, ready=synced), "announcements")
+        # Serve only once every experiment's policy is loaded; a later resync is in the background.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(synced.wait(), timeout=30)
+        for component in self.components:
+            await component.startup()
+        self.started = True
+
+    async def shutdown(self) -> None:
+        for component in reversed(self.components):
+            try:
+                await component.shutdown()
+            except Exception:
+                log.exception("component shutdown failed")
+        await self.tasks.cancel_all()
+        if self.log is not None:
+            await self.log.stop()
+        await self.backend.close()
+        if self.redis is not None and self._owns_redis:
+            await self.redis.aclose()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if kind != "http":
+            if self.fallback is not None:
+                await self.fallback(scope, receive, send)
+            return
+        path: str = scope["path"]
+        try:
+            handled = await self._dispatch(path, scope, receive, send)
+        except BanditgateError as error:
+            await send_error(send, error)
+            return
+        if not handled:
+            if self.fallback is not None:
+                await self.fallback(scope, receive, send)
+            else:
+                await send_error(send, BanditgateError(f"no route for {path}", status=404))
+
+    async def _dispatch(self, path: str, scope: Scope, receive: Receive, send: Send) -> bool:
+        parts = path.split("/")
+        method: str = scope["method"]
+        # /endpoints/{experiment}/invocations
+        if len(parts) == 4 and parts[1] == "endpoints" and parts[3] == "invocations":
+            if method != "POST":
+                raise BanditgateError("use POST", status=405)
+            await self._invoke(scope, receive, send, Invocation(parts[2], "sagemaker", b"", {}))
+            return True
+        if parts[1:3] == ["v2", "models"] and len(parts) >= 4:
+            return await self._v2(parts, method, scope, receive, send)
+        if len(parts) >= 3 and parts[1] == "proxy":
+            call = Invocation(
+                parts[2],
+                "http",
+                b"",
+                {},
+                method=method,
+                path="/".join(parts[3:]),
+                query=scope.get("query_string", b"").decode("latin-1"),
+            )
+            await self._invoke(scope, receive, send, call)
+            return True
+        if len(parts) == 5 and parts[1:3] == ["v1", "experiments"] and parts[4] == "rank":
+            if method != "POST":
+                raise BanditgateError("use POST", status=405)
+            await self._rank(parts[3], scope, receive, send)
+            return True
+        if path == "/health/live" or path == "/v2/health/live":
+            await send_response(send, 200, b'{"status":"live"}')
+            return True
+        if path == "/health/ready" or path == "/v2/health/ready":
+            await self._ready(send)
+            return True
+        return False
+
+    async def _v2(self, parts: list[str], method: str, scope: Scope, receive: Receive, send: Send) -> bool:
+        experiment = parts[3]
+        tail = parts[4:]
+        if tail and tail[0] == "versions" and len(tail) >= 2:
+            tail = tail[2:]
+        if tail == ["infer"] and method == "POST":
+            await self._invoke(scope, receive, send, Invocation(experiment, "v2", b"", {}))
+            return True
+        assert self.runtime is not None
+        if tail == ["ready"] and method == "GET":
+            state = self.runtime.get(experiment)
+            await send_response(send, 200, orjson.dumps({"name": state.name, "ready": True}))
+            return True
+        if not tail and method == "GET":
+            state = self.runtime.get(experiment)
+            body = {"name": state.name, "versions": [], "platform": "banditgate", "inputs": [], "outputs": []}
+            await send_response(send, 200, orjson.dumps(body))
+            return True
+        return False
+
+    async def _invoke(self, scope: Scope, receive: Receive, send: Send, call: Invocation) -> None:
+        assert self.router is not None
+        call.body = await read_body(scope, receive, self.settings.max_body_bytes)
+        call.headers = header_dict(scope)
+        try:
+            outcome = await self.router.invoke(call)
+        except BanditgateError as error:
+            extra: list[tuple[bytes, bytes]] = []
+            if call.protocol == "sagemaker":
+                extra.append((b"x-amzn-errortype", error.type.encode()))
+            await send_error(send, error, extra)
+            return
+        await self._send_outcome(send, outcome)
+
+    async def _send_outcome(self, send: Send, outcome: Outcome) -> None:
+        headers = [
+            (b"x-banditgate-event-id", outcome.event_id.encode("latin-1")),
+            (b"x-banditgate-variant", outcome.variant.encode("latin-1")),
+        ]
+        for name, value in outcome.headers:
+            headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+        content_type = outcome.content_type.encode("latin-1") if outcome.content_type else None
+        await send_response(send, outcome.status, outcome.body, content_type, headers)
+
+    async def _rank(self, experiment: str, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self.router is not None
+        body = await read_body(scope, receive, self.settings.max_body_bytes)
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedJSON(f"request body is not valid JSON: {exc}", field="body") from None
+        result = self.router.rank(experiment, payload)
+        headers = [
+            (b"x-banditgate-event-id", result["event_id"].encode("latin-1")),
+            (b"x-banditgate-variant", result["chosen"].encode("latin-1")),
+        ]
+        await send_response(send, 200, orjson.dumps(result), JSON, headers)
+
+    async def _ready(self, send: Send) -> None:
+        problems: list[str] = []
+        if self.redis is None or self.runtime is None or not self.started:
+            raise NotReady("starting")
+        try:
+            await asyncio.wait_for(self.redis.ping(), timeout=1.0)
+            names = await self.runtime.store.names()
+        except Exception as exc:
+            raise NotReady(f"redis unreachable: {exc}") from None
+        missing = [n for n in names if n not in self.runtime.experiments]
+        if missing:
+            problems.append(f"no policy loaded for {missing}")
+        if not self.runtime.ready:
+            problems.append("experiments not synced")
+        if problems:
+            raise NotReady("; ".join(problems))
+        body = {
+            "status": "ready",
+            "experiments": {
+                name: {"policy_version": state.loaded_version, "mode": state.spec.mode}
+                for name, state in self.runtime.experiments.items()
+            },
+        }
+        await send_response(send, 200, orjson.dumps(body))
+
+
+def create_app(
+    settings: RouterSettings | None = None,
+    *,
+    redis: Redis | None = None,
+    fallback: ASGIApp | None = None,
+    components: list[Component] | None = None,
+) -> RouterApp:
+    return RouterApp(settings or RouterSettings(), redis=redis, fallback=fallback, components=components)

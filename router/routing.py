@@ -1,0 +1,317 @@
+"""The data plane, free of HTTP: choose an arm, forward, record the decision."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from banditgate.errors import BackendError, InvalidInput, MalformedJSON, UnknownVariant
+from banditgate.events import Decision, new_event_id
+from banditgate.featurize import ContextFeatures, action_lines, text_features
+from banditgate.policy import ActionSet, apply_floor, sample_index
+from router.allocation import allocate
+from router.backends import Backend, BackendResponse, forward_headers
+from router.decision_log import DecisionLog
+from router.runtime import ExperimentState, Runtime
+
+MAX_EVENT_ID_CHARS = 256
+MAX_RANK_ACTIONS = 1000
+
+SAGEMAKER_PASSTHROUGH = frozenset(
+    {
+        "content-type",
+        "accept",
+        "x-amzn-sagemaker-custom-attributes",
+        "x-amzn-sagemaker-target-model",
+        "x-amzn-sagemaker-session-id",
+        "x-amzn-sagemaker-enable-explanations",
+        "x-amzn-sagemaker-inference-component",
+    }
+)
+# Our own request headers are consumed here, never forwarded.
+_CONTROL_HEADERS = frozenset(
+    {"x-amzn-sagemaker-target-variant", "x-banditgate-variant", "x-banditgate-event-id"}
+)
+
+
+@dataclass
+class Invocation:
+    experiment: str
+    protocol: str  # sagemaker | v2 | http
+    body: bytes
+    headers: Mapping[str, str]  # names lowercased
+    method: str = "POST"
+    path: str = ""  # http protocol: the path after /proxy/{experiment}
+    query: str = ""
+
+
+@dataclass
+class Choice:
+    event_id: str
+    index: int
+    arm: str
+    pmf: list[float]
+    version: int
+    forced: bool
+    context: ContextFeatures
+    actions: ActionSet
+
+
+@dataclass
+class Outcome:
+    status: int
+    body: bytes
+    content_type: str | None
+    event_id: str
+    variant: str
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def check_event_id(event_id: str, field_name: str) -> str:
+    if not event_id or len(event_id) > MAX_EVENT_ID_CHARS or not event_id.isprintable():
+        raise InvalidInput(
+            f"{field_name}: an event id is 1 to {MAX_EVENT_ID_CHARS} printable characters",
+            status=400,
+            field=field_name,
+        )
+    return event_id
+
+
+def parse_json(body: bytes, what: str = "request body") -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedJSON(f"{what} is not valid JSON: {exc}", field="body") from None
+
+
+class Router:
+    def __init__(self, *, runtime: Runtime, backend: Backend, log: DecisionLog) -> None:
+        self.runtime = runtime
+        self.backend = backend
+        self.log = log
+
+    def choose(
+        self,
+        state: ExperimentState,
+        context: ContextFeatures,
+        event_id: str,
+        *,
+        target: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: Any = None,
+        actions: ActionSet | None = None,
+    ) -> Choice:
+        actions = actions or state.actions
+        if target is not None:
+            try:
+                index = actions.names.index(target)
+            except ValueError:
+                raise UnknownVariant(
+                    f"unknown target variant {target!r}; variants are {list(actions.names)}",
+                    field="X-Amzn-SageMaker-Target-Variant",
+                ) from None
+            pmf = [0.0] * len(actions.names)
+            pmf[index] = 1.0
+            return Choice(event_id, index, target, pmf, state.loaded_version, True, context, actions)
+        allocation = allocate(state, context, actions, headers or {}, body)
+        pmf = allocation.pmf
+        if allocation.learned and state.spec.policy.min_arm_share > 0:
+            pmf = apply_floor(pmf, state.spec.policy.min_arm_share)
+        index = sample_index(pmf, allocation.seed_key or event_id, allocation.version)
+        return Choice(
+            event_id, index, actions.names[index], pmf, allocation.version, False, context, actions
+        )
+
+    def record(
+        self,
+        state: ExperimentState,
+        choice: Choice,
+        *,
+        status: int,
+        latency_ms: float,
+        error: str | None = None,
+    ) -> Decision:
+        decision: Decision = {
+            "event_id": choice.event_id,
+            "experiment": state.name,
+            "ts_ms": int(time.time() * 1000),
+            "policy_version": choice.version,
+            "mode": state.spec.mode,
+            "context": choice.context,
+            "arms": list(choice.actions.names),
+            "pmf": choice.pmf,
+            "chosen": choice.arm,
+            "forced": choice.forced,
+            "status": status,
+            "latency_ms": round(latency_ms, 3),
+        }
+        if choice.actions.features is not None:
+            decision["action_features"] = list(choice.actions.features)
+        if error is not None:
+            decision["error"] = error
+        self.log.append(decision, state.index_ttl_s)
+        return decision
+
+    def _context(self, state: ExperimentState, call: Invocation) -> tuple[ContextFeatures, Any]:
+        featurizer = state.featurizer
+        if not featurizer.reads_body or not call.body:
+            return featurizer.from_request(None, call.headers), None
+        content_type = call.headers.get("content-type", "application/json")
+        if "json" in content_type:
+            body = parse_json(call.body)
+            return featurizer.from_request(body, call.headers), body
+        if content_type.startswith("text/") and featurizer.text_pointer is not None:
+            text = call.body.decode("utf-8", errors="replace")
+            features = featurizer.from_request(None, call.headers)
+            return {**features, **text_features(text)}, None
+        return featurizer.from_request(None, call.headers), None
+
+    def _event_id(self, call: Invocation, body: Any) -> str:
+        headers = call.headers
+        if call.protocol == "sagemaker":
+            given = headers.get("x-amzn-sagemaker-inference-id")
+            if given is not None:
+                return check_event_id(given, "X-Amzn-SageMaker-Inference-Id")
+        given = headers.get("x-banditgate-event-id")
+        if given is not None:
+            return check_event_id(given, "X-Banditgate-Event-Id")
+        if call.protocol == "v2" and isinstance(body, dict) and isinstance(body.get("id"), str):
+            return check_event_id(body["id"], "id")
+        return new_event_id()
+
+    async def invoke(self, call: Invocation) -> Outcome:
+        state = self.runtime.get(call.experiment)
+        headers = call.headers
+        context, body = self._context(state, call)
+        if call.protocol == "v2" and body is None and call.body:
+            body = parse_json(call.body)
+        event_id = self._event_id(call, body)
+        target = headers.get("x-amzn-sagemaker-target-variant") or headers.get("x-banditgate-variant")
+        choice = self.choose(state, context, event_id, target=target, headers=headers, body=body)
+        arm = state.arms[choice.arm]
+        url, out_headers = self._request_for(call, arm.url, arm.path, arm.model_name, event_id)
+        started = time.perf_counter()
+        try:
+            response = await self.backend.send(
+                arm, url, call.body, out_headers, method=call.method
+            )
+        except BackendError as exc:
+            self.record(
+                state,
+                choice,
+                status=exc.status,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                error=exc.message,
+            )
+            exc.event_id = event_id  # type: ignore[attr-defined]
+            exc.variant = choice.arm  # type: ignore[attr-defined]
+            raise
+        self.record(state, choice, status=response.status, latency_ms=response.latency_ms)
+        after_response(state, call, choice, response)
+        return self._outcome(call, choice, response)
+
+    def _request_for(
+        self, call: Invocation, base: str, path: str | None, model: str, event_id: str
+    ) -> tuple[str, dict[str, str]]:
+        headers = call.headers
+        if call.protocol == "sagemaker":
+            out = {k: v for k, v in headers.items() if k in SAGEMAKER_PASSTHROUGH}
+            out["x-amzn-sagemaker-inference-id"] = event_id
+            return f"{base}{path or '/invocations'}", out
+        if call.protocol == "v2":
+            out = {"content-type": headers.get("content-type", "application/json")}
+            return f"{base}/v2/models/{model}/infer", out
+        out = forward_headers(headers, _CONTROL_HEADERS)
+        out["x-banditgate-event-id"] = event_id
+        query = f"?{call.query}" if call.query else ""
+        return f"{base}/{call.path.lstrip('/')}{query}", out
+
+    def _outcome(self, call: Invocation, choice: Choice, response: BackendResponse) -> Outcome:
+        headers: list[tuple[str, str]] = []
+        if call.protocol == "sagemaker":
+            headers.append(("x-amzn-invoked-production-variant", choice.arm))
+            for name, value in response.headers:
+                if name.lower() == "x-amzn-sagemaker-custom-attributes":
+                    headers.append(("x-amzn-sagemaker-custom-attributes", value))
+        elif call.protocol == "http":
+            headers.extend(
+                (k, v) for k, v in response.headers if k.lower() not in ("content-type",)
+            )
+        return Outcome(
+            status=response.status,
+            body=response.body,
+            content_type=response.content_type,
+            event_id=choice.event_id,
+            variant=choice.arm,
+            headers=headers,
+        )
+
+    def rank(self, experiment: str, payload: Any) -> dict[str, Any]:
+        """Decision only: the caller calls the chosen backend itself."""
+        state = self.runtime.get(experiment)
+        if not isinstance(payload, dict):
+            raise InvalidInput("the rank request is a JSON object", field="body")
+        context_in = payload.get("context", {})
+        if not isinstance(context_in, dict):
+            raise InvalidInput("context: must be an object", field="context")
+        event_id = payload.get("event_id")
+        if event_id is None:
+            event_id = new_event_id()
+        elif not isinstance(event_id, str):
+            raise InvalidInput("event_id: must be a string", field="event_id")
+        else:
+            check_event_id(event_id, "event_id")
+        actions = _rank_actions(payload.get("actions"))
+        context = state.featurizer.from_rank(context_in)
+        choice = self.choose(state, context, event_id, actions=actions, body=context_in)
+        self.record(state, choice, status=200, latency_ms=0.0)
+        order = sorted(range(len(choice.pmf)), key=lambda i: (i != choice.index, -choice.pmf[i]))
+        return {
+            "event_id": event_id,
+            "chosen": choice.arm,
+            "ranking": [
+                {"id": choice.actions.names[i], "probability": choice.pmf[i]} for i in order
+            ],
+            "policy_version": choice.version,
+        }
+
+
+def _rank_actions(raw: Any) -> ActionSet | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw:
+        raise InvalidInput("actions: a non-empty list", field="actions")
+    if len(raw) > MAX_RANK_ACTIONS:
+        raise InvalidInput(f"actions: at most {MAX_RANK_ACTIONS}", field="actions")
+    names: list[str] = []
+    features: list[dict[str, Any]] = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict) or "id" not in item:
+            raise InvalidInput(f"actions[{index}]: an object with an id", field=f"actions[{index}]")
+        action_id = item["id"]
+        if not isinstance(action_id, str | int) or isinstance(action_id, bool):
+            raise InvalidInput(f"actions[{index}].id: a string or integer", field=f"actions[{index}].id")
+        name = str(action_id)
+        if not name or len(name) > MAX_EVENT_ID_CHARS:
+            raise InvalidInput(f"actions[{index}].id: 1 to 256 characters", field=f"actions[{index}].id")
+        if name in names:
+            raise InvalidInput(f"actions[{index}].id: duplicate id {name!r}", field=f"actions[{index}].id")
+        feats = item.get("features", {})
+        if not isinstance(feats, dict):
+            raise InvalidInput(
+                f"actions[{index}].features: an object", field=f"actions[{index}].features"
+            )
+        names.append(name)
+        features.append(feats)
+    return ActionSet(tuple(names), tuple(action_lines(names, features)), tuple(features))
+
+
+def after_response(
+    state: ExperimentState, call: Invocation, choice: Choice, response: BackendResponse
+) -> None:
+    """Hook for work that follows a routed response (shadow mirroring)."""
+

@@ -1,0 +1,140 @@
+"""What a router knows about each experiment, kept current from Redis announcements.
+
+A change builds a new state object (models load in a worker thread), then one
+dict assignment swaps it in: requests in flight finish on the state they read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from banditgate.errors import UnknownExperiment
+from banditgate.featurize import Featurizer
+from banditgate.policy import ActionSet, Policy, StaticPolicy, build_policy, default_weights
+from banditgate.redis import Redis
+from banditgate.registry import PolicyRegistry
+from banditgate.spec import Arm, ExperimentSpec
+from banditgate.store import ExperimentStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExperimentState:
+    spec: ExperimentSpec
+    featurizer: Featurizer
+    actions: ActionSet
+    arms: dict[str, Arm]
+    policy: Policy
+    override: dict[str, Any] | None = None
+    static: StaticPolicy | None = None
+    index_ttl_s: int = 3600
+    loaded_version: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def learned(self) -> bool:
+        return self.spec.mode == "bandit" and self.override is None
+
+
+def _static_for(spec: ExperimentSpec, override: dict[str, Any] | None) -> StaticPolicy | None:
+    if override is not None:
+        return StaticPolicy(override["weights"], int(override.get("revision", 0)))
+    if spec.mode == "ab":
+        return StaticPolicy(default_weights(spec), 0)
+    return None
+
+
+def build_state(
+    spec: ExperimentSpec, policy: Policy, version: int, override: dict[str, Any] | None
+) -> ExperimentState:
+    reward = spec.reward
+    return ExperimentState(
+        spec=spec,
+        featurizer=Featurizer(spec.context),
+        actions=ActionSet.from_spec(spec),
+        arms={arm.name: arm for arm in spec.arms},
+        policy=policy,
+        override=override,
+        static=_static_for(spec, override),
+        index_ttl_s=int(reward.window_s + reward.backward_window_s + 600),
+        loaded_version=version,
+    )
+
+
+class Runtime:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.store = ExperimentStore(redis)
+        self.registry = PolicyRegistry(redis)
+        self.experiments: dict[str, ExperimentState] = {}
+        self.synced = asyncio.Event()
+        self.swaps = 0
+        self._lock = asyncio.Lock()
+
+    def get(self, name: str) -> ExperimentState:
+        state = self.experiments.get(name)
+        if state is None:
+            raise UnknownExperiment(name)
+        return state
+
+    @property
+    def ready(self) -> bool:
+        return self.synced.is_set()
+
+    async def sync_all(self) -> None:
+        async with self._lock:
+            names = await self.store.names()
+            for name in names:
+                await self._reload(name, spec_changed=True)
+            for name in list(self.experiments):
+                if name not in names:
+                    self.experiments.pop(name, None)
+        self.synced.set()
+
+    async def on_announcement(self, message: dict[str, Any] | None) -> None:
+        if message is None:
+            await self.sync_all()
+            return
+        name = message.get("experiment")
+        kind = message.get("kind")
+        if not isinstance(name, str):
+            return
+        async with self._lock:
+            try:
+                if kind == "deleted":
+                    self.experiments.pop(name, None)
+                elif kind == "policy":
+                    await self._reload(name, spec_changed=False)
+                else:
+                    await self._reload(name, spec_changed=True)
+            except Exception:
+                log.exception("reloading experiment %s after %s announcement failed", name, kind)
+
+    async def _reload(self, name: str, *, spec_changed: bool) -> None:
+        current = self.experiments.get(name)
+        spec = await self.store.find(name) if spec_changed or current is None else current.spec
+        if spec is None:
+            self.experiments.pop(name, None)
+            return
+        version, model = await self.registry.load_current(name)
+        if version and (await self.registry.get(name, version)).learner != spec.policy.learner:
+            log.warning("experiment %s: policy %d is for another learner; cold start", name, version)
+            version, model = 0, None
+        override = await self.store.get_override(name)
+        same_learner = current is not None and current.spec.policy.learner == spec.policy.learner
+        if current is not None and same_learner and current.loaded_version == version:
+            policy = current.policy
+        else:
+            policy = await asyncio.to_thread(build_policy, spec, model, version)
+            if current is not None:
+                self.swaps += 1
+                log.info("experiment %s: policy %d -> %d", name, current.loaded_version, version)
+        self.experiments[name] = build_state(spec, policy, version, override)
