@@ -20,6 +20,17 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Route traffi
 policy_app = typer.Typer(no_args_is_help=True, help="Policy versions in the registry.")
 app.add_typer(policy_app, name="policy")
 
+
+def _register_package_commands() -> None:
+    """Each package contributes its commands from its own `cli` module."""
+    from experiments.cli import register as register_experiments
+    from reward_ingest.cli import register as register_ingest
+    from trainer.cli import register as register_trainer
+
+    register_ingest(app)
+    register_trainer(app)
+    register_experiments(app)
+
 console = Console()
 err = Console(stderr=True)
 
@@ -225,6 +236,7 @@ def dump_json(path: Path, data: Any) -> None:
 
 
 def main() -> None:
+    _register_package_commands()
     try:
         app()
     except KeyboardInterrupt:

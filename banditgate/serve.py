@@ -48,14 +48,18 @@ def create_serve_app(*, redis: Any = None, with_ingest: bool = True, with_contro
 
     The data plane is plain ASGI; every other route lives in one FastAPI app that
     the router falls back to. Each package contributes `build(settings, redis=) ->
-    (APIRouter, component)`, the component having `startup()` and `shutdown()`.
+    (APIRouter, component)`; the component has `startup()` and `shutdown()` and is
+    reachable from its routes as `request.app.state.<ingest|control>`.
     """
     from fastapi import FastAPI
+    from fastapi.responses import ORJSONResponse
 
     from router.app import create_app as create_router
     from router.settings import RouterSettings
 
-    fallback = FastAPI(title="banditgate", version=_version())
+    from banditgate.http import install_error_handlers
+
+    fallback = FastAPI(title="banditgate", version=_version(), default_response_class=ORJSONResponse)
     install_error_handlers(fallback)
     components: list[Any] = []
     if with_ingest:
@@ -64,6 +68,7 @@ def create_serve_app(*, redis: Any = None, with_ingest: bool = True, with_contro
 
         routes, component = build_ingest(IngestSettings(), redis=redis)
         fallback.include_router(routes)
+        fallback.state.ingest = component
         components.append(component)
     if with_control:
         from experiments.app import build as build_control
@@ -71,37 +76,9 @@ def create_serve_app(*, redis: Any = None, with_ingest: bool = True, with_contro
 
         routes, component = build_control(ControlSettings(), redis=redis)
         fallback.include_router(routes)
+        fallback.state.control = component
         components.append(component)
     return create_router(RouterSettings(), redis=redis, fallback=fallback, components=components)
-
-
-def install_error_handlers(app: Any) -> None:
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import ORJSONResponse
-
-    from banditgate.errors import BanditgateError
-
-    async def banditgate_error(request: Any, exc: BanditgateError) -> ORJSONResponse:
-        return ORJSONResponse(exc.to_dict(), status_code=exc.status)
-
-    async def validation_error(request: Any, exc: RequestValidationError) -> ORJSONResponse:
-        problems = []
-        for error in exc.errors():
-            loc = [str(part) for part in error.get("loc", ()) if part not in ("body",)]
-            problems.append({"field": ".".join(loc) or "body", "reason": error.get("msg", "")})
-        first = problems[0] if problems else {"field": "body", "reason": "invalid"}
-        body = {
-            "error": {
-                "type": "InvalidInput",
-                "message": "; ".join(f"{p['field']}: {p['reason']}" for p in problems),
-                "field": first["field"],
-                "problems": problems,
-            }
-        }
-        return ORJSONResponse(body, status_code=422)
-
-    app.add_exception_handler(BanditgateError, banditgate_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
 
 
 def _version() -> str:

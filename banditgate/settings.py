@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def split_list(value: Any) -> Any:
+    """Environment lists are comma-separated (`a,b`) or JSON (`["a","b"]`)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import orjson
+
+            return orjson.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
 
 
 class CoreSettings(BaseSettings):
@@ -19,3 +32,14 @@ class CoreSettings(BaseSettings):
     stream_maxlen: int = Field(
         default=2_000_000, description="Approximate cap on each experiment's event streams."
     )
+    experiments: Annotated[list[str] | None, NoDecode] = Field(
+        default=None, description="Serve only these experiments (comma-separated; unset: all)."
+    )
+
+    @field_validator("experiments", mode="before")
+    @classmethod
+    def _experiments(cls, value: Any) -> Any:
+        return split_list(value)
+
+    def serves(self, experiment: str) -> bool:
+        return self.experiments is None or experiment in self.experiments

@@ -131,7 +131,7 @@ class RouterApp:
             if not self.settings.redis_url:
                 raise RuntimeError("BANDITGATE_REDIS_URL is not set")
             self.redis = connect(self.settings.redis_url)
-        self.runtime = Runtime(self.redis)
+        self.runtime = Runtime(self.redis, only=self.settings.experiments)
         self.log = DecisionLog(
             self.redis,
             max_batch=self.settings.flush_max_batch,
@@ -304,7 +304,7 @@ class RouterApp:
             names = await self.runtime.store.names()
         except Exception as exc:
             raise NotReady(f"redis unreachable: {exc}") from None
-        missing = [n for n in names if n not in self.runtime.experiments]
+        missing = [n for n in names if self.runtime.serves(n) and n not in self.runtime.experiments]
         if missing:
             problems.append(f"no policy loaded for {missing}")
         if not self.runtime.ready:

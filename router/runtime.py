@@ -70,14 +70,18 @@ def build_state(
 
 
 class Runtime:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, only: list[str] | None = None) -> None:
         self.redis = redis
+        self.only = set(only) if only is not None else None
         self.store = ExperimentStore(redis)
         self.registry = PolicyRegistry(redis)
         self.experiments: dict[str, ExperimentState] = {}
         self.synced = asyncio.Event()
         self.swaps = 0
         self._lock = asyncio.Lock()
+
+    def serves(self, name: str) -> bool:
+        return self.only is None or name in self.only
 
     def get(self, name: str) -> ExperimentState:
         state = self.experiments.get(name)
@@ -91,7 +95,7 @@ class Runtime:
 
     async def sync_all(self) -> None:
         async with self._lock:
-            names = await self.store.names()
+            names = [n for n in await self.store.names() if self.serves(n)]
             for name in names:
                 await self._reload(name, spec_changed=True)
             for name in list(self.experiments):
@@ -105,7 +109,7 @@ class Runtime:
             return
         name = message.get("experiment")
         kind = message.get("kind")
-        if not isinstance(name, str):
+        if not isinstance(name, str) or not self.serves(name):
             return
         async with self._lock:
             try:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import redis as redis_sync
 
 from banditgate.redis import EmbeddedRedis, Redis, connect
 
@@ -15,6 +16,10 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The machine's Redis when BANDITGATE_REDIS_URL is set, else an embedded redis-server."""
     url = os.environ.get("BANDITGATE_REDIS_URL")
     if url:
+        # The suite owns this database: start from empty, as on a fresh embedded server.
+        client = redis_sync.Redis.from_url(url)
+        client.flushdb()
+        client.close()
         yield url
         return
     embedded = EmbeddedRedis(tmp_path_factory.mktemp("redis"))

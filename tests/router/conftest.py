@@ -25,6 +25,7 @@ async def start_router(redis: Redis, redis_url: str) -> AsyncIterator[Callable[.
         store = ExperimentStore(redis)
         for spec in specs:
             await store.put(spec)
+        settings.setdefault("experiments", [spec.name for spec in specs])
         app = create_app(RouterSettings(redis_url=redis_url, **settings))
         url = await stack.enter_async_context(serve_asgi(app))
         return url, app

@@ -1,0 +1,86 @@
+"""HTTP pieces every FastAPI surface shares: the error rendering and bearer-key checks."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from pydantic import SecretStr
+
+from banditgate.errors import BanditgateError, Forbidden, Unauthorized
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """One shape for every error: {"error": {"type", "message", "field"?}}."""
+
+    async def banditgate_error(request: Request, exc: Exception) -> ORJSONResponse:
+        assert isinstance(exc, BanditgateError)
+        return ORJSONResponse(exc.to_dict(), status_code=exc.status)
+
+    async def validation_error(request: Request, exc: Exception) -> ORJSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        problems = []
+        for error in exc.errors():
+            loc = [str(part) for part in error.get("loc", ()) if part != "body"]
+            problems.append({"field": ".".join(loc) or "body", "reason": error.get("msg", "")})
+        first = problems[0] if problems else {"field": "body", "reason": "invalid"}
+        body = {
+            "error": {
+                "type": "InvalidInput",
+                "message": "; ".join(f"{p['field']}: {p['reason']}" for p in problems),
+                "field": first["field"],
+                "problems": problems,
+            }
+        }
+        return ORJSONResponse(body, status_code=422)
+
+    app.add_exception_handler(BanditgateError, banditgate_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+
+
+def load_keys(keys: Iterable[SecretStr], keys_file: Path | None) -> list[bytes]:
+    found = [key.get_secret_value().encode() for key in keys if key.get_secret_value()]
+    if keys_file is not None:
+        for line in keys_file.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                found.append(line.encode())
+    return found
+
+
+class BearerKeys:
+    """Checks `Authorization: Bearer <key>` in constant time; no keys configured means open."""
+
+    def __init__(self, keys: list[bytes], realm: str) -> None:
+        self.keys = keys
+        self.realm = realm
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys)
+
+    def check(self, authorization: str | None, *, forbidden_on_wrong: bool = True) -> None:
+        if not self.keys:
+            return
+        if not authorization:
+            raise Unauthorized(f"{self.realm}: missing Authorization: Bearer <key>")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized(f"{self.realm}: Authorization must be 'Bearer <key>'")
+        presented = token.strip().encode()
+        matched = False
+        for key in self.keys:
+            matched |= hmac.compare_digest(presented, key)
+        if not matched:
+            if forbidden_on_wrong:
+                raise Forbidden(f"{self.realm}: the key is not valid")
+            raise Unauthorized(f"{self.realm}: the key is not valid")
+
+
+def error_body(error: BanditgateError) -> dict[str, Any]:
+    return error.to_dict()

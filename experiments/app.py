@@ -1,0 +1,53 @@
+"""The control plane's HTTP surface: experiments API, rollouts, stats, dashboards, metrics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import ORJSONResponse
+
+from banditgate.http import install_error_handlers
+from banditgate.redis import Redis
+from experiments.service import ControlService
+from experiments.settings import ControlSettings
+
+
+def build(settings: ControlSettings, *, redis: Redis | None = None) -> tuple[APIRouter, ControlService]:
+    """Routes plus the component that owns their state (`app.state.control`)."""
+    service = ControlService(settings, redis=redis)
+    router = APIRouter()
+    for module in _route_modules():
+        router.include_router(module.routes())
+    return router, service
+
+
+def _route_modules() -> list:  # type: ignore[type-arg]
+    modules = []
+    for name in ("experiments.api", "experiments.rollout_api", "experiments.dashboard", "experiments.metrics"):
+        try:
+            modules.append(__import__(name, fromlist=["routes"]))
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+    return modules
+
+
+def create_control_app(settings: ControlSettings | None = None, *, redis: Redis | None = None) -> FastAPI:
+    """The control plane alone (`banditgate control`)."""
+    routes, service = build(settings or ControlSettings(), redis=redis)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.startup()
+        try:
+            yield
+        finally:
+            await service.shutdown()
+
+    app = FastAPI(title="banditgate control plane", lifespan=lifespan, default_response_class=ORJSONResponse)
+    app.state.control = service
+    install_error_handlers(app)
+    app.include_router(routes)
+    return app
