@@ -82,7 +82,7 @@ class BackendError(BanditgateError):
     status = 502
 
 
-class BackendTimeout(BanditgateError):
+class BackendTimeout(BackendError):
     status = 504
 
 

@@ -288,14 +288,18 @@ def validate_model(spec: ExperimentSpec, model: bytes) -> Policy:
 def _check_action_set(spec: ExperimentSpec, policy: VWPolicy) -> None:
     """A model that has learned must know at least one of this experiment's arms."""
     workspace = policy.workspace
-    if workspace.get_weighted_examples() <= 0:
-        return
+    constant = _VW_CONSTANT_HASH & (workspace.num_weights() - 1)
+    if workspace.get_weighted_examples() <= 0 and not _has_weight(workspace, constant):
+        return  # a fresh model knows no arm, and needs to
     namespace = workspace.hash_space("a")
     if not any(_has_weight(workspace, workspace.hash_feature(f"arm{n}", namespace)) for n in spec.arm_names):
         raise InvalidPolicy(
             "the model has learned, but about none of this experiment's arms "
             f"{spec.arm_names}: it was trained on a different action set"
         )
+
+
+_VW_CONSTANT_HASH = 11650396  # VW's index of the implicit Constant feature
 
 
 def _has_weight(workspace: vowpalwabbit.Workspace, index: int) -> bool:

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import aiohttp
+
+from banditgate.registry import PolicyRegistry
+from tests.support import make_spec, run_backend, wait_for
+
+
+async def test_ready_lists_loaded_policies_and_fails_without_redis(start_router, redis, name):
+    async with run_backend() as backend:
+        url, app = await start_router(make_spec(name, [("a", backend.url)], policy={"learner": "thompson"}))
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/health/live") as response:
+                assert response.status == 200
+            async with http.get(f"{url}/health/ready") as response:
+                assert response.status == 200
+                body = await response.json()
+            assert body["experiments"][name] == {"policy_version": 0, "mode": "bandit"}
+
+            await PolicyRegistry(redis).publish(
+                name, b'{"alpha": {"a": 5}, "beta": {"a": 2}}', learner="thompson"
+            )
+            assert app.runtime is not None
+            await wait_for(lambda: _loaded(app, name, 1))
+
+            healthy = app.redis
+            from banditgate.redis import connect
+
+            app.redis = connect("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+            try:
+                async with http.get(f"{url}/health/ready") as response:
+                    assert response.status == 503
+                    error = (await response.json())["error"]
+                    assert error["type"] == "NotReady" and "redis unreachable" in error["message"]
+            finally:
+                await app.redis.aclose()
+                app.redis = healthy
+            async with http.get(f"{url}/health/ready") as response:
+                assert response.status == 200
+
+
+async def _loaded(app, name, version) -> bool:  # type: ignore[no-untyped-def]
+    return app.runtime.experiments[name].loaded_version == version
