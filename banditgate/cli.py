@@ -16,7 +16,9 @@ from banditgate.errors import BanditgateError, InvalidSpec
 from banditgate.settings import CoreSettings
 from banditgate.spec import ExperimentSpec, load_specs
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Route traffic to the model that earns it.")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Route traffic to the model that earns it."
+)
 policy_app = typer.Typer(no_args_is_help=True, help="Policy versions in the registry.")
 app.add_typer(policy_app, name="policy")
 
@@ -30,6 +32,7 @@ def _register_package_commands() -> None:
     register_ingest(app)
     register_trainer(app)
     register_experiments(app)
+
 
 console = Console()
 err = Console(stderr=True)
@@ -88,7 +91,9 @@ def serve(
     host: Host = "127.0.0.1",
     port: Port = 8080,
     workers: Annotated[int, typer.Option(min=1, help="HTTP worker processes on the port.")] = 1,
-    background: Annotated[bool, typer.Option(help="Run joiner, trainer and controller too.")] = True,
+    background: Annotated[
+        bool, typer.Option(help="Run joiner, trainer and controller too.")
+    ] = True,
 ) -> None:
     """Every component in one command: router, reward webhook, joiner, trainer, control plane."""
     from banditgate.serve import configure_logging
@@ -194,7 +199,11 @@ def policy_list(experiment: Annotated[str, typer.Option("--experiment", "-e")]) 
     for record in versions:
         created = dt.datetime.fromtimestamp(record.created_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
         ope = record.ope.get("candidate", {}).get("dr", {}) if record.ope else {}
-        ope_text = f"{ope.get('value', 0):.4f} [{ope.get('lo', 0):.4f}, {ope.get('hi', 0):.4f}]" if ope else ""
+        ope_text = (
+            f"{ope.get('value', 0):.4f} [{ope.get('lo', 0):.4f}, {ope.get('hi', 0):.4f}]"
+            if ope
+            else ""
+        )
         table.add_row(
             str(record.version),
             str(record.parent) if record.parent is not None else "-",

@@ -8,7 +8,9 @@ from typing import Any
 class BanditgateError(Exception):
     status: int = 500
 
-    def __init__(self, message: str, status: int | None = None, *, field: str | None = None) -> None:
+    def __init__(
+        self, message: str, status: int | None = None, *, field: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.field = field

@@ -110,18 +110,23 @@ class VWPolicy:
     def __init__(self, workspace: vowpalwabbit.Workspace, version: int) -> None:
         self.workspace = workspace
         self.version = version
-        self._cache: dict[tuple[str, tuple[str, ...]], list[float]] = {}
+        self._cache: dict[Any, list[float]] = {}
 
     def probabilities(self, context: ContextFeatures, actions: ActionSet) -> list[float]:
-        shared = shared_line(context)
-        key = (shared, actions.lines)
-        pmf = self._cache.get(key)
+        # cb_explore_adf prediction is deterministic for a fixed model, and contexts
+        # repeat (features are bucketed): cache by the features themselves, so a hit
+        # costs one tuple hash and skips building the VW line.
+        try:
+            key: Any = (tuple(context.items()), actions.lines)
+            pmf = self._cache.get(key)
+        except TypeError:  # a list-valued feature: not hashable, not cached
+            key, pmf = None, None
         if pmf is None:
-            # cb_explore_adf prediction is deterministic for a fixed model: cache it.
-            pmf = self.workspace.predict([shared, *actions.lines])
-            if len(self._cache) >= PMF_CACHE_SIZE:
-                self._cache.clear()
-            self._cache[key] = pmf
+            pmf = self.workspace.predict([shared_line(context), *actions.lines])
+            if key is not None:
+                if len(self._cache) >= PMF_CACHE_SIZE:
+                    self._cache.clear()
+                self._cache[key] = pmf
         return pmf
 
     def probabilities_for_lines(self, lines: list[str]) -> list[float]:
@@ -166,7 +171,9 @@ class BetaCounts:
                 {str(k): float(v) for k, v in data["beta"].items()},
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-            raise InvalidPolicy("not a Thompson sampling model (JSON with alpha and beta)") from None
+            raise InvalidPolicy(
+                "not a Thompson sampling model (JSON with alpha and beta)"
+            ) from None
         for value in [*counts.alpha.values(), *counts.beta.values()]:
             if not (math.isfinite(value) and value > 0):
                 raise InvalidPolicy("Beta parameters must be positive and finite")
@@ -292,7 +299,9 @@ def _check_action_set(spec: ExperimentSpec, policy: VWPolicy) -> None:
     if workspace.get_weighted_examples() <= 0 and not _has_weight(workspace, constant):
         return  # a fresh model knows no arm, and needs to
     namespace = workspace.hash_space("a")
-    if not any(_has_weight(workspace, workspace.hash_feature(f"arm{n}", namespace)) for n in spec.arm_names):
+    if not any(
+        _has_weight(workspace, workspace.hash_feature(f"arm{n}", namespace)) for n in spec.arm_names
+    ):
         raise InvalidPolicy(
             "the model has learned, but about none of this experiment's arms "
             f"{spec.arm_names}: it was trained on a different action set"

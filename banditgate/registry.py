@@ -101,7 +101,9 @@ class PolicyRegistry:
     async def model(self, experiment: str, version: int) -> bytes:
         raw = await self.redis.get(keys.policy_model(experiment, version))
         if raw is None:
-            raise UnknownPolicyVersion(f"experiment {experiment!r} has no model for version {version}")
+            raise UnknownPolicyVersion(
+                f"experiment {experiment!r} has no model for version {version}"
+            )
         return bytes(raw)
 
     async def load_current(self, experiment: str) -> tuple[int, bytes | None]:

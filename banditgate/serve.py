@@ -43,7 +43,9 @@ async def apply_specs(url: str, specs: Sequence[ExperimentSpec], reason: str = "
         await redis.aclose()
 
 
-def create_serve_app(*, redis: Any = None, with_ingest: bool = True, with_control: bool = True) -> Any:
+def create_serve_app(
+    *, redis: Any = None, with_ingest: bool = True, with_control: bool = True
+) -> Any:
     """Router, reward webhook and control plane on one port (the uvicorn worker's app).
 
     The data plane is plain ASGI; every other route lives in one FastAPI app that
@@ -59,7 +61,9 @@ def create_serve_app(*, redis: Any = None, with_ingest: bool = True, with_contro
 
     from banditgate.http import install_error_handlers
 
-    fallback = FastAPI(title="banditgate", version=_version(), default_response_class=ORJSONResponse)
+    fallback = FastAPI(
+        title="banditgate", version=_version(), default_response_class=ORJSONResponse
+    )
     install_error_handlers(fallback)
     components: list[Any] = []
     if with_ingest:
@@ -98,7 +102,9 @@ def run_background(settings: CoreSettings) -> None:
 
 
 def spawn_background() -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "banditgate.cli", "background"], env=os.environ.copy())
+    return subprocess.Popen(
+        [sys.executable, "-m", "banditgate.cli", "background"], env=os.environ.copy()
+    )
 
 
 def serve(

@@ -27,7 +27,9 @@ class CoreSettings(BaseSettings):
     redis_url: str | None = Field(
         default=None, description="Redis URL; unset starts an embedded Redis under data_dir."
     )
-    data_dir: Path = Field(default=Path(".banditgate"), description="Local state: embedded Redis, exports.")
+    data_dir: Path = Field(
+        default=Path(".banditgate"), description="Local state: embedded Redis, exports."
+    )
     log_level: str = Field(default="INFO", description="Python logging level.")
     stream_maxlen: int = Field(
         default=2_000_000, description="Approximate cap on each experiment's event streams."

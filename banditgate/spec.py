@@ -97,7 +97,9 @@ class Exploration(_Strict):
     epsilon: float = Field(default=0.02, ge=0, le=1)
     n: int = Field(default=3, ge=1, le=64, description="Policies for cover and bag.")
     psi: float = Field(default=0.1, ge=0, description="Cover's disagreement parameter.")
-    lambda_: float = Field(default=10.0, alias="lambda", gt=0, description="Softmax inverse temperature.")
+    lambda_: float = Field(
+        default=10.0, alias="lambda", gt=0, description="Softmax inverse temperature."
+    )
     gamma_scale: float = Field(default=10.0, gt=0, description="SquareCB's exploration scale.")
 
 
@@ -285,7 +287,11 @@ class ExperimentSpec(_Strict):
             for name in self.policy.weights:
                 check_arm(("policy", "weights", name), name)
             _check_weights(("policy", "weights"), self.policy.weights)
-        if self.policy.learner == "static" and self.policy.weights is None and self.mode == "bandit":
+        if (
+            self.policy.learner == "static"
+            and self.policy.weights is None
+            and self.mode == "bandit"
+        ):
             if all(arm.weight is None for arm in self.arms):
                 raise _FieldError(("policy", "weights"), "the static learner needs weights")
         if any(arm.weight is not None for arm in self.arms):
@@ -311,7 +317,9 @@ class ExperimentSpec(_Strict):
             for index, name in enumerate(self.shadow.shadows):
                 check_arm(("shadow", "shadows", index), name)
                 if name == self.shadow.primary:
-                    raise _FieldError(("shadow", "shadows", index), "a shadow cannot be the primary")
+                    raise _FieldError(
+                        ("shadow", "shadows", index), "a shadow cannot be the primary"
+                    )
         return self
 
     @property

@@ -107,7 +107,9 @@ class ExperimentStore:
     async def delete(self, name: str) -> None:
         if not await self.redis.exists(keys.spec(name)):
             raise UnknownExperiment(name)
-        doomed = [key async for key in self.redis.scan_iter(match=keys.experiment_keys_pattern(name))]
+        doomed = [
+            key async for key in self.redis.scan_iter(match=keys.experiment_keys_pattern(name))
+        ]
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.srem(keys.EXPERIMENTS, name)
             if doomed:

@@ -24,7 +24,9 @@ WORKERS = (
 )
 
 
-async def run_workers(url: str, *, only: set[str] | None = None, stop: asyncio.Event | None = None) -> None:
+async def run_workers(
+    url: str, *, only: set[str] | None = None, stop: asyncio.Event | None = None
+) -> None:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

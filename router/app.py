@@ -135,6 +135,7 @@ class RouterApp:
         self.log = DecisionLog(
             self.redis,
             max_batch=self.settings.flush_max_batch,
+            flush_interval_s=self.settings.flush_interval_s,
             max_buffer=self.settings.log_buffer_max,
             stream_maxlen=self.settings.stream_maxlen,
             index_events=self.settings.event_index,
@@ -143,7 +144,9 @@ class RouterApp:
         self.router = Router(runtime=self.runtime, backend=self.backend, log=self.log)
         self.log.start()
         synced = asyncio.Event()
-        self.tasks.spawn(listen(self.redis, self.runtime.on_announcement, ready=synced), "announcements")
+        self.tasks.spawn(
+            listen(self.redis, self.runtime.on_announcement, ready=synced), "announcements"
+        )
         # Serve only once every experiment's policy is loaded; a later resync is in the background.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(synced.wait(), timeout=30)
@@ -237,7 +240,9 @@ class RouterApp:
             return True
         return False
 
-    async def _v2(self, parts: list[str], method: str, scope: Scope, receive: Receive, send: Send) -> bool:
+    async def _v2(
+        self, parts: list[str], method: str, scope: Scope, receive: Receive, send: Send
+    ) -> bool:
         experiment = parts[3]
         tail = parts[4:]
         if tail and tail[0] == "versions" and len(tail) >= 2:
@@ -252,7 +257,13 @@ class RouterApp:
             return True
         if not tail and method == "GET":
             state = self.runtime.get(experiment)
-            body = {"name": state.name, "versions": [], "platform": "banditgate", "inputs": [], "outputs": []}
+            body = {
+                "name": state.name,
+                "versions": [],
+                "platform": "banditgate",
+                "inputs": [],
+                "outputs": [],
+            }
             await send_response(send, 200, orjson.dumps(body))
             return True
         return False
@@ -275,11 +286,9 @@ class RouterApp:
         headers = [
             (b"x-banditgate-event-id", outcome.event_id.encode("latin-1")),
             (b"x-banditgate-variant", outcome.variant.encode("latin-1")),
+            *outcome.headers,
         ]
-        for name, value in outcome.headers:
-            headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
-        content_type = outcome.content_type.encode("latin-1") if outcome.content_type else None
-        await send_response(send, outcome.status, outcome.body, content_type, headers)
+        await send_response(send, outcome.status, outcome.body, outcome.content_type, headers)
 
     async def _rank(self, experiment: str, scope: Scope, receive: Receive, send: Send) -> None:
         assert self.router is not None
@@ -328,4 +337,6 @@ def create_app(
     fallback: ASGIApp | None = None,
     components: list[Component] | None = None,
 ) -> RouterApp:
-    return RouterApp(settings or RouterSettings(), redis=redis, fallback=fallback, components=components)
+    return RouterApp(
+        settings or RouterSettings(), redis=redis, fallback=fallback, components=components
+    )

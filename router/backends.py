@@ -1,19 +1,17 @@
-"""Forwarding a request to an arm over one shared keep-alive aiohttp session."""
+"""Forwarding a request to an arm over pooled keep-alive connections."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import aiohttp
-
 from banditgate.errors import BackendError, BackendTimeout
 from banditgate.spec import Arm
+from router.http_client import ClientError, ClientTimeout, HttpClient
 
-# Request headers a proxy must not forward (RFC 9110 hop-by-hop, plus ones aiohttp sets).
+# Request headers a proxy must not forward (RFC 9110 hop-by-hop, plus ones the client sets).
 _HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -26,19 +24,31 @@ _HOP_BY_HOP = frozenset(
         "upgrade",
         "host",
         "content-length",
-        "accept-encoding",
+        "expect",
     }
 )
-_RESPONSE_SKIP = _HOP_BY_HOP | {"content-encoding", "date", "server"}
+_RESPONSE_SKIP = frozenset(
+    name.encode() for name in (*_HOP_BY_HOP, "date", "server", "content-type")
+)
 
 
 @dataclass
 class BackendResponse:
     status: int
     body: bytes
-    content_type: str | None
-    headers: list[tuple[str, str]] = field(default_factory=list)
+    content_type: bytes | None
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     latency_ms: float = 0.0
+
+    def passthrough_headers(self) -> list[tuple[bytes, bytes]]:
+        """End-to-end response headers (names lowercased), without content-type."""
+        return [(k.lower(), v) for k, v in self.headers if k.lower() not in _RESPONSE_SKIP]
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if len(key) == len(name) and key.lower() == name:
+                return value
+        return None
 
 
 class Backend(Protocol):
@@ -54,12 +64,14 @@ class Backend(Protocol):
     ) -> BackendResponse: ...
 
 
-def forward_headers(headers: Mapping[str, str], drop: frozenset[str] = frozenset()) -> dict[str, str]:
+def forward_headers(
+    headers: Mapping[str, str], drop: frozenset[str] = frozenset()
+) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k not in _HOP_BY_HOP and k not in drop}
 
 
 class HttpBackend:
-    """The arms' HTTP client: one session, keep-alive, per-call timeouts."""
+    """The arms' HTTP client: pooled keep-alive connections, per-call timeouts."""
 
     def __init__(
         self,
@@ -69,34 +81,13 @@ class HttpBackend:
         max_connections: int = 0,
     ) -> None:
         self.timeout_s = timeout_s
-        self.connect_timeout_s = connect_timeout_s
-        self.max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self.client = HttpClient(connect_timeout_s=connect_timeout_s)
 
     async def start(self) -> None:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self.max_connections,
-                limit_per_host=self.max_connections,
-                keepalive_timeout=30,
-                ttl_dns_cache=60,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
-            )
+        return None
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _timeout(self, seconds: float) -> aiohttp.ClientTimeout:
-        timeout = self._timeouts.get(seconds)
-        if timeout is None:
-            timeout = aiohttp.ClientTimeout(total=seconds, sock_connect=self.connect_timeout_s)
-            self._timeouts[seconds] = timeout
-        return timeout
+        await self.client.close()
 
     async def send(
         self,
@@ -108,28 +99,18 @@ class HttpBackend:
         method: str = "POST",
         timeout_s: float | None = None,
     ) -> BackendResponse:
-        if self._session is None:
-            raise RuntimeError("HttpBackend.start() was not called")
         seconds = timeout_s or arm.timeout_s or self.timeout_s
         started = time.perf_counter()
         try:
-            async with self._session.request(
-                method, url, data=body, headers=dict(headers), timeout=self._timeout(seconds)
-            ) as response:
-                data = await response.read()
-                out_headers = [
-                    (k, v) for k, v in response.headers.items() if k.lower() not in _RESPONSE_SKIP
-                ]
-                return BackendResponse(
-                    status=response.status,
-                    body=data,
-                    content_type=response.headers.get("Content-Type"),
-                    headers=out_headers,
-                    latency_ms=(time.perf_counter() - started) * 1000,
-                )
-        except TimeoutError:
-            raise BackendTimeout(
-                f"arm {arm.name!r} did not answer within {seconds:g}s", status=504
-            ) from None
-        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
-            raise BackendError(f"arm {arm.name!r} failed: {type(exc).__name__}: {exc}") from None
+            response = await self.client.request(method, url, headers, body, timeout_s=seconds)
+        except ClientTimeout:
+            raise BackendTimeout(f"arm {arm.name!r} did not answer within {seconds:g}s") from None
+        except ClientError as exc:
+            raise BackendError(f"arm {arm.name!r} failed: {exc}") from None
+        return BackendResponse(
+            status=response.status,
+            body=response.body,
+            content_type=response.content_type,
+            headers=response.headers,
+            latency_ms=(time.perf_counter() - started) * 1000,
+        )

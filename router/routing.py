@@ -65,10 +65,10 @@ class Choice:
 class Outcome:
     status: int
     body: bytes
-    content_type: str | None
+    content_type: bytes | None
     event_id: str
     variant: str
-    headers: list[tuple[str, str]] = field(default_factory=list)
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
 def check_event_id(event_id: str, field_name: str) -> str:
@@ -116,7 +116,9 @@ class Router:
                 ) from None
             pmf = [0.0] * len(actions.names)
             pmf[index] = 1.0
-            return Choice(event_id, index, target, pmf, state.loaded_version, True, context, actions)
+            return Choice(
+                event_id, index, target, pmf, state.loaded_version, True, context, actions
+            )
         allocation = allocate(state, context, actions, headers or {}, body)
         pmf = allocation.pmf
         if allocation.learned and state.spec.policy.min_arm_share > 0:
@@ -190,15 +192,15 @@ class Router:
         if call.protocol == "v2" and body is None and call.body:
             body = parse_json(call.body)
         event_id = self._event_id(call, body)
-        target = headers.get("x-amzn-sagemaker-target-variant") or headers.get("x-banditgate-variant")
+        target = headers.get("x-amzn-sagemaker-target-variant") or headers.get(
+            "x-banditgate-variant"
+        )
         choice = self.choose(state, context, event_id, target=target, headers=headers, body=body)
         arm = state.arms[choice.arm]
         url, out_headers = self._request_for(call, arm.url, arm.path, arm.model_name, event_id)
         started = time.perf_counter()
         try:
-            response = await self.backend.send(
-                arm, url, call.body, out_headers, method=call.method
-            )
+            response = await self.backend.send(arm, url, call.body, out_headers, method=call.method)
         except BackendError as exc:
             self.record(
                 state,
@@ -231,16 +233,14 @@ class Router:
         return f"{base}/{call.path.lstrip('/')}{query}", out
 
     def _outcome(self, call: Invocation, choice: Choice, response: BackendResponse) -> Outcome:
-        headers: list[tuple[str, str]] = []
+        headers: list[tuple[bytes, bytes]] = []
         if call.protocol == "sagemaker":
-            headers.append(("x-amzn-invoked-production-variant", choice.arm))
-            for name, value in response.headers:
-                if name.lower() == "x-amzn-sagemaker-custom-attributes":
-                    headers.append(("x-amzn-sagemaker-custom-attributes", value))
+            headers.append((b"x-amzn-invoked-production-variant", choice.arm.encode()))
+            custom = response.header(b"x-amzn-sagemaker-custom-attributes")
+            if custom is not None:
+                headers.append((b"x-amzn-sagemaker-custom-attributes", custom))
         elif call.protocol == "http":
-            headers.extend(
-                (k, v) for k, v in response.headers if k.lower() not in ("content-type",)
-            )
+            headers.extend(response.passthrough_headers())
         return Outcome(
             status=response.status,
             body=response.body,
@@ -294,12 +294,18 @@ def _rank_actions(raw: Any) -> ActionSet | None:
             raise InvalidInput(f"actions[{index}]: an object with an id", field=f"actions[{index}]")
         action_id = item["id"]
         if not isinstance(action_id, str | int) or isinstance(action_id, bool):
-            raise InvalidInput(f"actions[{index}].id: a string or integer", field=f"actions[{index}].id")
+            raise InvalidInput(
+                f"actions[{index}].id: a string or integer", field=f"actions[{index}].id"
+            )
         name = str(action_id)
         if not name or len(name) > MAX_EVENT_ID_CHARS:
-            raise InvalidInput(f"actions[{index}].id: 1 to 256 characters", field=f"actions[{index}].id")
+            raise InvalidInput(
+                f"actions[{index}].id: 1 to 256 characters", field=f"actions[{index}].id"
+            )
         if name in names:
-            raise InvalidInput(f"actions[{index}].id: duplicate id {name!r}", field=f"actions[{index}].id")
+            raise InvalidInput(
+                f"actions[{index}].id: duplicate id {name!r}", field=f"actions[{index}].id"
+            )
         feats = item.get("features", {})
         if not isinstance(feats, dict):
             raise InvalidInput(
@@ -314,4 +320,3 @@ def after_response(
     state: ExperimentState, call: Invocation, choice: Choice, response: BackendResponse
 ) -> None:
     """Hook for work that follows a routed response (shadow mirroring)."""
-

@@ -50,12 +50,17 @@ class Backend:
         if request.path.startswith("/v2/models/"):
             payload = {
                 "model_name": request.path.split("/")[3],
-                "outputs": [{"name": "label", "shape": [1], "datatype": "INT64", "data": [self.label]}],
+                "outputs": [
+                    {"name": "label", "shape": [1], "datatype": "INT64", "data": [self.label]}
+                ],
             }
         else:
             payload = {"predicted_label": self.label, "path": request.path}
         return web.Response(
-            status=self.status, body=orjson.dumps(payload), content_type="application/json", headers=headers
+            status=self.status,
+            body=orjson.dumps(payload),
+            content_type="application/json",
+            headers=headers,
         )
 
 
@@ -119,7 +124,9 @@ def make_spec(name: str, arms: list[tuple[str, str]], **overrides: Any) -> Exper
     return parse_spec(doc)
 
 
-async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0, every: float = 0.02) -> None:
+async def wait_for(
+    predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0, every: float = 0.02
+) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         if await predicate():

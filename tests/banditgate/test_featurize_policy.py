@@ -53,7 +53,9 @@ def test_text_features_are_cheap_lexical_signals() -> None:
 
 def test_request_features_from_body_headers_and_text() -> None:
     featurizer = Featurizer(
-        ContextSpec(body=["user.tier", "features[1]", "missing"], headers=["X-Segment"], text="features[0]")
+        ContextSpec(
+            body=["user.tier", "features[1]", "missing"], headers=["X-Segment"], text="features[0]"
+        )
     )
     body = {"user": {"tier": "gold"}, "features": ["nice phone", 3.5]}
     features = featurizer.from_request(body, {"x-segment": "eu", "other": "ignored"})
@@ -66,11 +68,21 @@ def test_request_features_from_body_headers_and_text() -> None:
 
 def test_vw_lines_match_what_vw_json_parser_builds() -> None:
     """The text lines and the DSJSON namespaces hash to the same features."""
-    context = {"user.tier": "gold", "age": 31.0, "h.x-segment": "e u", "t.len": "15", "t.question": True, "t.caps": False}
+    context = {
+        "user.tier": "gold",
+        "age": 31.0,
+        "h.x-segment": "e u",
+        "t.len": "15",
+        "t.question": True,
+        "t.caps": False,
+    }
     text_vw = vowpalwabbit.Workspace("--cb_explore_adf --quiet --audit")
     json_vw = vowpalwabbit.Workspace("--cb_explore_adf --quiet --audit --json")
     lines = example_lines(context, arm_action_lines(SPEC.arms))
-    doc = {**namespaces(context), "_multi": [{"a": action_namespace(a.name, a.features)} for a in SPEC.arms]}
+    doc = {
+        **namespaces(context),
+        "_multi": [{"a": action_namespace(a.name, a.features)} for a in SPEC.arms],
+    }
     import orjson
 
     assert text_vw.predict(lines) == json_vw.predict(orjson.dumps(doc).decode())

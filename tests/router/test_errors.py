@@ -22,15 +22,25 @@ def closed_port_url() -> str:
 
 
 async def post(http, url, body=b'{"features": ["fine"]}', **headers):  # type: ignore[no-untyped-def]
-    async with http.post(url, data=body, headers={"Content-Type": "application/json", **headers}) as r:
+    async with http.post(
+        url, data=body, headers={"Content-Type": "application/json", **headers}
+    ) as r:
         return r.status, await r.read(), r.headers.copy()
 
 
-async def test_every_bad_input_answers_clearly_and_nothing_queued_is_lost(start_router, redis, name):
+async def test_every_bad_input_answers_clearly_and_nothing_queued_is_lost(
+    start_router, redis, name
+):
     slow = Backend(delay_s=2.0)
     async with run_backend() as good, run_backend(slow), run_backend(Backend(status=503)) as broken:
         spec = make_spec(
-            name, [("good", good.url), ("slow", slow.url), ("down", closed_port_url()), ("broken", broken.url)]
+            name,
+            [
+                ("good", good.url),
+                ("slow", slow.url),
+                ("down", closed_port_url()),
+                ("broken", broken.url),
+            ],
         )
         url, app = await start_router(spec, max_body_bytes=1024, backend_timeout_s=0.3)
         invoke = f"{url}/endpoints/{name}/invocations"
@@ -53,22 +63,30 @@ async def test_every_bad_input_answers_clearly_and_nothing_queued_is_lost(start_
             assert status == 413
             assert orjson.loads(body)["error"]["type"] == "PayloadTooLarge"
 
-            status, body, _ = await post(http, invoke, **{"X-Amzn-SageMaker-Target-Variant": "ghost"})
+            status, body, _ = await post(
+                http, invoke, **{"X-Amzn-SageMaker-Target-Variant": "ghost"}
+            )
             assert status == 400
             assert orjson.loads(body)["error"]["type"] == "UnknownVariant"
 
-            status, body, headers = await post(http, invoke, **{"X-Amzn-SageMaker-Target-Variant": "slow"})
+            status, body, headers = await post(
+                http, invoke, **{"X-Amzn-SageMaker-Target-Variant": "slow"}
+            )
             assert status == 504
             assert orjson.loads(body)["error"]["type"] == "BackendTimeout"
             assert headers["X-Banditgate-Variant"] == "slow"
             timeout_event = headers["X-Banditgate-Event-Id"]
 
-            status, body, headers = await post(http, invoke, **{"X-Amzn-SageMaker-Target-Variant": "down"})
+            status, body, headers = await post(
+                http, invoke, **{"X-Amzn-SageMaker-Target-Variant": "down"}
+            )
             assert status == 502
             assert orjson.loads(body)["error"]["type"] == "BackendError"
             refused_event = headers["X-Banditgate-Event-Id"]
 
-            status, body, headers = await post(http, invoke, **{"X-Amzn-SageMaker-Target-Variant": "broken"})
+            status, body, headers = await post(
+                http, invoke, **{"X-Amzn-SageMaker-Target-Variant": "broken"}
+            )
             assert status == 503
             assert orjson.loads(body) == {"predicted_label": 3, "path": "/invocations"}
             broken_event = headers["X-Banditgate-Event-Id"]
@@ -84,7 +102,10 @@ async def test_every_bad_input_answers_clearly_and_nothing_queued_is_lost(start_
     decisions = {d["event_id"]: d for d in await logged_decisions(redis, name)}
     # Rejected before routing: no decision. Routed, whatever the outcome: one decision each.
     assert len(decisions) == 5
-    assert decisions[timeout_event]["status"] == 504 and "did not answer" in decisions[timeout_event]["error"]
+    assert (
+        decisions[timeout_event]["status"] == 504
+        and "did not answer" in decisions[timeout_event]["error"]
+    )
     assert decisions[refused_event]["status"] == 502
     assert decisions[broken_event]["status"] == 503 and "error" not in decisions[broken_event]
     assert app.log is not None and app.log.stats.dropped == 0

@@ -8,7 +8,9 @@ from tests.support import make_spec, run_backend, wait_for
 
 async def test_ready_lists_loaded_policies_and_fails_without_redis(start_router, redis, name):
     async with run_backend() as backend:
-        url, app = await start_router(make_spec(name, [("a", backend.url)], policy={"learner": "thompson"}))
+        url, app = await start_router(
+            make_spec(name, [("a", backend.url)], policy={"learner": "thompson"})
+        )
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{url}/health/live") as response:
                 assert response.status == 200

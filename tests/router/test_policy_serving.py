@@ -7,7 +7,13 @@ import asyncio
 import aiohttp
 
 from banditgate.featurize import arm_action_lines, example_lines
-from banditgate.policy import ActionSet, apply_floor, build_policy, new_workspace, workspace_to_bytes
+from banditgate.policy import (
+    ActionSet,
+    apply_floor,
+    build_policy,
+    new_workspace,
+    workspace_to_bytes,
+)
 from banditgate.registry import PolicyRegistry
 from banditgate.spec import ExperimentSpec
 from tests.router.conftest import logged_decisions
@@ -50,10 +56,14 @@ async def test_every_routed_request_is_logged_once_under_concurrency(start_route
     assert len(decisions) == 2000
     assert sorted(d["event_id"] for d in decisions) == sorted(event_ids)
     assert len(set(event_ids)) == 2000
-    assert app.log is not None and app.log.stats.batches < 2000  # batched, not one write per request
+    assert (
+        app.log is not None and app.log.stats.batches < 2000
+    )  # batched, not one write per request
 
 
-async def test_hot_swap_under_load_drops_nothing_and_logs_the_deciding_version(start_router, redis, name):
+async def test_hot_swap_under_load_drops_nothing_and_logs_the_deciding_version(
+    start_router, redis, name
+):
     async with run_backend(Backend(delay_s=0.05)) as a, run_backend(Backend(delay_s=0.05)) as b:
         spec = make_spec(name, [("a", a.url), ("b", b.url)])
         url, app = await start_router(spec)

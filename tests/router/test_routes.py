@@ -25,7 +25,9 @@ async def test_v2_infer_forwards_to_the_arms_model(start_router, redis, name):
         request = {
             "id": "req-42",
             "parameters": {"segment": "gold"},
-            "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["Terrible. Not good."]}],
+            "inputs": [
+                {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["Terrible. Not good."]}
+            ],
         }
         async with aiohttp.ClientSession() as http:
             async with http.post(f"{url}/v2/models/{name}/infer", json=request) as response:
@@ -54,7 +56,11 @@ async def test_proxy_passes_path_query_body_and_headers(start_router, redis, nam
             async with http.post(
                 f"{url}/proxy/{name}/score/v1?debug=1",
                 data=b"raw,csv,bytes",
-                headers={"Content-Type": "text/csv", "X-Tenant": "acme", "X-Banditgate-Event-Id": "e-1"},
+                headers={
+                    "Content-Type": "text/csv",
+                    "X-Tenant": "acme",
+                    "X-Banditgate-Event-Id": "e-1",
+                },
             ) as response:
                 assert response.status == 200
                 assert response.headers["X-Banditgate-Event-Id"] == "e-1"
@@ -71,7 +77,9 @@ async def test_proxy_passes_path_query_body_and_headers(start_router, redis, nam
 
 async def test_rank_decides_without_forwarding(start_router, redis, name):
     async with run_backend() as backend:
-        spec = spec_with(name, [{"name": "a", "url": backend.url}, {"name": "b", "url": backend.url}])
+        spec = spec_with(
+            name, [{"name": "a", "url": backend.url}, {"name": "b", "url": backend.url}]
+        )
         url, _ = await start_router(spec)
         async with aiohttp.ClientSession() as http:
             async with http.post(
