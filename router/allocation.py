@@ -90,7 +90,9 @@ def allocate(
         return Allocation(static.probabilities(context, actions), static.version, False, key)
     if spec.mode == "bandit":
         policy = state.policy
-        return Allocation(policy.probabilities(context, actions), policy.version, policy.learner != "static")
+        return Allocation(
+            policy.probabilities(context, actions), policy.version, policy.learner != "static"
+        )
     if spec.mode == "canary" and spec.canary is not None:
         return Allocation(one_hot(actions, spec.canary.baseline), 0, False)
     if spec.mode == "bluegreen" and spec.bluegreen is not None:

@@ -143,7 +143,9 @@ class RouterApp:
         self.router = Router(runtime=self.runtime, backend=self.backend, log=self.log)
         self.log.start()
         synced = asyncio.Event()
-        self.tasks.spawn(listen(self.redis, self.runtime.on_announcement, ready=synced), "announcements")
+        self.tasks.spawn(
+            listen(self.redis, self.runtime.on_announcement, ready=synced), "announcements"
+        )
         # Serve only once every experiment's policy is loaded; a later resync is in the background.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(synced.wait(), timeout=30)
@@ -237,7 +239,9 @@ class RouterApp:
             return True
         return False
 
-    async def _v2(self, parts: list[str], method: str, scope: Scope, receive: Receive, send: Send) -> bool:
+    async def _v2(
+        self, parts: list[str], method: str, scope: Scope, receive: Receive, send: Send
+    ) -> bool:
         experiment = parts[3]
         tail = parts[4:]
         if tail and tail[0] == "versions" and len(tail) >= 2:
@@ -252,7 +256,13 @@ class RouterApp:
             return True
         if not tail and method == "GET":
             state = self.runtime.get(experiment)
-            body = {"name": state.name, "versions": [], "platform": "banditgate", "inputs": [], "outputs": []}
+            body = {
+                "name": state.name,
+                "versions": [],
+                "platform": "banditgate",
+                "inputs": [],
+                "outputs": [],
+            }
             await send_response(send, 200, orjson.dumps(body))
             return True
         return False
@@ -328,4 +338,6 @@ def create_app(
     fallback: ASGIApp | None = None,
     components: list[Component] | None = None,
 ) -> RouterApp:
-    return RouterApp(settings or RouterSettings(), redis=redis, fallback=fallback, components=components)
+    return RouterApp(
+        settings or RouterSettings(), redis=redis, fallback=fallback, components=components
+    )

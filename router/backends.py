@@ -54,7 +54,9 @@ class Backend(Protocol):
     ) -> BackendResponse: ...
 
 
-def forward_headers(headers: Mapping[str, str], drop: frozenset[str] = frozenset()) -> dict[str, str]:
+def forward_headers(
+    headers: Mapping[str, str], drop: frozenset[str] = frozenset()
+) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k not in _HOP_BY_HOP and k not in drop}
 
 

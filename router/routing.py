@@ -116,7 +116,9 @@ class Router:
                 ) from None
             pmf = [0.0] * len(actions.names)
             pmf[index] = 1.0
-            return Choice(event_id, index, target, pmf, state.loaded_version, True, context, actions)
+            return Choice(
+                event_id, index, target, pmf, state.loaded_version, True, context, actions
+            )
         allocation = allocate(state, context, actions, headers or {}, body)
         pmf = allocation.pmf
         if allocation.learned and state.spec.policy.min_arm_share > 0:
@@ -190,15 +192,15 @@ class Router:
         if call.protocol == "v2" and body is None and call.body:
             body = parse_json(call.body)
         event_id = self._event_id(call, body)
-        target = headers.get("x-amzn-sagemaker-target-variant") or headers.get("x-banditgate-variant")
+        target = headers.get("x-amzn-sagemaker-target-variant") or headers.get(
+            "x-banditgate-variant"
+        )
         choice = self.choose(state, context, event_id, target=target, headers=headers, body=body)
         arm = state.arms[choice.arm]
         url, out_headers = self._request_for(call, arm.url, arm.path, arm.model_name, event_id)
         started = time.perf_counter()
         try:
-            response = await self.backend.send(
-                arm, url, call.body, out_headers, method=call.method
-            )
+            response = await self.backend.send(arm, url, call.body, out_headers, method=call.method)
         except BackendError as exc:
             self.record(
                 state,
@@ -294,12 +296,18 @@ def _rank_actions(raw: Any) -> ActionSet | None:
             raise InvalidInput(f"actions[{index}]: an object with an id", field=f"actions[{index}]")
         action_id = item["id"]
         if not isinstance(action_id, str | int) or isinstance(action_id, bool):
-            raise InvalidInput(f"actions[{index}].id: a string or integer", field=f"actions[{index}].id")
+            raise InvalidInput(
+                f"actions[{index}].id: a string or integer", field=f"actions[{index}].id"
+            )
         name = str(action_id)
         if not name or len(name) > MAX_EVENT_ID_CHARS:
-            raise InvalidInput(f"actions[{index}].id: 1 to 256 characters", field=f"actions[{index}].id")
+            raise InvalidInput(
+                f"actions[{index}].id: 1 to 256 characters", field=f"actions[{index}].id"
+            )
         if name in names:
-            raise InvalidInput(f"actions[{index}].id: duplicate id {name!r}", field=f"actions[{index}].id")
+            raise InvalidInput(
+                f"actions[{index}].id: duplicate id {name!r}", field=f"actions[{index}].id"
+            )
         feats = item.get("features", {})
         if not isinstance(feats, dict):
             raise InvalidInput(
@@ -314,4 +322,3 @@ def after_response(
     state: ExperimentState, call: Invocation, choice: Choice, response: BackendResponse
 ) -> None:
     """Hook for work that follows a routed response (shadow mirroring)."""
-

@@ -130,7 +130,9 @@ class Runtime:
             return
         version, model = await self.registry.load_current(name)
         if version and (await self.registry.get(name, version)).learner != spec.policy.learner:
-            log.warning("experiment %s: policy %d is for another learner; cold start", name, version)
+            log.warning(
+                "experiment %s: policy %d is for another learner; cold start", name, version
+            )
             version, model = 0, None
         override = await self.store.get_override(name)
         same_learner = current is not None and current.spec.policy.learner == spec.policy.learner

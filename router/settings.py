@@ -6,10 +6,18 @@ from banditgate.settings import CoreSettings
 
 
 class RouterSettings(CoreSettings):
-    max_body_bytes: int = Field(default=6 * 1024 * 1024, description="Largest request body (413 above).")
+    max_body_bytes: int = Field(
+        default=6 * 1024 * 1024, description="Largest request body (413 above)."
+    )
     backend_timeout_s: float = Field(default=60.0, description="Default backend response timeout.")
     backend_connect_timeout_s: float = Field(default=2.0, description="Backend connect timeout.")
-    backend_max_connections: int = Field(default=0, description="Per-host connection cap (0 = none).")
-    flush_max_batch: int = Field(default=2000, description="Most decisions in one Redis stream entry.")
-    log_buffer_max: int = Field(default=500_000, description="Decisions held in memory while Redis is away.")
+    backend_max_connections: int = Field(
+        default=0, description="Per-host connection cap (0 = none)."
+    )
+    flush_max_batch: int = Field(
+        default=2000, description="Most decisions in one Redis stream entry."
+    )
+    log_buffer_max: int = Field(
+        default=500_000, description="Decisions held in memory while Redis is away."
+    )
     event_index: bool = Field(default=True, description="Index event id -> experiment for rewards.")
