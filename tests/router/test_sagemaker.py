@@ -25,7 +25,7 @@ def sagemaker_client(url: str):  # type: ignore[no-untyped-def]
 
 async def test_boto3_invoke_endpoint_unchanged(start_router, redis, name):
     async with run_backend(Backend(label=4)) as one, run_backend(Backend(label=2)) as two:
-        url, app = await start_router(make_spec(name, [("bert-1", one.url), ("bert-2", two.url)]))
+        url, _ = await start_router(make_spec(name, [("bert-1", one.url), ("bert-2", two.url)]))
         client = sagemaker_client(url)
         body = orjson.dumps({"features": ["A great phone, I love it!"]})
 
@@ -75,9 +75,7 @@ async def test_target_variant_pins_the_arm_with_probability_one(start_router, re
 
         def call():  # type: ignore[no-untyped-def]
             return client.invoke_endpoint(
-                EndpointName=name,
-                Body=b'{"features": ["ok"]}',
-                ContentType="application/json",
+                EndpointName=name, Body=b'{"features": ["ok"]}', ContentType="application/json",
                 TargetVariant="bert-2",
             )
 
