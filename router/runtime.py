@@ -17,7 +17,7 @@ from banditgate.policy import ActionSet, Policy, StaticPolicy, build_policy, def
 from banditgate.redis import Redis
 from banditgate.registry import PolicyRegistry
 from banditgate.spec import Arm, ExperimentSpec
-from banditgate.store import ExperimentStore
+from banditgate.store import ExperimentStore, override_applies
 from router.shadow import ShadowPlan
 
 log = logging.getLogger(__name__)
@@ -45,25 +45,6 @@ class ExperimentState:
     @property
     def learned(self) -> bool:
         return self.spec.mode == "bandit" and self.override is None
-
-
-def override_applies(spec: ExperimentSpec, override: dict[str, Any] | None) -> bool:
-    """An override made for one mode (and rollout target) lapses when the spec moves on.
-
-    So switching a canary experiment to `ab` or `bandit` takes effect at once, and a
-    canary's weights never leak onto the next canary's arms. Overrides that name
-    no mode apply in every mode.
-    """
-    if override is None:
-        return False
-    mode = override.get("mode")
-    if mode is not None and mode != spec.mode:
-        return False
-    target = override.get("target")
-    if target is not None and tuple(target) != spec.rollout_target:
-        return False
-    weights = override.get("weights") or {}
-    return sum(max(float(weights.get(name, 0.0)), 0.0) for name in spec.arm_names) > 0
 
 
 def _reads_body(spec: ExperimentSpec) -> bool:

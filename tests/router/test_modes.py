@@ -9,9 +9,9 @@ import pytest
 
 from banditgate.policy import ActionSet, StaticPolicy, sample_index
 from banditgate.spec import parse_spec
-from banditgate.store import ExperimentStore
+from banditgate.store import ExperimentStore, override_applies
 from router.allocation import allocate, sticky_seed
-from router.runtime import build_state, override_applies
+from router.runtime import build_state
 from tests.support import Backend, make_spec, run_backend, wait_for
 from tests.traffic import decision_count, decisions, invoke_many
 

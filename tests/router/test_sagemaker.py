@@ -75,7 +75,9 @@ async def test_target_variant_pins_the_arm_with_probability_one(start_router, re
 
         def call():  # type: ignore[no-untyped-def]
             return client.invoke_endpoint(
-                EndpointName=name, Body=b'{"features": ["ok"]}', ContentType="application/json",
+                EndpointName=name,
+                Body=b'{"features": ["ok"]}',
+                ContentType="application/json",
                 TargetVariant="bert-2",
             )
 
