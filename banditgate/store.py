@@ -65,6 +65,19 @@ def override_applies(spec: ExperimentSpec, override: dict[str, Any] | None) -> b
     return sum(max(float(weights.get(name, 0.0)), 0.0) for name in spec.arm_names) > 0
 
 
+def override_record(
+    previous: dict[str, Any] | None, weights: dict[str, float], *, reason: str, **extra: Any
+) -> dict[str, Any]:
+    """The stored form of a weights override; the revision counts up from the previous one."""
+    return {
+        "weights": weights,
+        "reason": reason,
+        "ts_ms": int(time.time() * 1000),
+        "revision": (previous or {}).get("revision", 0) + 1,
+        **extra,
+    }
+
+
 class ExperimentStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
@@ -148,14 +161,7 @@ class ExperimentStore:
                 pipe.publish(keys.ANNOUNCE_CHANNEL, message(name, "weights"))
                 await pipe.execute()
             return None
-        old = await self.get_override(name)
-        record = {
-            "weights": weights,
-            "reason": reason,
-            "ts_ms": int(time.time() * 1000),
-            "revision": (old or {}).get("revision", 0) + 1,
-            **extra,
-        }
+        record = override_record(await self.get_override(name), weights, reason=reason, **extra)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(key, orjson.dumps(record))
             pipe.publish(keys.ANNOUNCE_CHANNEL, message(name, "weights"))

@@ -83,7 +83,10 @@ class Controller:
     async def run_once(self) -> dict[str, str]:
         """One tick over every rollout experiment: experiment -> its phase, or "locked"."""
         outcome: dict[str, str] = {}
-        for name, spec in (await self.specs.all()).items():
+        specs = await self.specs.all()
+        for name in self.held - specs.keys():  # deleted experiments
+            await self.release(name)
+        for name, spec in specs.items():
             if self.only is not None and name not in self.only:
                 continue
             if Plan.from_spec(spec) is None:

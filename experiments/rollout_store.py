@@ -1,11 +1,12 @@
 """Rollout state in Redis: optimistic transactions, and the weights override that follows it.
 
 The state key is the source of truth for a canary or blue/green experiment; the
-weights override (ExperimentStore.set_override, which every router reloads on
-its announcement) is derived from it. Every change is a WATCH/MULTI transaction
-on the state and the spec, so the controller and manual API calls never lose
-each other's writes. The override is written after the state; if that second
-write is lost, the next controller tick writes it again (level-triggered).
+weights override (the record ExperimentStore.set_override writes, which every
+router reloads on its announcement) is derived from it. Every change is one
+WATCH/MULTI transaction over the state, the spec and the override, so the
+controller and manual API calls never lose each other's writes and the routers
+never see weights the state does not hold. Each controller tick also rewrites
+an override that someone changed behind the rollout's back (level-triggered).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import orjson
 from redis.exceptions import WatchError
 
 from banditgate import keys
-from banditgate.errors import Conflict, InvalidInput
+from banditgate.announce import message
+from banditgate.errors import Conflict, InvalidInput, UnknownExperiment
 from banditgate.policy import default_weights
 from banditgate.redis import Redis
 from banditgate.spec import ExperimentSpec, parse_spec
-from banditgate.store import ExperimentStore, override_applies
+from banditgate.store import ExperimentStore, override_applies, override_record
 from experiments.rollout import (
     HISTORY_LIMIT,
     Action,
@@ -66,63 +68,58 @@ class RolloutStore:
         return RolloutState.from_dict(orjson.loads(raw)) if raw is not None else None
 
     async def update(self, name: str, change: Change) -> tuple[RolloutState | None, ExperimentSpec]:
-        """Apply `change` to the stored state atomically (retried when someone else wrote first)."""
-        state_key, spec_key = keys.rollout_state(name), keys.spec(name)
+        """Apply `change` to the stored state, and the override to match, in one transaction.
+
+        Retried when someone else wrote the state, the spec or the override first.
+        """
+        state_key, spec_key, weights_key = (
+            keys.rollout_state(name),
+            keys.spec(name),
+            keys.weights(name),
+        )
         for _ in range(MAX_ATTEMPTS):
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
-                    await pipe.watch(state_key, spec_key)
+                    await pipe.watch(state_key, spec_key, weights_key)
                     raw_spec = await pipe.get(spec_key)
                     if raw_spec is None:
-                        spec = await self.specs.get(name)  # raises UnknownExperiment
-                    else:
-                        spec = parse_spec(orjson.loads(raw_spec))
+                        raise UnknownExperiment(name)
+                    spec = parse_spec(orjson.loads(raw_spec))
                     raw = await pipe.get(state_key)
                     before = RolloutState.from_dict(orjson.loads(raw)) if raw is not None else None
+                    raw_override = await pipe.get(weights_key)
+                    override = orjson.loads(raw_override) if raw_override is not None else None
                     after = await change(before, spec)
-                    if after is not None and (
+                    changed = after is not None and (
                         before is None or after.to_dict() != before.to_dict()
-                    ):
-                        pipe.multi()
-                        pipe.set(state_key, orjson.dumps(after.to_dict()))
-                        await pipe.execute()
-                    else:
+                    )
+                    desired = desired_override(spec, after)
+                    stale = not isinstance(desired, _Keep) and not _matches(override, desired)
+                    if not (changed or stale):
                         await pipe.unwatch()
+                        return after, spec
+                    pipe.multi()
+                    if changed:
+                        assert after is not None
+                        pipe.set(state_key, orjson.dumps(after.to_dict()))
+                    if stale:
+                        assert after is not None
+                        reason = after.history[-1]["reason"] if after.history else after.message
+                        if desired is None:
+                            pipe.delete(weights_key)
+                        else:
+                            assert isinstance(desired, dict)
+                            weights = desired.pop("weights")
+                            record = override_record(override, weights, reason=reason, **desired)
+                            pipe.set(weights_key, orjson.dumps(record))
+                        pipe.publish(keys.ANNOUNCE_CHANNEL, message(name, "weights"))
+                    await pipe.execute()
                 except WatchError:
                     continue
-            await self.sync_weights(spec, after)
+            if stale:
+                log.info("experiment %s: weights %s (%s)", name, after and after.weights, reason)
             return after, spec
         raise Conflict(f"rollout state of {name!r} kept changing; try again")
-
-    def desired_override(
-        self, spec: ExperimentSpec, state: RolloutState | None
-    ) -> dict[str, Any] | None:
-        plan = Plan.from_spec(spec)
-        if plan is not None:
-            if state is None or not current(state, plan):
-                return None
-            return {"weights": state.weights, "mode": spec.mode, "target": list(plan.target)}
-        return None
-
-    async def sync_weights(self, spec: ExperimentSpec, state: RolloutState | None) -> None:
-        """Make the routers' override match a canary or blue/green rollout's weights."""
-        desired = self.desired_override(spec, state)
-        if desired is None or state is None:
-            return
-        existing = await self.specs.get_override(spec.name)
-        if existing is not None and all(existing.get(k) == v for k, v in desired.items()):
-            return
-        reason = state.history[-1]["reason"] if state.history else state.message
-        await self.specs.set_override(
-            spec.name,
-            desired["weights"],
-            reason=reason,
-            mode=desired["mode"],
-            target=desired["target"],
-            source="rollout",
-            phase=state.phase,
-        )
-        log.info("experiment %s: weights %s (%s)", spec.name, desired["weights"], reason)
 
     async def act(self, name: str, action: Action, *, reason: str | None = None) -> dict[str, Any]:
         now, mark = self.clock(), await self.mark_ms()
@@ -145,22 +142,15 @@ class RolloutStore:
     ) -> dict[str, Any]:
         """Weights by hand (the weights API), in any mode; a rollout in progress pauses."""
         now, mark = self.clock(), await self.mark_ms()
-        shares: dict[str, float] = {}
 
         async def change(state: RolloutState | None, spec: ExperimentSpec) -> RolloutState:
-            shares.clear()
-            shares.update(percentages(_checked(spec, weights)))
+            shares = percentages(_checked(spec, weights))
             plan = Plan.from_spec(spec)
             if plan is not None:
                 state = reconcile(state, plan, now=now, mark_ms=mark)
             return set_weights(state, plan, spec.mode, shares, now=now, reason=reason)
 
         state, spec = await self.update(name, change)
-        if Plan.from_spec(spec) is None:
-            # Outside canary and blue/green the override itself is the record.
-            await self.specs.set_override(
-                name, shares, reason=reason or "weights set by hand", mode=spec.mode, source="api"
-            )
         return await self.view(name, spec=spec, state=state)
 
     async def clear_weights(self, name: str, *, reason: str | None = None) -> dict[str, Any]:
@@ -192,7 +182,6 @@ class RolloutStore:
             )
 
         await self.update(name, change)
-        await self.specs.set_override(name, None, reason=reason or "weights cleared by hand")
         return await self.view(name)
 
     async def view(
@@ -248,6 +237,40 @@ class RolloutStore:
             )
         out["history"] = history
         return out
+
+
+class _Keep:
+    """Leave the override as it is."""
+
+
+KEEP = _Keep()
+
+
+def desired_override(
+    spec: ExperimentSpec, state: RolloutState | None
+) -> dict[str, Any] | _Keep | None:
+    """The override the routers should have for this state: a record's fields, None, or KEEP."""
+    plan = Plan.from_spec(spec)
+    if plan is not None:
+        if state is None or not current(state, plan):
+            return KEEP  # the controller has not started this rollout yet
+        return {
+            "weights": state.weights,
+            "mode": spec.mode,
+            "target": list(plan.target),
+            "source": "rollout",
+        }
+    if state is None or state.mode != spec.mode:
+        return KEEP
+    if state.weights:
+        return {"weights": state.weights, "mode": spec.mode, "source": "api"}
+    return None
+
+
+def _matches(override: dict[str, Any] | None, desired: dict[str, Any] | None) -> bool:
+    if override is None or desired is None:
+        return override is desired
+    return all(override.get(k) == v for k, v in desired.items())
 
 
 def _ms(seconds: float | None) -> int | None:

@@ -5,7 +5,8 @@ primary) carries the event id that rewards join to. Each mirrored call runs as
 its own task, at most `max_inflight` at once; past that, mirrors are dropped
 and counted rather than queued, so a slow or dead shadow costs the primary
 nothing but a dictionary lookup. Results go to an in-memory queue that a
-background task flushes to the experiment's shadow stream in batches.
+background task flushes to the experiment's shadow stream in batches, at most
+one write per `linger_s`.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class ShadowMirror:
         timeout_s: float = 10.0,
         max_buffer: int = 100_000,
         stream_maxlen: int = 1_000_000,
+        linger_s: float = 0.05,
     ) -> None:
         self.backend = backend
         self.redis = redis
@@ -96,6 +98,7 @@ class ShadowMirror:
         self.timeout_s = timeout_s
         self.max_buffer = max_buffer
         self.stream_maxlen = stream_maxlen
+        self.linger_s = linger_s
         self.stats = MirrorStats()
         self.calls = TaskGroup("shadow")
         self._results: deque[ShadowResult] = deque()
@@ -189,6 +192,8 @@ class ShadowMirror:
         backoff = 0.05
         while True:
             await self._wakeup.wait()
+            # Results are not urgent: gather a batch rather than write to Redis per mirror.
+            await asyncio.sleep(self.linger_s)
             self._wakeup.clear()
             while self._results:
                 if await self.flush_once():

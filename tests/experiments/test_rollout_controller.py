@@ -6,6 +6,7 @@ clock, so no test waits for an interval to pass.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -14,8 +15,11 @@ import pytest
 
 from banditgate import keys
 from banditgate.errors import Conflict
-from banditgate.redis import Redis
+from banditgate.redis import Redis, connect
+from banditgate.spec import ExperimentSpec
+from banditgate.store import ExperimentStore
 from experiments.controller import Controller
+from experiments.rollout import RolloutState
 from experiments.rollout_store import RolloutStore
 from router.app import RouterApp
 from tests.router.conftest import start_router  # noqa: F401  (fixture)
@@ -240,8 +244,6 @@ async def test_rollout_state_survives_a_controller_restart(start_router, redis, 
 
 async def test_only_the_lock_holder_acts_and_another_takes_over_when_it_expires(redis, name):
     spec = canary_spec(name, "http://127.0.0.1:9", "http://127.0.0.1:9")
-    from banditgate.store import ExperimentStore
-
     await ExperimentStore(redis).put(spec)
     clock = FakeClock()
     one = Controller(redis=redis, clock=clock, experiments=[name], owner="one", lock_ttl_s=30)
@@ -356,3 +358,65 @@ async def test_bluegreen_bake_breach_switches_back_automatically(start_router, r
     assert {r.variant for r in after} == {"blue"}
     view = await RolloutStore(redis).view(name)
     assert view["message"].startswith("bake: error rate green 100.0% (50/50)")
+
+
+async def test_weights_changed_behind_the_rollouts_back_are_restored(redis, name):
+    store = ExperimentStore(redis)
+    await store.put(canary_spec(name, "http://127.0.0.1:9", "http://127.0.0.1:9"))
+    controller = Controller(redis=redis, clock=FakeClock(), experiments=[name])
+    await controller.run_once()
+    await store.set_override(
+        name, {"base": 0.0, "new": 100.0}, reason="someone", mode="canary", target=["base", "new"]
+    )
+    await controller.run_once()
+    override = await store.get_override(name)
+    assert override is not None and override["weights"] == {"base": 80.0, "new": 20.0}
+    assert override["revision"] == 3 and override["source"] == "rollout"
+    await controller.close()
+
+
+async def test_a_write_between_read_and_commit_is_retried_not_lost(redis, redis_url, name):
+    await ExperimentStore(redis).put(canary_spec(name, "http://127.0.0.1:9", "http://127.0.0.1:9"))
+    clock = FakeClock()
+    await Controller(redis=redis, clock=clock, experiments=[name]).run_once()
+    other = connect(redis_url)
+    attempts = 0
+
+    async def slow_tick(state: RolloutState | None, spec: ExperimentSpec) -> RolloutState | None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:  # a manual pause lands while this change is being computed
+            await RolloutStore(other, clock=clock).act(name, "pause", reason="racing")
+        assert state is not None
+        return _quiet_note(state)
+
+    try:
+        state, _ = await RolloutStore(redis, clock=clock).update(name, slow_tick)
+    finally:
+        await other.aclose()
+    assert attempts == 2
+    assert state is not None and state.phase == "Paused" and state.message == "noted"
+    stored = await RolloutStore(redis).load(name)
+    assert stored == state
+
+
+def _quiet_note(state: RolloutState) -> RolloutState:
+    note = RolloutState.from_dict(state.to_dict())
+    note.message = "noted"
+    return note
+
+
+async def test_run_ticks_until_stopped_then_hands_back_its_locks(redis, name):
+    await ExperimentStore(redis).put(canary_spec(name, "http://127.0.0.1:9", "http://127.0.0.1:9"))
+    controller = Controller(redis=redis, tick_s=0.01, experiments=[name], owner="runner")
+    stop = asyncio.Event()
+    task = asyncio.create_task(controller.run(stop))
+
+    async def started() -> bool:
+        return await RolloutStore(redis).load(name) is not None
+
+    await wait_for(started)
+    assert await redis.get(keys.rollout_lock(name)) == b"runner"
+    stop.set()
+    await asyncio.wait_for(task, timeout=10)
+    assert await redis.get(keys.rollout_lock(name)) is None
