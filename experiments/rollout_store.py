@@ -191,51 +191,59 @@ class RolloutStore:
         spec: ExperimentSpec | None = None,
         state: RolloutState | None = None,
     ) -> dict[str, Any]:
+        """The rollout as the API shows it; every key is always present (null when n/a)."""
         spec = spec or await self.specs.get(name)
         if state is None:
             state = await self.load(name)
         plan = Plan.from_spec(spec)
-        history = state.history if state is not None else []
-        out: dict[str, Any] = {"experiment": name, "mode": spec.mode}
+        out: dict[str, Any] = {
+            "experiment": name,
+            "mode": spec.mode,
+            "phase": "Pending",
+            "weights": {},
+            "message": "",
+            "baseline": None,
+            "candidate": None,
+            "step": None,
+            "steps": None,
+            "paused_by": None,
+            "next_check_ts_ms": None,
+            "switched_ts_ms": None,
+            "release_ts_ms": None,
+            "released": None,
+            "history": state.history if state is not None else [],
+        }
         if plan is None:
             override = await self.specs.get_override(name)
             if override_applies(spec, override):
                 assert override is not None
-                phase, weights = "Static", percentages(override["weights"])
+                out.update(phase="Static", weights=percentages(override["weights"]))
             else:
                 phase = "Learning" if spec.mode == "bandit" else "Static"
-                weights = _mode_weights(spec)
-            out.update(phase=phase, weights=weights, message=state.message if state else "")
-            out["history"] = history
+                out.update(phase=phase, weights=_mode_weights(spec))
+            out["message"] = state.message if state is not None else ""
             return out
+        out.update(baseline=plan.baseline, candidate=plan.candidate)
+        if plan.mode == "canary":
+            out["steps"] = list(plan.steps)
         if state is None or not current(state, plan):
-            out.update(
-                phase="Pending",
-                weights=plan.on_baseline,
-                baseline=plan.baseline,
-                candidate=plan.candidate,
-                message="waiting for the rollout controller",
-                history=history,
-            )
+            out.update(weights=plan.on_baseline, message="waiting for the rollout controller")
             return out
         out.update(
             phase=state.phase,
             weights=state.weights,
-            baseline=state.baseline,
-            candidate=state.candidate,
             message=state.message,
             paused_by=state.paused_by,
             next_check_ts_ms=_ms(state.due_s),
         )
         if plan.mode == "canary":
-            out.update(step=state.step + 1, steps=list(plan.steps))
+            out["step"] = state.step + 1
         else:
             out.update(
                 switched_ts_ms=_ms(state.switched_s),
                 release_ts_ms=_ms(state.release_s),
                 released=state.released,
             )
-        out["history"] = history
         return out
 
 

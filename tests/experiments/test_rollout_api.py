@@ -280,3 +280,22 @@ def test_bad_weights_and_arm_names_in_specs_are_422_naming_the_field(doc, field)
         parse_spec({"name": "bad", "arms": [{"name": "a", "url": "http://a"}], **doc})
     assert caught.value.status == 422
     assert caught.value.field == field
+
+
+async def test_the_rollout_view_has_the_same_keys_in_every_mode(redis, name, api):
+    arms = [("a", "http://127.0.0.1:9"), ("b", "http://127.0.0.1:9")]
+    sections = {
+        "bandit": {},
+        "ab": {},
+        "shadow": {"shadow": {"primary": "a", "shadows": ["b"]}},
+        "canary": {"canary": {"baseline": "a", "canary": "b"}},
+        "bluegreen": {"bluegreen": {"active": "a", "preview": "b"}},
+    }
+    shapes = {}
+    for mode, section in sections.items():
+        await ExperimentStore(redis).put(make_spec(name, arms, mode=mode, **section))
+        status, view = await api.call("GET", "/rollout")
+        assert status == 200 and view["mode"] == mode
+        shapes[mode] = sorted(view)
+    assert len({tuple(keys) for keys in shapes.values()}) == 1
+    assert {"phase", "weights", "history"} <= set(shapes["ab"])
