@@ -125,8 +125,9 @@ class Router:
                 ) from None
             pmf = [0.0] * len(actions.names)
             pmf[index] = 1.0
-            version = state.loaded_version
-            return Choice(event_id, index, target, pmf, version, True, context, actions)
+            return Choice(
+                event_id, index, target, pmf, state.loaded_version, True, context, actions
+            )
         allocation = allocate(state, context, actions, headers or {}, body)
         pmf = allocation.pmf
         if allocation.learned and state.spec.policy.min_arm_share > 0:
