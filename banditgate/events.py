@@ -1,7 +1,7 @@
 """Event schemas and their Redis stream encodings.
 
 The decisions stream holds batches: one entry per router flush, `n` decisions
-as one orjson array. One XADD per batch instead of per decision keeps the
+as one orjson array (the shadow-results stream is batched the same way). One XADD per batch instead of per decision keeps the
 router's logging cost at a few microseconds a request (see BENCHMARKS.md).
 Reward and joined streams hold one event per entry.
 """
@@ -30,6 +30,24 @@ class Decision(TypedDict):
     action_features: NotRequired[list[dict[str, Any]]]
     error: NotRequired[str]
     shadow: NotRequired[list[dict[str, Any]]]
+
+
+class ArmCall(TypedDict):
+    arm: str
+    status: int
+    latency_ms: float
+    error: NotRequired[str]
+
+
+class ShadowResult(TypedDict):
+    """A mirrored request: the primary's answer (the one the client got) beside a shadow's."""
+
+    event_id: str
+    experiment: str
+    ts_ms: int
+    primary: ArmCall
+    shadow: ArmCall
+    same_body: NotRequired[bool]
 
 
 class Reward(TypedDict):
@@ -62,6 +80,15 @@ def decision_batch_fields(decisions: list[Decision]) -> dict[str, bytes | int]:
 def decode_decision_batch(fields: dict[bytes, bytes]) -> list[Decision]:
     decisions: list[Decision] = orjson.loads(fields[b"b"])
     return decisions
+
+
+def shadow_batch_fields(results: list[ShadowResult]) -> dict[str, bytes | int]:
+    return {"n": len(results), "b": orjson.dumps(results)}
+
+
+def decode_shadow_batch(fields: dict[bytes, bytes]) -> list[ShadowResult]:
+    results: list[ShadowResult] = orjson.loads(fields[b"b"])
+    return results
 
 
 EVENT_INDEX_BUCKET_MS = 300_000

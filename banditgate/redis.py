@@ -58,6 +58,7 @@ def resolve_redis_url(settings: CoreSettings) -> tuple[str, EmbeddedRedis | None
 def connect(url: str, **kwargs: Any) -> Redis:
     options: dict[str, Any] = {"health_check_interval": 30}
     if not url.startswith("unix://"):
+        # redis-py's Unix-socket connections take no socket_keepalive argument.
         options["socket_keepalive"] = True
     options.update(kwargs)
     return aioredis.Redis.from_url(url, **options)

@@ -183,12 +183,41 @@ class StickySpec(_Strict):
         return self
 
 
+def _as_text(value: Any) -> Any:
+    """Rule values are compared as text; YAML's `1` or `true` mean the strings "1" and "true"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
 class RuleSpec(_Strict):
     header: str | None = None
     body: str | None = None
     equals: str | None = None
     in_: list[str] | None = Field(default=None, alias="in")
     arm: str
+
+    @field_validator("equals", mode="before")
+    @classmethod
+    def _equals(cls, value: Any) -> Any:
+        return _as_text(value)
+
+    @field_validator("in_", mode="before")
+    @classmethod
+    def _in(cls, value: Any) -> Any:
+        return [_as_text(v) for v in value] if isinstance(value, list) else value
+
+    @field_validator("body")
+    @classmethod
+    def _body(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_pointer(value)
+            except PointerError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @model_validator(mode="after")
     def _match(self) -> RuleSpec:
@@ -325,6 +354,15 @@ class ExperimentSpec(_Strict):
     @property
     def arm_names(self) -> list[str]:
         return [arm.name for arm in self.arms]
+
+    @property
+    def rollout_target(self) -> tuple[str, str] | None:
+        """(baseline, candidate) of a canary or blue/green experiment; None in other modes."""
+        if self.mode == "canary" and self.canary is not None:
+            return self.canary.baseline, self.canary.canary
+        if self.mode == "bluegreen" and self.bluegreen is not None:
+            return self.bluegreen.active, self.bluegreen.preview
+        return None
 
     def arm(self, name: str) -> Arm | None:
         for arm in self.arms:

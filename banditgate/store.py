@@ -46,6 +46,38 @@ def spec_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[dict[s
     return changes
 
 
+def override_applies(spec: ExperimentSpec, override: dict[str, Any] | None) -> bool:
+    """An override made for one mode (and rollout target) lapses when the spec moves on.
+
+    So switching a canary experiment to `ab` or `bandit` takes effect at once, and a
+    canary's weights never leak onto the next canary's arms. Overrides that name
+    no mode apply in every mode.
+    """
+    if override is None:
+        return False
+    mode = override.get("mode")
+    if mode is not None and mode != spec.mode:
+        return False
+    target = override.get("target")
+    if target is not None and tuple(target) != spec.rollout_target:
+        return False
+    weights = override.get("weights") or {}
+    return sum(max(float(weights.get(name, 0.0)), 0.0) for name in spec.arm_names) > 0
+
+
+def override_record(
+    previous: dict[str, Any] | None, weights: dict[str, float], *, reason: str, **extra: Any
+) -> dict[str, Any]:
+    """The stored form of a weights override; the revision counts up from the previous one."""
+    return {
+        "weights": weights,
+        "reason": reason,
+        "ts_ms": int(time.time() * 1000),
+        "revision": (previous or {}).get("revision", 0) + 1,
+        **extra,
+    }
+
+
 class ExperimentStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
@@ -120,7 +152,10 @@ class ExperimentStore:
     async def set_override(
         self, name: str, weights: dict[str, float] | None, *, reason: str, **extra: Any
     ) -> dict[str, Any] | None:
-        """Static weights that take precedence over the mode's own allocation (None clears)."""
+        """Static weights that take precedence over the mode's own allocation (None clears).
+
+        `mode=` and `target=` in `extra` scope the weights (see `override_applies`).
+        """
         key = keys.weights(name)
         if weights is None:
             async with self.redis.pipeline(transaction=True) as pipe:
@@ -128,14 +163,7 @@ class ExperimentStore:
                 pipe.publish(keys.ANNOUNCE_CHANNEL, message(name, "weights"))
                 await pipe.execute()
             return None
-        old = await self.get_override(name)
-        record = {
-            "weights": weights,
-            "reason": reason,
-            "ts_ms": int(time.time() * 1000),
-            "revision": (old or {}).get("revision", 0) + 1,
-            **extra,
-        }
+        record = override_record(await self.get_override(name), weights, reason=reason, **extra)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(key, orjson.dumps(record))
             pipe.publish(keys.ANNOUNCE_CHANNEL, message(name, "weights"))

@@ -1,4 +1,10 @@
-"""How each mode turns a request into a pmf over the arms."""
+"""How each mode turns a request into a pmf over the arms.
+
+Every mode yields a full pmf that is logged with the decision: static weights as
+probabilities, a targeting rule or a one-hot default as p = 1. So data from any
+mode can be evaluated off-policy or warm-start a bandit. A weights override
+(weights API, rollout controller) takes precedence over the mode's default.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +23,9 @@ class Allocation:
     pmf: list[float]
     version: int
     learned: bool
-    seed_key: str | None = None  # sample with this instead of the event id (sticky keys)
+    # Sticky keys: sample with this, independently of the version, instead of the event id.
+    # A key then keeps its arm across weight changes unless its point leaves the arm's band.
+    seed_key: str | None = None
 
 
 def one_hot(actions: ActionSet, arm: str) -> list[float]:
@@ -35,9 +43,18 @@ def cookie(headers: Mapping[str, str], name: str) -> str | None:
     return None
 
 
-def _ab_overrides(
+def _text(raw: Any) -> str | None:
+    if raw is None or isinstance(raw, dict | list):
+        return None
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    return str(raw)
+
+
+def _ab_rule(
     state: ExperimentState, actions: ActionSet, headers: Mapping[str, str], body: Any, version: int
 ) -> Allocation | None:
+    """The first matching targeting rule sends the request to its arm with p = 1."""
     ab = state.spec.ab
     if ab is None:
         return None
@@ -45,15 +62,12 @@ def _ab_overrides(
         if rule.header is not None:
             value = headers.get(rule.header)
         else:
-            raw = resolve(body, rule.body) if rule.body is not None else None
-            value = None if raw is None else str(raw).lower() if isinstance(raw, bool) else str(raw)
+            value = _text(resolve(body, rule.body)) if rule.body is not None else None
         if value is None:
             continue
-        if (rule.equals is not None and value == rule.equals) or (
-            rule.in_ is not None and value in rule.in_
-        ):
-            if rule.arm in actions.names:
-                return Allocation(one_hot(actions, rule.arm), version, learned=False)
+        matched = value == rule.equals if rule.equals is not None else value in (rule.in_ or ())
+        if matched and rule.arm in actions.names:
+            return Allocation(one_hot(actions, rule.arm), version, learned=False)
     return None
 
 
@@ -67,9 +81,13 @@ def sticky_key(state: ExperimentState, headers: Mapping[str, str], body: Any) ->
     elif sticky.cookie is not None:
         value = cookie(headers, sticky.cookie)
     else:
-        raw = resolve(body, sticky.body) if sticky.body is not None else None
-        value = None if raw is None or isinstance(raw, dict | list) else str(raw)
-    return f"sticky\x00{state.name}\x00{value}" if value else None
+        value = _text(resolve(body, sticky.body)) if sticky.body is not None else None
+    return sticky_seed(state.name, value) if value else None
+
+
+def sticky_seed(experiment: str, value: str) -> str:
+    """Per experiment, so one user's arms in two experiments are independent draws."""
+    return f"sticky\x00{experiment}\x00{value}"
 
 
 def allocate(
@@ -83,16 +101,15 @@ def allocate(
     static = state.static
     if static is not None:
         if spec.mode == "ab":
-            ruled = _ab_overrides(state, actions, headers, body, static.version)
+            ruled = _ab_rule(state, actions, headers, body, static.version)
             if ruled is not None:
                 return ruled
         key = sticky_key(state, headers, body) if spec.mode == "ab" else None
         return Allocation(static.probabilities(context, actions), static.version, False, key)
     if spec.mode == "bandit":
         policy = state.policy
-        return Allocation(
-            policy.probabilities(context, actions), policy.version, policy.learner != "static"
-        )
+        pmf = policy.probabilities(context, actions)
+        return Allocation(pmf, policy.version, policy.learner != "static")
     if spec.mode == "canary" and spec.canary is not None:
         return Allocation(one_hot(actions, spec.canary.baseline), 0, False)
     if spec.mode == "bluegreen" and spec.bluegreen is not None:

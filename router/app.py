@@ -24,6 +24,7 @@ from router.decision_log import DecisionLog
 from router.routing import Invocation, Outcome, Router
 from router.runtime import Runtime
 from router.settings import RouterSettings
+from router.shadow import ShadowMirror
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ class RouterApp:
         self.runtime: Runtime | None = None
         self.log: DecisionLog | None = None
         self.router: Router | None = None
+        self.mirror: ShadowMirror | None = None
         self.tasks = TaskGroup("router")
         self.started = False
 
@@ -141,8 +143,18 @@ class RouterApp:
             index_events=self.settings.event_index,
         )
         await self.backend.start()
-        self.router = Router(runtime=self.runtime, backend=self.backend, log=self.log)
+        self.mirror = ShadowMirror(
+            backend=self.backend,
+            redis=self.redis,
+            max_inflight=self.settings.shadow_max_inflight,
+            timeout_s=self.settings.shadow_timeout_s,
+            stream_maxlen=self.settings.stream_maxlen,
+        )
+        self.router = Router(
+            runtime=self.runtime, backend=self.backend, log=self.log, mirror=self.mirror
+        )
         self.log.start()
+        self.mirror.start()
         synced = asyncio.Event()
         self.tasks.spawn(
             listen(self.redis, self.runtime.on_announcement, ready=synced), "announcements"
@@ -163,6 +175,8 @@ class RouterApp:
         await self.tasks.cancel_all()
         if self.log is not None:
             await self.log.stop()
+        if self.mirror is not None:
+            await self.mirror.stop()
         await self.backend.close()
         if self.redis is not None and self._owns_redis:
             await self.redis.aclose()

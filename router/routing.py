@@ -10,13 +10,14 @@ from typing import Any
 import orjson
 
 from banditgate.errors import BackendError, InvalidInput, MalformedJSON, UnknownVariant
-from banditgate.events import Decision, new_event_id
+from banditgate.events import ArmCall, Decision, new_event_id
 from banditgate.featurize import ContextFeatures, action_lines, text_features
 from banditgate.policy import ActionSet, apply_floor, sample_index
 from router.allocation import allocate
 from router.backends import Backend, BackendResponse, forward_headers
 from router.decision_log import DecisionLog
 from router.runtime import ExperimentState, Runtime
+from router.shadow import ShadowMirror
 
 MAX_EVENT_ID_CHARS = 256
 MAX_RANK_ACTIONS = 1000
@@ -89,10 +90,18 @@ def parse_json(body: bytes, what: str = "request body") -> Any:
 
 
 class Router:
-    def __init__(self, *, runtime: Runtime, backend: Backend, log: DecisionLog) -> None:
+    def __init__(
+        self,
+        *,
+        runtime: Runtime,
+        backend: Backend,
+        log: DecisionLog,
+        mirror: ShadowMirror | None = None,
+    ) -> None:
         self.runtime = runtime
         self.backend = backend
         self.log = log
+        self.mirror = mirror
 
     def choose(
         self,
@@ -123,7 +132,10 @@ class Router:
         pmf = allocation.pmf
         if allocation.learned and state.spec.policy.min_arm_share > 0:
             pmf = apply_floor(pmf, state.spec.policy.min_arm_share)
-        index = sample_index(pmf, allocation.seed_key or event_id, allocation.version)
+        if allocation.seed_key is not None:
+            index = sample_index(pmf, allocation.seed_key, 0)
+        else:
+            index = sample_index(pmf, event_id, allocation.version)
         return Choice(
             event_id, index, actions.names[index], pmf, allocation.version, False, context, actions
         )
@@ -160,7 +172,7 @@ class Router:
 
     def _context(self, state: ExperimentState, call: Invocation) -> tuple[ContextFeatures, Any]:
         featurizer = state.featurizer
-        if not featurizer.reads_body or not call.body:
+        if not state.reads_body or not call.body:
             return featurizer.from_request(None, call.headers), None
         content_type = call.headers.get("content-type", "application/json")
         if "json" in content_type:
@@ -213,8 +225,42 @@ class Router:
             exc.variant = choice.arm  # type: ignore[attr-defined]
             raise
         self.record(state, choice, status=response.status, latency_ms=response.latency_ms)
-        after_response(state, call, choice, response)
+        if state.shadow is not None:
+            self.after_response(state, call, choice, response)
         return self._outcome(call, choice, response)
+
+    def after_response(
+        self, state: ExperimentState, call: Invocation, choice: Choice, response: BackendResponse
+    ) -> None:
+        """Mirror the request to the shadow arms in the background; never waits, never raises."""
+        plan = state.shadow
+        mirror = self.mirror
+        if plan is None or mirror is None or choice.arm != plan.primary:
+            return
+        if not plan.selects(choice.event_id):
+            return
+        primary: ArmCall = {
+            "arm": choice.arm,
+            "status": response.status,
+            "latency_ms": round(response.latency_ms, 3),
+        }
+        primary_body = response.body if plan.compare_bodies else None
+        for name in plan.shadows:
+            arm = state.arms[name]
+            url, headers = self._request_for(
+                call, arm.url, arm.path, arm.model_name, choice.event_id
+            )
+            mirror.submit(
+                state.name,
+                choice.event_id,
+                arm,
+                url,
+                call.body,
+                headers,
+                call.method,
+                primary,
+                primary_body,
+            )
 
     def _request_for(
         self, call: Invocation, base: str, path: str | None, model: str, event_id: str
@@ -314,9 +360,3 @@ def _rank_actions(raw: Any) -> ActionSet | None:
         names.append(name)
         features.append(feats)
     return ActionSet(tuple(names), tuple(action_lines(names, features)), tuple(features))
-
-
-def after_response(
-    state: ExperimentState, call: Invocation, choice: Choice, response: BackendResponse
-) -> None:
-    """Hook for work that follows a routed response (shadow mirroring)."""

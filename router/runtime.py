@@ -17,7 +17,8 @@ from banditgate.policy import ActionSet, Policy, StaticPolicy, build_policy, def
 from banditgate.redis import Redis
 from banditgate.registry import PolicyRegistry
 from banditgate.spec import Arm, ExperimentSpec
-from banditgate.store import ExperimentStore
+from banditgate.store import ExperimentStore, override_applies
+from router.shadow import ShadowPlan
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class ExperimentState:
     static: StaticPolicy | None = None
     index_ttl_s: int = 3600
     loaded_version: int = 0
+    reads_body: bool = False
+    shadow: ShadowPlan | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -42,6 +45,15 @@ class ExperimentState:
     @property
     def learned(self) -> bool:
         return self.spec.mode == "bandit" and self.override is None
+
+
+def _reads_body(spec: ExperimentSpec) -> bool:
+    if spec.context.body or spec.context.text:
+        return True
+    ab = spec.ab
+    if spec.mode != "ab" or ab is None:
+        return False
+    return any(rule.body for rule in ab.rules) or bool(ab.sticky and ab.sticky.body)
 
 
 def _static_for(spec: ExperimentSpec, override: dict[str, Any] | None) -> StaticPolicy | None:
@@ -56,6 +68,8 @@ def build_state(
     spec: ExperimentSpec, policy: Policy, version: int, override: dict[str, Any] | None
 ) -> ExperimentState:
     reward = spec.reward
+    if not override_applies(spec, override):
+        override = None
     return ExperimentState(
         spec=spec,
         featurizer=Featurizer(spec.context),
@@ -66,6 +80,8 @@ def build_state(
         static=_static_for(spec, override),
         index_ttl_s=int(reward.window_s + reward.backward_window_s + 600),
         loaded_version=version,
+        reads_body=_reads_body(spec),
+        shadow=ShadowPlan.from_spec(spec.shadow) if spec.mode == "shadow" and spec.shadow else None,
     )
 
 

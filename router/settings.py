@@ -24,3 +24,9 @@ class RouterSettings(CoreSettings):
         default=500_000, description="Decisions held in memory while Redis is away."
     )
     event_index: bool = Field(default=True, description="Index event id -> experiment for rewards.")
+    shadow_max_inflight: int = Field(
+        default=256, description="Mirrored calls in flight at once; more are dropped and counted."
+    )
+    shadow_timeout_s: float = Field(
+        default=10.0, description="Timeout of a mirrored call when its arm sets none."
+    )

@@ -25,7 +25,7 @@ def sagemaker_client(url: str):  # type: ignore[no-untyped-def]
 
 async def test_boto3_invoke_endpoint_unchanged(start_router, redis, name):
     async with run_backend(Backend(label=4)) as one, run_backend(Backend(label=2)) as two:
-        url, app = await start_router(make_spec(name, [("bert-1", one.url), ("bert-2", two.url)]))
+        url, _ = await start_router(make_spec(name, [("bert-1", one.url), ("bert-2", two.url)]))
         client = sagemaker_client(url)
         body = orjson.dumps({"features": ["A great phone, I love it!"]})
 
