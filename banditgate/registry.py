@@ -26,13 +26,17 @@ class PolicyVersion:
     ope: dict[str, Any] = field(default_factory=dict)
     arms: list[str] = field(default_factory=list)
     note: str = ""
+    trained_through: str = ""  # the last joined-stream entry this version learned from
+    last_joined_ms: int = 0  # join time of the newest example it learned from
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, raw: bytes) -> PolicyVersion:
-        return cls(**orjson.loads(raw))
+        data = orjson.loads(raw)
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 class PolicyRegistry:
@@ -56,6 +60,8 @@ class PolicyRegistry:
         arms: list[str] | None = None,
         note: str = "",
         activate: bool = True,
+        trained_through: str = "",
+        last_joined_ms: int = 0,
     ) -> PolicyVersion:
         version = int(await self.redis.incr(keys.policy_seq(experiment)))
         record = PolicyVersion(
@@ -69,6 +75,8 @@ class PolicyRegistry:
             ope=ope or {},
             arms=arms or [],
             note=note,
+            trained_through=trained_through,
+            last_joined_ms=last_joined_ms,
         )
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(keys.policy_model(experiment, version), model)

@@ -112,6 +112,11 @@ class GateSpec(_Strict):
     min_examples: int = Field(default=100, ge=0)
     estimator: Literal["ips", "snips", "dr"] = "dr"
     margin: float = Field(default=0.02, ge=0)
+    rule: Literal["paired", "unpaired"] = Field(
+        default="paired",
+        description="paired: lower bound of candidate - current >= -margin; "
+        "unpaired: candidate lower bound >= current estimate - margin.",
+    )
     enabled: bool = True
 
 

@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import orjson
+
+from banditgate import keys
+from banditgate.policy import ActionSet, build_policy
+from banditgate.registry import PolicyRegistry
+from banditgate.spec import GateSpec, parse_spec
+from banditgate.store import ExperimentStore
+from trainer.gate import judge
+from trainer.learner import VWLearner, to_example
+from trainer.worker import Trainer
+from tests.trainer.conftest import uniform_log, write_joined
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def spec_for(name: str, **policy) -> object:  # type: ignore[no-untyped-def]
+    return parse_spec(
+        {
+            "name": name,
+            "arms": [{"name": "a", "url": "http://127.0.0.1:1"}, {"name": "b", "url": "http://127.0.0.1:2"}],
+            "policy": {"update": {"every_events": 200, "every_s": 5}, **policy},
+        }
+    )
+
+
+async def drain(trainer: Trainer) -> int:
+    total = 0
+    while (n := await trainer.run_once()) > 0:
+        total += n
+    return total
+
+
+async def test_the_trainer_learns_the_better_arm_and_publishes_through_the_gate(redis, name):
+    spec = spec_for(name)
+    await ExperimentStore(redis).put(spec)
+    await write_joined(redis, name, uniform_log(name, 2000, {"a": 0.3, "b": 0.7}))
+    trainer = Trainer(redis=redis, clock=Clock())
+    assert await drain(trainer) == 2000
+    registry = PolicyRegistry(redis)
+    versions = await registry.versions(name)
+    assert versions, "no version published"
+    latest = versions[-1]
+    assert latest.source == "trainer" and latest.n_examples >= 1800
+    assert latest.ope["candidate"]["dr"]["n"] > 0 and latest.trained_through
+    policy = build_policy(spec, await registry.model(name, latest.version), latest.version)
+    pmf = policy.probabilities({}, ActionSet.from_spec(spec))
+    assert pmf[1] > 0.9
+    records = [orjson.loads(r) for r in await redis.lrange(keys.candidates(name), 0, -1)]
+    assert {r["decision"] for r in records} <= {"published", "rejected"}
+    assert all("numbers" in r and "reason" in r for r in records)
+    await trainer.close()
+
+
+async def test_the_gate_rejects_a_worse_candidate(redis, name):
+    spec = spec_for(name, gate={"min_examples": 100, "margin": 0.0})
+    await ExperimentStore(redis).put(spec)
+    # Serving: a policy that has learned b is best. The trainer's learner starts out
+    # convinced of the opposite; the log says b is best, so its candidate is worse.
+    good, bad = VWLearner(spec.policy), VWLearner(spec.policy)
+    for d, reward in uniform_log(name, 1500, {"a": 0.1, "b": 0.9}, seed=1):
+        example = to_example({"decision": d, "reward": reward, "rewarded": True, "n_rewards": 1, "joined_ts_ms": 0}, spec)
+        assert example is not None
+        good.learn(example)
+    for d, reward in uniform_log(name, 3000, {"a": 0.9, "b": 0.1}, seed=2):
+        example = to_example({"decision": d, "reward": reward, "rewarded": True, "n_rewards": 1, "joined_ts_ms": 0}, spec)
+        assert example is not None
+        bad.learn(example)
+    registry = PolicyRegistry(redis)
+    serving = await registry.publish(name, good.model_bytes(), learner="vw", source="test")
+    await redis.hset(keys.trainer_state(name), mapping={"learner": "vw", "state": bad.state_bytes()})
+    await write_joined(redis, name, uniform_log(name, 200, {"a": 0.1, "b": 0.9}, seed=3))
+    trainer = Trainer(redis=redis, clock=Clock())
+    await drain(trainer)
+    assert await registry.current_version(name) == serving.version
+    (record,) = [orjson.loads(r) for r in await redis.lrange(keys.candidates(name), 0, -1)]
+    assert record["decision"] == "rejected"
+    diff = record["numbers"]["difference"]["dr"]
+    assert diff["hi"] < 0, diff
+    assert record["numbers"]["candidate"]["dr"]["value"] < record["numbers"]["current"]["dr"]["value"]
+    await trainer.close()
+
+
+def test_gate_rules() -> None:
+    numbers = {
+        "candidate": {"dr": {"value": 0.50, "lo": 0.45, "hi": 0.55, "n": 500}},
+        "current": {"dr": {"value": 0.48, "lo": 0.43, "hi": 0.53, "n": 500}},
+        "difference": {"dr": {"value": 0.02, "lo": -0.005, "hi": 0.045, "n": 500}},
+    }
+    assert judge(GateSpec(), numbers, 500).publish
+    assert not judge(GateSpec(min_examples=1000), numbers, 500).publish
+    assert not judge(GateSpec(margin=0.0), numbers, 500).publish
+    assert judge(GateSpec(rule="unpaired", margin=0.04), numbers, 500).publish
+    assert not judge(GateSpec(rule="unpaired", margin=0.02), numbers, 500).publish
+    assert judge(GateSpec(enabled=False), numbers, 0).publish
+
+
+async def test_a_crash_neither_loses_nor_repeats_an_example(redis, name):
+    spec = spec_for(name, update={"every_events": 300, "every_s": 3600})
+    await ExperimentStore(redis).put(spec)
+    await write_joined(redis, name, uniform_log(name, 1000, {"a": 0.3, "b": 0.7}, seed=5))
+    clock = Clock()
+    first = Trainer(redis=redis, clock=clock, batch=128, owner="first")
+    # 128-example batches: checkpoints land after 384 and 768 examples; stop at 896.
+    for _ in range(7):
+        await first.run_once()
+    assert first.training[name].learner.n_examples == 896
+    # Crash: no close(), no final checkpoint. The lock expires; another trainer takes over.
+    await redis.delete(keys.trainer_lock(name))
+    second = Trainer(redis=redis, clock=clock, batch=128, owner="second")
+    await drain(second)
+    learned = second.training[name].learner.n_examples
+    await second.close()
+    assert learned == 1000
+    state = await redis.hgetall(keys.trainer_state(name))
+    assert int(state[b"examples"]) == 1000
+    pending = await redis.xpending(keys.joined(name), "trainer")
+    assert pending["pending"] == 0
+
+
+async def test_only_the_lock_holder_trains(redis, name):
+    await ExperimentStore(redis).put(spec_for(name))
+    await write_joined(redis, name, uniform_log(name, 300, {"a": 0.5, "b": 0.5}))
+    one, two = Trainer(redis=redis, owner="one"), Trainer(redis=redis, owner="two")
+    assert await one.run_once() > 0
+    assert await two.run_once() == 0 and name not in two.training
+    await one.close()
+    assert await two.run_once() >= 0 and name in two.training
+    await two.close()

@@ -1,0 +1,336 @@
+"""The trainer: joined examples in, gated policy versions out.
+
+Per experiment (one active trainer each, by a lock with expiry):
+
+1. Read the joined stream with the consumer group `trainer`.
+2. Score each example with the learner and the serving policy *before* learning
+   from it (progressive validation), then learn.
+3. Every `policy.update.every_events` examples or `every_s` seconds, evaluate the
+   candidate against the serving policy (IPS, SNIPS, DR with 95% intervals) and
+   publish it if the gate passes. Every verdict is recorded with its numbers.
+4. Checkpoint: the learner's full state and the acknowledgement of every example
+   it contains are written in one transaction, so a crash re-delivers exactly the
+   examples the saved state has not seen. Nothing is learned twice or skipped.
+
+Learning happens in every mode (an A/B test's traffic warms the bandit up);
+publishing only in bandit mode with a learning learner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from redis.exceptions import ResponseError
+
+from banditgate import keys
+from banditgate.errors import InvalidPolicy
+from banditgate.events import decode_joined
+from banditgate.policy import Policy, apply_floor, build_policy
+from banditgate.redis import Redis
+from banditgate.registry import PolicyRegistry
+from banditgate.settings import CoreSettings
+from banditgate.spec import ExperimentSpec
+from banditgate.store import ExperimentStore
+from trainer.gate import EvaluationWindow, judge
+from trainer.learner import Learner, expected, new_learner, serving_probabilities, to_example
+
+log = logging.getLogger(__name__)
+
+GROUP = "trainer"
+CONSUMER = "trainer"  # one lock holder per experiment: a shared name lets a new holder see the old one's pending entries
+CHECKPOINT_EVERY = 5_000
+CHECKPOINT_S = 30.0
+LOCK_TTL_MS = 15_000
+CANDIDATES_KEPT = 500
+
+
+@dataclass
+class ExperimentTraining:
+    spec: ExperimentSpec
+    learner: Learner
+    serving: Policy
+    serving_version: int
+    window: EvaluationWindow = field(default_factory=EvaluationWindow)
+    unacked: list[bytes] = field(default_factory=list)
+    since_candidate: int = 0
+    last_candidate: float = 0.0
+    last_checkpoint: float = 0.0
+    read_pending: bool = True
+    pending_cursor: str = "0"
+    last_id: str = ""
+    last_joined_ms: int = 0
+
+
+class Trainer:
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        clock: Callable[[], float] = time.time,
+        batch: int = 500,
+        owner: str | None = None,
+        experiments: list[str] | None = None,
+    ) -> None:
+        self.redis = redis
+        self.clock = clock
+        self.batch = batch
+        self.owner = owner or f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.only = set(experiments) if experiments is not None else None
+        self.store = ExperimentStore(redis)
+        self.registry = PolicyRegistry(redis)
+        self.training: dict[str, ExperimentTraining] = {}
+        self.published = 0
+        self.rejected = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                processed = await self.run_once()
+            except Exception:
+                log.exception("trainer pass failed; retrying")
+                processed = 0
+                await asyncio.sleep(1.0)
+            if processed == 0:
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=0.05)
+                except TimeoutError:
+                    pass
+        await self.close()
+
+    async def close(self) -> None:
+        """Checkpoint what was learned and release the locks."""
+        for name, training in list(self.training.items()):
+            try:
+                await self._checkpoint(name, training)
+                await self._release(name)
+            except Exception:
+                log.exception("final checkpoint for %s failed", name)
+        self.training.clear()
+
+    async def run_once(self) -> int:
+        processed = 0
+        specs = await self.store.all()
+        for name in list(self.training):
+            if name not in specs:
+                self.training.pop(name, None)
+        for name, spec in specs.items():
+            if self.only is not None and name not in self.only:
+                continue
+            if spec.policy.learner == "static":
+                self.training.pop(name, None)
+                continue
+            if not await self._hold_lock(name):
+                self.training.pop(name, None)
+                continue
+            try:
+                processed += await self._step(name, spec)
+            except InvalidPolicy as exc:
+                log.error("experiment %s: %s", name, exc.message)
+        return processed
+
+    async def _hold_lock(self, name: str) -> bool:
+        key = keys.trainer_lock(name)
+        if await self.redis.set(key, self.owner, nx=True, px=LOCK_TTL_MS):
+            return True
+        holder = await self.redis.get(key)
+        if holder is not None and holder.decode() == self.owner:
+            await self.redis.pexpire(key, LOCK_TTL_MS)
+            return True
+        return False
+
+    async def _release(self, name: str) -> None:
+        key = keys.trainer_lock(name)
+        holder = await self.redis.get(key)
+        if holder is not None and holder.decode() == self.owner:
+            await self.redis.delete(key)
+
+    async def _training(self, name: str, spec: ExperimentSpec) -> ExperimentTraining:
+        training = self.training.get(name)
+        if training is not None and training.spec.policy.learner == spec.policy.learner:
+            training.spec = spec
+            return training
+        try:
+            await self.redis.xgroup_create(keys.joined(name), GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        version, model = await self.registry.load_current(name)
+        if version and (await self.registry.get(name, version)).learner != spec.policy.learner:
+            version, model = 0, None
+        serving = build_policy(spec, model, version)
+        state = await self.redis.hgetall(keys.trainer_state(name))
+        learner: Learner | None = None
+        if state.get(b"learner", b"").decode() == spec.policy.learner and b"state" in state:
+            try:
+                learner = new_learner(spec, state=state[b"state"])
+            except (InvalidPolicy, ValueError, KeyError):
+                log.warning("experiment %s: saved trainer state unreadable; starting over", name)
+        if learner is None:
+            learner = new_learner(spec, model=model)
+        now = self.clock()
+        training = ExperimentTraining(spec, learner, serving, version, last_candidate=now, last_checkpoint=now)
+        self.training[name] = training
+        log.info("experiment %s: training from %d examples, serving version %d", name, learner.n_examples, version)
+        return training
+
+    async def _step(self, name: str, spec: ExperimentSpec) -> int:
+        training = await self._training(name, spec)
+        await self._follow_serving(name, training)
+        entries = await self._read(name, training)
+        for entry_id, fields in entries:
+            self._learn_one(training, fields)
+            training.unacked.append(entry_id)
+            training.last_id = entry_id.decode()
+        training.since_candidate += len(entries)
+        now = self.clock()
+        update = spec.policy.update
+        due = training.since_candidate >= update.every_events or (
+            training.since_candidate > 0 and now - training.last_candidate >= update.every_s
+        )
+        if due:
+            await self._candidate(name, training)
+            await self._checkpoint(name, training)
+        elif len(training.unacked) >= CHECKPOINT_EVERY or (
+            training.unacked and now - training.last_checkpoint >= CHECKPOINT_S
+        ):
+            await self._checkpoint(name, training)
+        return len(entries)
+
+    async def _read(self, name: str, training: ExperimentTraining) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        stream = keys.joined(name)
+        if training.read_pending:
+            # After a restart: what was delivered but never checkpointed comes first.
+            reply = await self.redis.xreadgroup(
+                GROUP, CONSUMER, {stream: training.pending_cursor}, count=self.batch
+            )
+            entries = reply[0][1] if reply else []
+            if len(entries) < self.batch:
+                training.read_pending = False
+            if entries:
+                training.pending_cursor = entries[-1][0].decode()
+                # A pending entry trimmed from the stream comes back without fields: ack it only.
+                return [(entry_id, fields or {}) for entry_id, fields in entries]
+        reply = await self.redis.xreadgroup(GROUP, CONSUMER, {stream: ">"}, count=self.batch)
+        return list(reply[0][1]) if reply else []
+
+    def _learn_one(self, training: ExperimentTraining, fields: dict[bytes, bytes]) -> None:
+        if not fields:
+            return
+        try:
+            joined = decode_joined(fields)
+        except (KeyError, ValueError, orjson.JSONDecodeError):
+            log.warning("skipping an undecodable joined entry")
+            return
+        example = to_example(joined, training.spec)
+        if example is None:
+            return
+        floor = training.spec.policy.min_arm_share
+        learner = training.learner
+        candidate_pmf = apply_floor(learner.probabilities(example), floor)
+        current_pmf = serving_probabilities(training.serving, example, floor)
+        reward_hat = learner.reward_estimates(example)
+        chosen = example.chosen
+        training.window.add(
+            reward=example.reward,
+            logged_prob=example.logged_prob,
+            candidate_prob=candidate_pmf[chosen],
+            current_prob=current_pmf[chosen],
+            reward_hat_logged=reward_hat[chosen],
+            candidate_reward_hat=expected(reward_hat, candidate_pmf),
+            current_reward_hat=expected(reward_hat, current_pmf),
+        )
+        learner.learn(example)
+        training.last_joined_ms = max(training.last_joined_ms, joined["joined_ts_ms"])
+
+    async def _follow_serving(self, name: str, training: ExperimentTraining) -> None:
+        """Evaluate against what routers actually serve (a rollback or manual publish changes it)."""
+        version = await self.registry.current_version(name) or 0
+        if version == training.serving_version:
+            return
+        record = await self.registry.get(name, version)
+        if record.learner != training.spec.policy.learner:
+            return
+        model = await self.registry.model(name, version)
+        training.serving = await asyncio.to_thread(build_policy, training.spec, model, version)
+        training.serving_version = version
+        training.window.clear()
+
+    async def _candidate(self, name: str, training: ExperimentTraining) -> None:
+        spec = training.spec
+        n = len(training.window)
+        numbers = training.window.estimates()
+        verdict = judge(spec.policy.gate, numbers, n)
+        publishable = spec.mode == "bandit"
+        record: dict[str, Any] = {
+            "ts_ms": int(self.clock() * 1000),
+            "n": n,
+            "examples_seen": training.learner.n_examples,
+            "current_version": training.serving_version,
+            "rule": spec.policy.gate.model_dump(),
+            "numbers": numbers,
+            "reason": verdict.reason if publishable else f"mode {spec.mode!r} does not publish; {verdict.reason}",
+        }
+        training.since_candidate = 0
+        training.last_candidate = self.clock()
+        if verdict.publish and publishable:
+            model = training.learner.model_bytes()
+            published = await self.registry.publish(
+                name,
+                model,
+                learner=spec.policy.learner,
+                parent=training.serving_version or None,
+                n_examples=training.learner.n_examples,
+                source="trainer",
+                ope=numbers,
+                arms=spec.arm_names,
+                note=verdict.reason,
+                trained_through=training.last_id,
+                last_joined_ms=training.last_joined_ms,
+            )
+            training.serving = await asyncio.to_thread(build_policy, spec, model, published.version)
+            training.serving_version = published.version
+            training.window.clear()
+            record.update(decision="published", version=published.version)
+            self.published += 1
+            log.info("experiment %s: published policy %d (%s)", name, published.version, verdict.reason)
+        else:
+            record["decision"] = "rejected"
+            self.rejected += 1
+            log.info("experiment %s: candidate rejected (%s)", name, record["reason"])
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lpush(keys.candidates(name), orjson.dumps(record))
+            pipe.ltrim(keys.candidates(name), 0, CANDIDATES_KEPT - 1)
+            await pipe.execute()
+
+    async def _checkpoint(self, name: str, training: ExperimentTraining) -> None:
+        state = await asyncio.to_thread(training.learner.state_bytes)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                keys.trainer_state(name),
+                mapping={
+                    "learner": training.learner.kind,
+                    "state": state,
+                    "examples": training.learner.n_examples,
+                    "last_id": training.last_id,
+                    "ts_ms": int(self.clock() * 1000),
+                },
+            )
+            if training.unacked:
+                pipe.xack(keys.joined(name), GROUP, *training.unacked)
+            await pipe.execute()
+        training.unacked = []
+        training.last_checkpoint = self.clock()
+
+
+async def run(redis: Redis, *, stop: asyncio.Event) -> None:
+    settings = CoreSettings()
+    trainer = Trainer(redis=redis, experiments=settings.experiments)
+    await trainer.run(stop)
