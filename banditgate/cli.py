@@ -244,8 +244,10 @@ def dump_json(path: Path, data: Any) -> None:
     path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
 
 
+_register_package_commands()
+
+
 def main() -> None:
-    _register_package_commands()
     try:
         app()
     except KeyboardInterrupt:

@@ -70,16 +70,23 @@ class EvaluationWindow:
         p = np.array(self.logged_prob)
         rhat = np.array(self.reward_hat_logged)
         q_candidate, q_current = np.array(self.candidate_prob), np.array(self.current_prob)
-        rhat_candidate, rhat_current = np.array(self.candidate_reward_hat), np.array(self.current_reward_hat)
+        rhat_candidate, rhat_current = (
+            np.array(self.candidate_reward_hat),
+            np.array(self.current_reward_hat),
+        )
         difference: dict[str, Estimate] = {
             "ips": paired_difference(r, p, q_candidate, q_current),
-            "dr": paired_difference(r, p, q_candidate, q_current, rhat, rhat_candidate, rhat_current),
+            "dr": paired_difference(
+                r, p, q_candidate, q_current, rhat, rhat_candidate, rhat_current
+            ),
         }
         return {
             "candidate": all_estimates(r, p, q_candidate, rhat, rhat_candidate),
             "current": all_estimates(r, p, q_current, rhat, rhat_current),
             "difference": {name: est.to_dict() for name, est in difference.items()},
-            "logged": {"mean_reward": {"value": float(r.mean()) if r.size else None, "n": int(r.size)}},
+            "logged": {
+                "mean_reward": {"value": float(r.mean()) if r.size else None, "n": int(r.size)}
+            },
         }
 
 
@@ -124,8 +131,10 @@ def judge(gate: GateSpec, numbers: dict[str, dict[str, dict[str, Any]]], n: int)
     bar = value - gate.margin
     if lo >= bar:
         return Verdict(
-            True, f"candidate {gate.estimator} lower bound {lo:.4f} >= current {value:.4f} - margin {gate.margin:g}"
+            True,
+            f"candidate {gate.estimator} lower bound {lo:.4f} >= current {value:.4f} - margin {gate.margin:g}",
         )
     return Verdict(
-        False, f"candidate {gate.estimator} lower bound {lo:.4f} < current {value:.4f} - margin {gate.margin:g}"
+        False,
+        f"candidate {gate.estimator} lower bound {lo:.4f} < current {value:.4f} - margin {gate.margin:g}",
     )

@@ -66,7 +66,9 @@ def to_example(joined: Joined, spec: ExperimentSpec | None) -> Example | None:
             features = arm.features if arm is not None else {}
         lines.append(action_line(name, features))
     context = decision.get("context") or {}
-    return Example(context, ActionSet(tuple(names), tuple(lines)), index, probability, joined["reward"])
+    return Example(
+        context, ActionSet(tuple(names), tuple(lines)), index, probability, joined["reward"]
+    )
 
 
 class Learner(Protocol):
@@ -117,13 +119,19 @@ class VWLearner:
     ) -> None:
         self.spec = spec
         self.policy = policy if policy is not None else new_workspace(spec, save_resume=True)
-        self.rewards = rewards if rewards is not None else vowpalwabbit.Workspace(arg_list=reward_model_arguments(spec))
+        self.rewards = (
+            rewards
+            if rewards is not None
+            else vowpalwabbit.Workspace(arg_list=reward_model_arguments(spec))
+        )
         self.n_examples = n_examples
 
     @classmethod
     def from_model(cls, spec: PolicySpec, model: bytes, n_examples: int = 0) -> VWLearner:
         """Continue learning from a published model (warm start)."""
-        return cls(spec, policy=workspace_from_bytes(model, extra=["--save_resume"]), n_examples=n_examples)
+        return cls(
+            spec, policy=workspace_from_bytes(model, extra=["--save_resume"]), n_examples=n_examples
+        )
 
     @classmethod
     def from_state(cls, spec: PolicySpec, raw: bytes) -> VWLearner:
@@ -154,7 +162,11 @@ class VWLearner:
         return workspace_to_bytes(self.policy)
 
     def state_bytes(self) -> bytes:
-        return _frame({"kind": self.kind, "n": self.n_examples}, self.model_bytes(), workspace_to_bytes(self.rewards))
+        return _frame(
+            {"kind": self.kind, "n": self.n_examples},
+            self.model_bytes(),
+            workspace_to_bytes(self.rewards),
+        )
 
 
 class ThompsonLearner:
@@ -162,7 +174,9 @@ class ThompsonLearner:
 
     kind = "thompson"
 
-    def __init__(self, low: float, high: float, counts: BetaCounts | None = None, n_examples: int = 0) -> None:
+    def __init__(
+        self, low: float, high: float, counts: BetaCounts | None = None, n_examples: int = 0
+    ) -> None:
         self.low, self.high = low, high
         self.counts = counts or BetaCounts()
         self.n_examples = n_examples
@@ -180,7 +194,9 @@ class ThompsonLearner:
         names = example.actions.names
         pmf = self._pmf_cache.get(names)
         if pmf is None:
-            pmf = ThompsonPolicy(self.counts, version=self.n_examples).probabilities({}, example.actions)
+            pmf = ThompsonPolicy(self.counts, version=self.n_examples).probabilities(
+                {}, example.actions
+            )
             self._pmf_cache[names] = pmf
         return pmf
 
@@ -208,7 +224,9 @@ class ThompsonLearner:
         return cls(low, high, BetaCounts.from_bytes(model), int(header["n"]))
 
 
-def new_learner(spec: ExperimentSpec, *, model: bytes | None = None, state: bytes | None = None) -> Learner:
+def new_learner(
+    spec: ExperimentSpec, *, model: bytes | None = None, state: bytes | None = None
+) -> Learner:
     learner = spec.policy.learner
     if learner == "thompson":
         low, high = spec.reward.min, spec.reward.max

@@ -43,7 +43,10 @@ class Estimate:
     n: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+        return {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in asdict(self).items()
+        }
 
 
 def _arrays(*arrays: ArrayLike) -> list[np.ndarray]:
@@ -52,7 +55,9 @@ def _arrays(*arrays: ArrayLike) -> list[np.ndarray]:
     names = ("rewards", "logged_prob", "target_prob", "reward_hat_logged", "reward_hat_target")
     for name, array in zip(names, out, strict=False):
         if array.ndim != 1 or array.shape != n:
-            raise ValueError(f"{name}: expected a 1-d array of length {n[0]}, got shape {array.shape}")
+            raise ValueError(
+                f"{name}: expected a 1-d array of length {n[0]}, got shape {array.shape}"
+            )
         if not np.all(np.isfinite(array)):
             raise ValueError(f"{name}: values must be finite")
     logged = out[1]

@@ -176,9 +176,16 @@ class Trainer:
         if learner is None:
             learner = new_learner(spec, model=model)
         now = self.clock()
-        training = ExperimentTraining(spec, learner, serving, version, last_candidate=now, last_checkpoint=now)
+        training = ExperimentTraining(
+            spec, learner, serving, version, last_candidate=now, last_checkpoint=now
+        )
         self.training[name] = training
-        log.info("experiment %s: training from %d examples, serving version %d", name, learner.n_examples, version)
+        log.info(
+            "experiment %s: training from %d examples, serving version %d",
+            name,
+            learner.n_examples,
+            version,
+        )
         return training
 
     async def _step(self, name: str, spec: ExperimentSpec) -> int:
@@ -204,7 +211,9 @@ class Trainer:
             await self._checkpoint(name, training)
         return len(entries)
 
-    async def _read(self, name: str, training: ExperimentTraining) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    async def _read(
+        self, name: str, training: ExperimentTraining
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
         stream = keys.joined(name)
         if training.read_pending:
             # After a restart: what was delivered but never checkpointed comes first.
@@ -276,7 +285,9 @@ class Trainer:
             "current_version": training.serving_version,
             "rule": spec.policy.gate.model_dump(),
             "numbers": numbers,
-            "reason": verdict.reason if publishable else f"mode {spec.mode!r} does not publish; {verdict.reason}",
+            "reason": verdict.reason
+            if publishable
+            else f"mode {spec.mode!r} does not publish; {verdict.reason}",
         }
         training.since_candidate = 0
         training.last_candidate = self.clock()
@@ -300,7 +311,9 @@ class Trainer:
             training.window.clear()
             record.update(decision="published", version=published.version)
             self.published += 1
-            log.info("experiment %s: published policy %d (%s)", name, published.version, verdict.reason)
+            log.info(
+                "experiment %s: published policy %d (%s)", name, published.version, verdict.reason
+            )
         else:
             record["decision"] = "rejected"
             self.rejected += 1

@@ -12,7 +12,12 @@ from banditgate.redis import Redis
 
 
 def decision(
-    name: str, event_id: str, arms: list[str], pmf: list[float], chosen: str, context: dict[str, Any] | None = None
+    name: str,
+    event_id: str,
+    arms: list[str],
+    pmf: list[float],
+    chosen: str,
+    context: dict[str, Any] | None = None,
 ) -> Decision:
     return {
         "event_id": event_id,
@@ -36,13 +41,23 @@ async def write_joined(redis: Redis, name: str, rows: list[tuple[Decision, float
         for d, reward in rows:
             pipe.xadd(
                 keys.joined(name),
-                {"d": orjson.dumps(d), "r": repr(reward), "rw": "1", "n": 1, "jt": int(time.time() * 1000)},
+                {
+                    "d": orjson.dumps(d),
+                    "r": repr(reward),
+                    "rw": "1",
+                    "n": 1,
+                    "jt": int(time.time() * 1000),
+                },
             )
         await pipe.execute()
 
 
 def uniform_log(
-    name: str, n: int, accuracy: dict[str, float], seed: int = 0, context_of=None  # type: ignore[no-untyped-def]
+    name: str,
+    n: int,
+    accuracy: dict[str, float],
+    seed: int = 0,
+    context_of=None,  # type: ignore[no-untyped-def]
 ) -> list[tuple[Decision, float]]:
     """Decisions logged by a uniform policy, rewarded 1 with each arm's accuracy."""
     rng = random.Random(seed)
@@ -53,5 +68,10 @@ def uniform_log(
         context = context_of(i, rng) if context_of else {}
         acc = accuracy[chosen] if not callable(accuracy[chosen]) else accuracy[chosen](context)
         reward = 1.0 if rng.random() < acc else 0.0
-        rows.append((decision(name, f"e{seed}-{i}", arms, [1 / len(arms)] * len(arms), chosen, context), reward))
+        rows.append(
+            (
+                decision(name, f"e{seed}-{i}", arms, [1 / len(arms)] * len(arms), chosen, context),
+                reward,
+            )
+        )
     return rows

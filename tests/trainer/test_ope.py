@@ -22,7 +22,9 @@ def test_estimators_match_hand_computed_values() -> None:
     rhat_logged = [0.5, 0.5, 0.5, 0.5]
     rhat_target = [0.6, 0.4, 0.6, 0.6]
     # dr_i = rhat_target + w (r - rhat_logged) = [0.6+1, 0.4+0, 0.6+1, 0.6+0.25]
-    assert dr(r, p, q, rhat_logged, rhat_target).value == pytest.approx((1.6 + 0.4 + 1.6 + 0.85) / 4)
+    assert dr(r, p, q, rhat_logged, rhat_target).value == pytest.approx(
+        (1.6 + 0.4 + 1.6 + 0.85) / 4
+    )
     assert paired_difference(r, p, q, q).value == 0.0
 
 

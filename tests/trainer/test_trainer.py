@@ -25,7 +25,10 @@ def spec_for(name: str, **policy) -> object:  # type: ignore[no-untyped-def]
     return parse_spec(
         {
             "name": name,
-            "arms": [{"name": "a", "url": "http://127.0.0.1:1"}, {"name": "b", "url": "http://127.0.0.1:2"}],
+            "arms": [
+                {"name": "a", "url": "http://127.0.0.1:1"},
+                {"name": "b", "url": "http://127.0.0.1:2"},
+            ],
             "policy": {"update": {"every_events": 200, "every_s": 5}, **policy},
         }
     )
@@ -66,16 +69,24 @@ async def test_the_gate_rejects_a_worse_candidate(redis, name):
     # convinced of the opposite; the log says b is best, so its candidate is worse.
     good, bad = VWLearner(spec.policy), VWLearner(spec.policy)
     for d, reward in uniform_log(name, 1500, {"a": 0.1, "b": 0.9}, seed=1):
-        example = to_example({"decision": d, "reward": reward, "rewarded": True, "n_rewards": 1, "joined_ts_ms": 0}, spec)
+        example = to_example(
+            {"decision": d, "reward": reward, "rewarded": True, "n_rewards": 1, "joined_ts_ms": 0},
+            spec,
+        )
         assert example is not None
         good.learn(example)
     for d, reward in uniform_log(name, 3000, {"a": 0.9, "b": 0.1}, seed=2):
-        example = to_example({"decision": d, "reward": reward, "rewarded": True, "n_rewards": 1, "joined_ts_ms": 0}, spec)
+        example = to_example(
+            {"decision": d, "reward": reward, "rewarded": True, "n_rewards": 1, "joined_ts_ms": 0},
+            spec,
+        )
         assert example is not None
         bad.learn(example)
     registry = PolicyRegistry(redis)
     serving = await registry.publish(name, good.model_bytes(), learner="vw", source="test")
-    await redis.hset(keys.trainer_state(name), mapping={"learner": "vw", "state": bad.state_bytes()})
+    await redis.hset(
+        keys.trainer_state(name), mapping={"learner": "vw", "state": bad.state_bytes()}
+    )
     await write_joined(redis, name, uniform_log(name, 200, {"a": 0.1, "b": 0.9}, seed=3))
     trainer = Trainer(redis=redis, clock=Clock())
     await drain(trainer)
@@ -84,7 +95,9 @@ async def test_the_gate_rejects_a_worse_candidate(redis, name):
     assert record["decision"] == "rejected"
     diff = record["numbers"]["difference"]["dr"]
     assert diff["hi"] < 0, diff
-    assert record["numbers"]["candidate"]["dr"]["value"] < record["numbers"]["current"]["dr"]["value"]
+    assert (
+        record["numbers"]["candidate"]["dr"]["value"] < record["numbers"]["current"]["dr"]["value"]
+    )
     await trainer.close()
 
 
