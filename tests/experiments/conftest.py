@@ -50,6 +50,12 @@ class Control:
             parsed = orjson.loads(text) if text and "json" in content_type else text.decode()
             return response.status, parsed
 
+    async def get(self, path: str) -> Any:
+        """GET without a key (reads are open); the status must be 200."""
+        status, body = await self.call("GET", path, key=None)
+        assert status == 200, body
+        return body
+
 
 @pytest.fixture
 async def control(redis_url: str) -> AsyncIterator[Control]:
