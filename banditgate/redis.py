@@ -57,9 +57,8 @@ def resolve_redis_url(settings: CoreSettings) -> tuple[str, EmbeddedRedis | None
 
 def connect(url: str, **kwargs: Any) -> Redis:
     options: dict[str, Any] = {"health_check_interval": 30}
-    if url.startswith("unix://"):
-        options["socket_keepalive"] = False
-    else:
+    if not url.startswith("unix://"):
+        # TCP only: redis-py's unix-socket connection rejects socket_keepalive.
         options["socket_keepalive"] = True
     options.update(kwargs)
     return aioredis.Redis.from_url(url, **options)
