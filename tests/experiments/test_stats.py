@@ -274,8 +274,8 @@ async def test_timeseries_places_decisions_in_their_steps(
     late = [decision(name, "b", [0.4, 0.6], ts_ms=now)] * 2
     await redis.xadd(keys.decisions(name), {"n": 4, "b": orjson.dumps(rows)}, id=f"{early}-0")
     await write_decisions(redis, name, late)
-    for d in rows[:2]:
-        await redis.xadd(keys.joined(name), _joined_fields(d, 1.0), id=f"{early + 10}-*")
+    for seq, d in enumerate(rows[:2]):
+        await redis.xadd(keys.joined(name), _joined_fields(d, 1.0), id=f"{early + 10}-{seq}")
     status, series = await control.call(
         "GET", f"/v1/experiments/{name}/timeseries?window_s=600&step_s=60&rolling_s=180", key=None
     )
