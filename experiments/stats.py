@@ -388,7 +388,7 @@ def sequential_summary(spec: ExperimentSpec, ledger: Ledger, alpha: float) -> di
             comparison = SequentialComparison(control, arm, spec.reward.min, spec.reward.max)
         comparisons.append(comparison.result(level))
     return {
-        "method": "betting e-process on AIPW terms (anytime-valid)",
+        "method": "betting e-process on AIPW terms",
         "control": control,
         "alpha": alpha,
         "alpha_per_comparison": level,
