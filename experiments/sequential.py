@@ -214,7 +214,7 @@ class SequentialComparison:
         p_value = min(1.0, math.exp(-float(s.max_log_k[zero])))
         kept = np.flatnonzero(s.max_log_k < math.log(1.0 / alpha))
         ci: list[float] | None = None
-        if kept.size:
+        if kept.size and t:
             # One grid step outwards: the true boundary lies between grid points.
             lo = self.grid[max(int(kept[0]) - 1, 0)]
             hi = self.grid[min(int(kept[-1]) + 1, self.grid.size - 1)]

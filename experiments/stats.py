@@ -104,6 +104,8 @@ def prob_best(
             columns.append(rng.normal(value, se, size=draws))
         names.append(arm)
     result: dict[str, float | None] = {arm: None for arm in arms}
+    if not any(tallies.get(arm, ArmTally()).r_n for arm in names):
+        return result  # only the prior speaks: no probability worth showing
     if len(names) < 2:
         if len(names) == 1:
             result[names[0]] = 1.0
@@ -206,6 +208,9 @@ def _chi_square(
             reason="traffic reached arms configured or logged at probability 0: "
             f"{[names[i] for i in impossible]}",
         )
+        return out
+    if observed.sum() == 0:
+        out["reason"] = "no randomised traffic yet"
         return out
     live = expected > 1e-12
     if live.sum() < 2:
