@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import ModuleType
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import ORJSONResponse
@@ -25,8 +26,8 @@ def build(
     return router, service
 
 
-def _route_modules() -> list:  # type: ignore[type-arg]
-    modules = []
+def _route_modules() -> list[ModuleType]:
+    modules: list[ModuleType] = []
     for name in (
         "experiments.api",
         "experiments.rollout_api",

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
+from typing import cast
 
 import numpy as np
 import orjson
@@ -128,11 +129,11 @@ class Bucket:
         self.decisions += other.decisions
         self.randomized += other.randomized
         self.joined += other.joined
-        for arms, tally in other.propensity.items():
+        for arms, theirs in other.propensity.items():
             mine = self.propensity.get(arms)
             if mine is None:
                 mine = self.propensity[arms] = PropensityTally.empty(len(arms))
-            mine.add(tally)
+            mine.add(theirs)
         self.signatures_overflow |= other.signatures_overflow
         for signature, counts in other.signatures.items():
             existing = self.signatures.get(signature)
@@ -262,12 +263,12 @@ class Ledger:
                     counts[index] += 1
         for (_, arms), (bucket, rows, chosen_idx) in groups.items():
             matrix = np.asarray(rows, dtype=np.float64)
-            tally = bucket.propensity.get(arms)
-            if tally is None:
-                tally = bucket.propensity[arms] = PropensityTally.empty(len(arms))
-            tally.chosen += np.bincount(chosen_idx, minlength=len(arms))
-            tally.sum_p += matrix.sum(axis=0)
-            tally.sum_pp += matrix.T @ matrix
+            propensity = bucket.propensity.get(arms)
+            if propensity is None:
+                propensity = bucket.propensity[arms] = PropensityTally.empty(len(arms))
+            propensity.chosen += np.bincount(chosen_idx, minlength=len(arms))
+            propensity.sum_p += matrix.sum(axis=0)
+            propensity.sum_pp += matrix.T @ matrix
 
     def feed_joined(self, entries: Iterable[tuple[int, Joined]], now_ms: int | None = None) -> None:
         now_ms = now_ms if now_ms is not None else wall_ms()
@@ -385,12 +386,21 @@ def control_arm(spec: ExperimentSpec) -> str | None:
     return None
 
 
+StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+async def read_after(redis: Redis, key: str, after: str, count: int) -> StreamEntries:
+    """Entries strictly after the id `after` (oldest first)."""
+    entries = await redis.xrange(key, min=f"({after}", count=count)
+    return cast(StreamEntries, entries or [])
+
+
 async def refresh(redis: Redis, ledger: Ledger) -> None:
     """Read what was appended to the experiment's streams since the last refresh."""
     now_ms = wall_ms()
     key = keys.decisions(ledger.name)
     while True:
-        entries = await redis.xrange(key, min=f"({ledger.decisions_cursor}", count=DECISION_PAGE)
+        entries = await read_after(redis, key, ledger.decisions_cursor, DECISION_PAGE)
         if not entries:
             break
         for entry_id, fields_ in entries:
@@ -405,7 +415,7 @@ async def refresh(redis: Redis, ledger: Ledger) -> None:
             break
     key = keys.joined(ledger.name)
     while True:
-        entries = await redis.xrange(key, min=f"({ledger.joined_cursor}", count=JOINED_PAGE)
+        entries = await read_after(redis, key, ledger.joined_cursor, JOINED_PAGE)
         if not entries:
             break
         decoded: list[tuple[int, Joined]] = []
@@ -454,7 +464,7 @@ class StatsBook:
 
 async def join_counters(redis: Redis, name: str) -> dict[str, int]:
     """The joiner's counters; a field it has not written yet reads as 0."""
-    raw = await redis.hgetall(keys.join_counters(name))
+    raw = cast(dict[bytes, bytes], await redis.hgetall(keys.join_counters(name)))
     counters = {k: 0 for k in JOIN_COUNTER_FIELDS}
     for key, value in raw.items():
         try:

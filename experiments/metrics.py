@@ -32,7 +32,7 @@ from redis.exceptions import ResponseError
 
 from banditgate import keys
 from banditgate.redis import Redis
-from experiments.ledger import LATENCY_BUCKETS_S, join_counters
+from experiments.ledger import LATENCY_BUCKETS_S, join_counters, read_after
 from experiments.lifecycle import status_of
 from experiments.service import ControlService, Service
 from experiments.stats import srm
@@ -74,10 +74,10 @@ async def group_lags(redis: Redis, stream_key: str, stream: str, now_ms: int) ->
     for info in groups:
         name = _text(info.get("name"))
         last = _text(info.get("last-delivered-id")) or "0-0"
-        after = await redis.xrange(stream_key, min=f"({last}", count=1)
+        after = await read_after(redis, stream_key, last, 1)
         lag = info.get("lag")
         if lag is None:  # Redis < 7 has no lag field: count, up to a cap
-            lag = len(await redis.xrange(stream_key, min=f"({last}", count=LAG_COUNT_CAP))
+            lag = len(await read_after(redis, stream_key, last, LAG_COUNT_CAP))
         oldest_ms = int(_text(after[0][0]).split("-")[0]) if after else None
         out.append(
             GroupLag(
@@ -266,7 +266,7 @@ class _Snapshot:
 
 def render(experiments: Iterable[ExperimentMetrics]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(families(experiments)))  # type: ignore[arg-type]
+    registry.register(_Snapshot(families(experiments)))
     return generate_latest(registry)
 
 
