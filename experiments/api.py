@@ -8,6 +8,7 @@ If-Match with it (412 when someone else changed the experiment first).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 import orjson
@@ -232,15 +233,17 @@ def routes() -> APIRouter:
 
 async def experiment_stats(service: ControlService, name: str, **options: Any) -> dict[str, Any]:
     spec = await service.store.get(name)
-    ledger = await service.stats.ledger(spec)
     override = await service.store.get_override(name)
     counters = await join_counters(service.redis, name)
-    return summarize(spec, ledger, override=override, counters=counters, **options)
+    async with service.stats.open(spec) as ledger:
+        return await asyncio.to_thread(
+            summarize, spec, ledger, override=override, counters=counters, **options
+        )
 
 
 async def experiment_timeseries(
     service: ControlService, name: str, **options: Any
 ) -> dict[str, Any]:
     spec = await service.store.get(name)
-    ledger = await service.stats.ledger(spec)
-    return timeseries(spec, ledger, **options)
+    async with service.stats.open(spec) as ledger:
+        return await asyncio.to_thread(timeseries, spec, ledger, **options)

@@ -11,9 +11,12 @@ experiments.stats.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, fields
 from typing import cast
 
@@ -50,8 +53,8 @@ LATENCY_BUCKETS_S = (
 )
 MAX_SIGNATURES = 32
 SEQUENTIAL_MODES = frozenset({"ab", "canary"})
-DECISION_PAGE = 50
-JOINED_PAGE = 5000
+DECISION_PAGE = 2  # batches of up to 2000 decisions each
+JOINED_PAGE = 1000
 
 
 @dataclass(slots=True)
@@ -160,17 +163,6 @@ class LifetimeArm:
     reward_sum: float = 0.0
 
 
-def _is_error(decision: Decision) -> bool:
-    return decision.get("status", 200) >= 500 or "error" in decision
-
-
-def _latency_index(seconds: float) -> int:
-    for i, edge in enumerate(LATENCY_BUCKETS_S):
-        if seconds <= edge:
-            return i
-    return len(LATENCY_BUCKETS_S)
-
-
 class Ledger:
     """Tallies of one experiment's streams; fed in stream order."""
 
@@ -210,65 +202,119 @@ class Ledger:
         return tally
 
     def feed_decisions(self, decisions: Iterable[Decision], now_ms: int | None = None) -> None:
+        """Tally decisions; grouped by (bucket, arm set) so the sums run in numpy."""
         now_ms = now_ms if now_ms is not None else wall_ms()
-        groups: dict[tuple[int, tuple[str, ...]], tuple[Bucket, list[list[float]], list[int]]] = {}
+        groups: dict[tuple[int, tuple[str, ...]], tuple[Bucket, list[Decision]]] = {}
         for d in decisions:
             try:
-                arms = tuple(d["arms"])
-                pmf = d["pmf"]
-                chosen = d["chosen"]
-                index = arms.index(chosen)
-                ts = int(d["ts_ms"])
-            except (KeyError, ValueError, TypeError):
+                ts, arms = int(d["ts_ms"]), tuple(d["arms"])
+            except (KeyError, TypeError, ValueError):
                 log.warning("%s: skipping a malformed decision", self.name)
                 continue
-            self.last_decision_ms = max(self.last_decision_ms, ts)
             bucket = self._bucket(ts, now_ms)
-            bucket.decisions += 1
-            tally = bucket.arm(chosen)
-            tally.decisions += 1
-            latency = float(d.get("latency_ms", 0.0))
-            tally.latency_ms += latency
-            error = _is_error(d)
-            life = self._life(chosen)
-            life.decisions += 1
-            code = f"{int(d.get('status', 0)) // 100}xx"
-            life.codes[code] = life.codes.get(code, 0) + 1
-            life.latency_counts[_latency_index(latency / 1000.0)] += 1
-            life.latency_sum_s += latency / 1000.0
-            if error:
-                tally.errors += 1
-                life.errors += 1
-            if d.get("forced"):
-                tally.forced += 1
-                continue
-            tally.randomized += 1
-            tally.sampled_p += float(pmf[index])
-            bucket.randomized += 1
-            for name, p in zip(arms, pmf, strict=False):
-                bucket.arm(name).action_p += float(p)
-            group = groups.get((bucket.start_ms, arms))
-            if group is None:
-                group = groups[(bucket.start_ms, arms)] = (bucket, [], [])
-            group[1].append(pmf)
-            group[2].append(index)
-            if not bucket.signatures_overflow:
-                signature = (arms, tuple(round(float(p), 9) for p in pmf))
-                counts = bucket.signatures.get(signature)
-                if counts is None and len(bucket.signatures) >= MAX_SIGNATURES:
-                    bucket.signatures_overflow = True
-                elif counts is None:
-                    counts = bucket.signatures[signature] = [0] * len(arms)
-                if counts is not None:
-                    counts[index] += 1
-        for (_, arms), (bucket, rows, chosen_idx) in groups.items():
-            matrix = np.asarray(rows, dtype=np.float64)
+            # A fine and a coarse bucket may share a start time; the object identifies it.
+            groups.setdefault((id(bucket), arms), (bucket, []))[1].append(d)
+        for (_, arms), (bucket, rows) in groups.items():
+            self._feed_group(bucket, arms, rows)
+
+    def _feed_group(self, bucket: Bucket, arms: tuple[str, ...], rows: list[Decision]) -> None:
+        k = len(arms)
+        position = {arm: i for i, arm in enumerate(arms)}
+        kept = [d for d in rows if len(d.get("pmf", ())) == k and d.get("chosen") in position]
+        if len(kept) < len(rows):
+            log.warning("%s: skipping %d malformed decisions", self.name, len(rows) - len(kept))
+        n = len(kept)
+        if n == 0:
+            return
+        chosen = np.fromiter((position[d["chosen"]] for d in kept), np.int64, n)
+        pmf = np.asarray([d["pmf"] for d in kept], dtype=np.float64).reshape(n, k)
+        forced = np.fromiter((bool(d.get("forced")) for d in kept), bool, n)
+        status = np.fromiter((int(d.get("status", 0)) for d in kept), np.int64, n)
+        failed = (status >= 500) | np.fromiter(("error" in d for d in kept), bool, n)
+        latency_ms = np.fromiter((float(d.get("latency_ms", 0.0)) for d in kept), np.float64, n)
+        self.last_decision_ms = max(self.last_decision_ms, max(int(d["ts_ms"]) for d in kept))
+
+        def per_arm(
+            mask: np.ndarray | None = None, weights: np.ndarray | None = None
+        ) -> np.ndarray:
+            picked = chosen if mask is None else chosen[mask]
+            w = weights if mask is None or weights is None else weights[mask]
+            return np.bincount(picked, weights=w, minlength=k)
+
+        randomized = ~forced
+        r_chosen = chosen[randomized]
+        r_pmf = pmf[randomized]
+        counts = per_arm()
+        columns = {
+            "decisions": counts,
+            "forced": per_arm(forced),
+            "errors": per_arm(failed),
+            "latency_ms": per_arm(None, latency_ms),
+            "randomized": np.bincount(r_chosen, minlength=k),
+            "sampled_p": np.bincount(
+                r_chosen, weights=r_pmf[np.arange(len(r_chosen)), r_chosen], minlength=k
+            ),
+            "action_p": r_pmf.sum(axis=0),
+        }
+        for i, arm in enumerate(arms):
+            tally = bucket.arm(arm)
+            tally.decisions += int(columns["decisions"][i])
+            tally.forced += int(columns["forced"][i])
+            tally.errors += int(columns["errors"][i])
+            tally.latency_ms += float(columns["latency_ms"][i])
+            tally.randomized += int(columns["randomized"][i])
+            tally.sampled_p += float(columns["sampled_p"][i])
+            tally.action_p += float(columns["action_p"][i])
+        bucket.decisions += n
+        bucket.randomized += len(r_chosen)
+        if len(r_chosen):
             propensity = bucket.propensity.get(arms)
             if propensity is None:
-                propensity = bucket.propensity[arms] = PropensityTally.empty(len(arms))
-            propensity.chosen += np.bincount(chosen_idx, minlength=len(arms))
-            propensity.sum_p += matrix.sum(axis=0)
-            propensity.sum_pp += matrix.T @ matrix
+                propensity = bucket.propensity[arms] = PropensityTally.empty(k)
+            propensity.chosen += columns["randomized"]
+            propensity.sum_p += columns["action_p"]
+            propensity.sum_pp += r_pmf.T @ r_pmf
+            self._signatures(bucket, arms, r_pmf, r_chosen)
+        # Lifetime totals for Prometheus.
+        edges = np.asarray(LATENCY_BUCKETS_S)
+        slot = np.searchsorted(edges, latency_ms / 1000.0, side="left")
+        classes = status // 100
+        for i, arm in enumerate(arms):
+            if not counts[i]:
+                continue
+            life = self._life(arm)
+            mine = chosen == i
+            life.decisions += int(counts[i])
+            life.errors += int(columns["errors"][i])
+            life.latency_sum_s += float(columns["latency_ms"][i]) / 1000.0
+            for j, c in enumerate(np.bincount(slot[mine], minlength=len(edges) + 1)):
+                life.latency_counts[j] += int(c)
+            values, tallies = np.unique(classes[mine], return_counts=True)
+            for value, count in zip(values, tallies, strict=True):
+                code = f"{int(value)}xx"
+                life.codes[code] = life.codes.get(code, 0) + int(count)
+
+    def _signatures(
+        self, bucket: Bucket, arms: tuple[str, ...], pmf: np.ndarray, chosen: np.ndarray
+    ) -> None:
+        """Chosen counts per distinct logged pmf, while there are few (static splits)."""
+        if bucket.signatures_overflow:
+            return
+        if (pmf == pmf[0]).all():  # the usual static split: one pmf, no sort needed
+            unique, inverse = pmf[:1], np.zeros(len(pmf), dtype=np.int64)
+        else:
+            unique, inverse = np.unique(pmf, axis=0, return_inverse=True)
+        fresh = [tuple(map(float, row)) for row in unique]
+        known = sum(1 for row in fresh if (arms, row) in bucket.signatures)
+        if len(bucket.signatures) + len(fresh) - known > MAX_SIGNATURES:
+            bucket.signatures_overflow = True
+            return
+        inverse = inverse.reshape(-1)
+        for u, row in enumerate(fresh):
+            counts = np.bincount(chosen[inverse == u], minlength=len(arms))
+            existing = bucket.signatures.setdefault((arms, row), [0] * len(arms))
+            for i, c in enumerate(counts):
+                existing[i] += int(c)
 
     def feed_joined(self, entries: Iterable[tuple[int, Joined]], now_ms: int | None = None) -> None:
         now_ms = now_ms if now_ms is not None else wall_ms()
@@ -395,29 +441,53 @@ async def read_after(redis: Redis, key: str, after: str, count: int) -> StreamEn
     return cast(StreamEntries, entries or [])
 
 
-async def refresh(redis: Redis, ledger: Ledger) -> None:
-    """Read what was appended to the experiment's streams since the last refresh."""
-    now_ms = wall_ms()
-    key = keys.decisions(ledger.name)
-    while True:
-        entries = await read_after(redis, key, ledger.decisions_cursor, DECISION_PAGE)
-        if not entries:
-            break
-        for entry_id, fields_ in entries:
-            try:
-                batch = decode_decision_batch(fields_)
-            except (KeyError, orjson.JSONDecodeError):
-                log.warning("%s: undecodable decision batch %r", ledger.name, entry_id)
-                continue
-            ledger.feed_decisions(batch, now_ms)
-        ledger.decisions_cursor = entries[-1][0].decode()
-        if len(entries) < DECISION_PAGE:
-            break
-    key = keys.joined(ledger.name)
-    while True:
-        entries = await read_after(redis, key, ledger.joined_cursor, JOINED_PAGE)
-        if not entries:
-            break
+_gc_lock = threading.Lock()
+_gc_pauses = 0
+_gc_was_enabled = True
+
+
+@contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic collector while a chunk of stream entries is decoded and tallied.
+
+    orjson builds thousands of small, acyclic dicts per decision batch; reference
+    counting frees them, but their churn triggers full-heap collections that hold the
+    GIL for 50-100+ ms, stalling the event loop (and a router sharing it). Pausing
+    the collector for one page (a read and a few ms of tallying) removes those
+    stalls: see BENCHMARKS.md. Re-entrant and thread-safe; restores the prior state.
+    """
+    global _gc_pauses, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
+
+
+def _feed_decision_entries(ledger: Ledger, entries: StreamEntries, now_ms: int) -> None:
+    with cyclic_gc_paused():
+        _feed_decision_batches(ledger, entries, now_ms)
+
+
+def _feed_decision_batches(ledger: Ledger, entries: StreamEntries, now_ms: int) -> None:
+    for entry_id, fields_ in entries:
+        try:
+            batch = decode_decision_batch(fields_)
+        except (KeyError, orjson.JSONDecodeError):
+            log.warning("%s: undecodable decision batch %r", ledger.name, entry_id)
+            continue
+        ledger.feed_decisions(batch, now_ms)
+
+
+def _feed_joined_entries(ledger: Ledger, entries: StreamEntries, now_ms: int) -> None:
+    with cyclic_gc_paused():
         decoded: list[tuple[int, Joined]] = []
         for entry_id, fields_ in entries:
             try:
@@ -425,9 +495,31 @@ async def refresh(redis: Redis, ledger: Ledger) -> None:
             except (KeyError, ValueError, orjson.JSONDecodeError):
                 log.warning("%s: undecodable joined entry %r", ledger.name, entry_id)
         ledger.feed_joined(decoded, now_ms)
-        ledger.joined_cursor = entries[-1][0].decode()
-        if len(entries) < JOINED_PAGE:
-            break
+
+
+async def refresh(redis: Redis, ledger: Ledger) -> None:
+    """Read what was appended to the experiment's streams since the last refresh.
+
+    Decoding and tallying run in a worker thread, a page at a time: the event loop
+    (which `banditgate serve` shares with the router) keeps serving meanwhile.
+    """
+    now_ms = wall_ms()
+    for key, page, feed, cursor in (
+        (keys.decisions(ledger.name), DECISION_PAGE, _feed_decision_entries, "decisions_cursor"),
+        (keys.joined(ledger.name), JOINED_PAGE, _feed_joined_entries, "joined_cursor"),
+    ):
+        while True:
+            # A page's objects are born and freed inside one pause: none gets promoted to
+            # an old generation, so none triggers a full collection later.
+            with cyclic_gc_paused():
+                entries = await read_after(redis, key, getattr(ledger, cursor), page)
+                if entries:
+                    await asyncio.to_thread(feed, ledger, entries, now_ms)
+                    setattr(ledger, cursor, entries[-1][0].decode())
+                done = len(entries) < page
+                del entries
+            if done:
+                break
     ledger.compact(now_ms)
 
 
@@ -438,8 +530,12 @@ class StatsBook:
         self.redis = redis
         self.ledgers: dict[str, Ledger] = {}
 
-    async def ledger(self, spec: ExperimentSpec) -> Ledger:
-        """The experiment's ledger, brought up to date (a new one if it was re-created)."""
+    @asynccontextmanager
+    async def open(self, spec: ExperimentSpec) -> AsyncIterator[Ledger]:
+        """The experiment's ledger, up to date and locked for the block (a new one if re-created).
+
+        Read it only inside the block: a refresh for another caller mutates it in a thread.
+        """
         created = await self._created_ms(spec.name)
         ledger = self.ledgers.get(spec.name)
         if ledger is None or ledger.created_ms != created:
@@ -447,7 +543,7 @@ class StatsBook:
         async with ledger.lock:
             configure_ledger(ledger, spec)
             await refresh(self.redis, ledger)
-        return ledger
+            yield ledger
 
     def forget(self, name: str) -> None:
         self.ledgers.pop(name, None)

@@ -380,10 +380,10 @@ class Lifecycle:
         configured = configured_weights(spec, None)
         if configured is not None:
             return configured
-        ledger = await self.stats.ledger(spec)
-        recent = ledger.merged(int(time.time() * 1000 - PAUSE_LOOKBACK_S * 1000))
-        if recent.randomized == 0:
-            recent = ledger.merged()
+        async with self.stats.open(spec) as ledger:
+            recent = ledger.merged(int(time.time() * 1000 - PAUSE_LOOKBACK_S * 1000))
+            if recent.randomized == 0:
+                recent = ledger.merged()
         if recent.randomized == 0:
             return dict(
                 zip(spec.arm_names, normalise(list(default_weights(spec).values())), strict=True)

@@ -13,6 +13,8 @@ unknown experiment) leave no trace in Redis.
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import logging
 import time
 from collections.abc import Iterable
@@ -32,7 +34,8 @@ from redis.exceptions import ResponseError
 
 from banditgate import keys
 from banditgate.redis import Redis
-from experiments.ledger import LATENCY_BUCKETS_S, join_counters, read_after
+from banditgate.spec import ExperimentSpec
+from experiments.ledger import LATENCY_BUCKETS_S, Ledger, join_counters, read_after
 from experiments.lifecycle import status_of
 from experiments.service import ControlService, Service
 from experiments.stats import srm
@@ -95,6 +98,12 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value) if value is not None else ""
 
 
+def _srm_of(
+    spec: ExperimentSpec, override: dict[str, Any] | None, ledger: Ledger
+) -> dict[str, Any]:
+    return srm(spec, override, ledger.merged())
+
+
 async def gather(service: ControlService) -> list[ExperimentMetrics]:
     now_ms = int(time.time() * 1000)
     out: list[ExperimentMetrics] = []
@@ -103,16 +112,18 @@ async def gather(service: ControlService) -> list[ExperimentMetrics]:
         spec = await service.store.find(name)
         if spec is None:
             continue
-        ledger = await service.stats.ledger(spec)
         override = await service.store.get_override(name)
+        async with service.stats.open(spec) as ledger:
+            lifetime = copy.deepcopy(ledger.lifetime)
+            check = await asyncio.to_thread(_srm_of, spec, override, ledger)
         metrics = ExperimentMetrics(
             name=name,
             mode=spec.mode,
             status=status_of(override),
             policy_version=await service.registry.current_version(name),
-            lifetime=dict(ledger.lifetime),
+            lifetime=lifetime,
             counters=await join_counters(redis, name),
-            srm=srm(spec, override, ledger.merged()),
+            srm=check,
         )
         for stream, key in (("decisions", keys.decisions(name)), ("joined", keys.joined(name))):
             metrics.groups += await group_lags(redis, key, stream, now_ms)
