@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 from types import ModuleType
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import ORJSONResponse
 
 from banditgate.http import install_error_handlers
 from banditgate.redis import Redis
@@ -56,9 +55,9 @@ def create_control_app(
         finally:
             await service.shutdown()
 
-    app = FastAPI(
-        title="banditgate control plane", lifespan=lifespan, default_response_class=ORJSONResponse
-    )
+    # Routes return typed dicts: FastAPI serialises them with pydantic (ORJSONResponse is
+    # deprecated there), which also turns NaN into null.
+    app = FastAPI(title="banditgate control plane", lifespan=lifespan)
     app.state.control = service
     install_error_handlers(app)
     app.include_router(routes)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from fastapi import APIRouter
 from playwright.async_api import Browser, Page, async_playwright
 
 from banditgate import keys
@@ -213,6 +214,47 @@ async def test_experiment_dashboard_draws_what_the_api_returns(
     row = page.locator(f'tr[data-experiment="{name}"]')
     assert await row.locator("a").get_attribute("href") == f"dashboard/{name}"
     assert "SRM" in await row.inner_text()
+    assert problems == []
+
+
+def stub_rollout_api() -> APIRouter:
+    """The rollout API's published shape (GET .../rollout -> phase, weights, history)."""
+    router = APIRouter()
+
+    @router.get("/v1/experiments/{name}/rollout")
+    async def rollout(name: str) -> dict[str, Any]:
+        return {
+            "phase": "canary 25%",
+            "weights": {"a": 0.75, "b": 0.25},
+            "history": [
+                {"ts_ms": 1_700_000_000_000, "event": "step", "percent": 10},
+                {"ts_ms": 1_700_000_060_000, "event": "step", "percent": 25},
+            ],
+        }
+
+    return router
+
+
+async def test_rollout_phase_and_history_are_shown(
+    control: Control, browser: Browser, name: str
+) -> None:
+    control.app.include_router(stub_rollout_api())
+    await control.call(
+        "POST",
+        "/v1/experiments",
+        spec_doc(name, mode="canary", canary={"baseline": "a", "canary": "b"}),
+    )
+    data = await control.get(f"/dashboard/{name}/data")
+    assert data["rollout"]["phase"] == "canary 25%"
+    page, problems = await open_page(browser, f"{control.url}/dashboard/{name}")
+    assert await page.inner_text("#rollout-phase") == "canary 25%"
+    bars = await page.eval_on_selector_all("#rollout .weights div", "els => els.map(e => e.title)")
+    assert bars == ["a 75.0%", "b 25.0%"]
+    history = await page.eval_on_selector_all(
+        "#rollout ul.history li", "els => els.map(e => e.textContent)"
+    )
+    assert len(history) == 2
+    assert "percent=25" in history[0]  # newest first
     assert problems == []
 
 
