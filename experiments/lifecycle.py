@@ -131,12 +131,15 @@ def _reweigh_add(document: dict[str, Any], spec: ExperimentSpec, arm_doc: dict[s
     policy_weights = document.get("policy", {}).get("weights")
     arm_weights = any(a.get("weight") is not None for a in document["arms"])
     new_weight = arm_doc.get("weight")
+    if new_weight is not None and (
+        isinstance(new_weight, bool) or not isinstance(new_weight, int | float)
+    ):
+        return  # not a number: the spec validation names the field
     if policy_weights is None and not arm_weights:
         if new_weight is None:
             return  # an equal split stays an equal split
         for a in document["arms"]:
             a["weight"] = 100.0 / len(document["arms"])
-        arm_weights = True
     table = (
         dict(policy_weights)
         if policy_weights is not None
