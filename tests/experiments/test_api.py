@@ -301,6 +301,11 @@ async def test_ab_equal_split_with_policy_weights(control: Control, name: str) -
     assert body["spec"]["policy"]["weights"] == pytest.approx({"a": 2.0, "b": 2 / 3, "c": 4 / 3})
     status, body = await control.call("DELETE", f"/v1/experiments/{name}/arms/a")
     assert body["spec"]["policy"]["weights"] == pytest.approx({"b": 4 / 3, "c": 8 / 3})
+    status, body = await control.call(
+        "POST", f"/v1/experiments/{name}/arms", {"name": "d", "url": "http://x", "weight": "heavy"}
+    )
+    assert status == 422
+    assert body["error"]["field"] == "arms[2].weight"
 
 
 async def test_pause_resume_and_end(control: Control, name: str) -> None:
