@@ -16,7 +16,7 @@ from playwright.async_api import Browser, Page, async_playwright
 
 from banditgate import keys
 from banditgate.redis import Redis
-from tests.experiments.conftest import Control, decision, spec_doc
+from tests.experiments.conftest import Control, decision, spec_doc, write_decisions
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -255,6 +255,24 @@ async def test_rollout_phase_and_history_are_shown(
     )
     assert len(history) == 2
     assert "percent=25" in history[0]  # newest first
+    assert problems == []
+
+
+async def test_the_page_refreshes_itself(
+    control: Control, browser: Browser, redis: Redis, name: str
+) -> None:
+    await control.call("POST", "/v1/experiments", spec_doc(name))
+    await write_decisions(redis, name, [decision(name, "a", [0.5, 0.5])] * 2)
+    page, problems = await open_page(browser, f"{control.url}/dashboard/{name}?refresh=1")
+    assert await page.evaluate("window.banditgate.data.stats.totals.decisions") == 2
+    await write_decisions(redis, name, [decision(name, "b", [0.5, 0.5])] * 3)
+    await page.wait_for_function(
+        "window.banditgate.data.stats.totals.decisions === 5", timeout=15_000
+    )
+    row = await page.eval_on_selector(
+        '#arms-table tr[data-arm="b"]', "e => e.children[1].textContent"
+    )
+    assert row == "3"
     assert problems == []
 
 
