@@ -7,7 +7,7 @@ decisions (a dashboard tick under load), the stats summary, the time series,
 and the /metrics rendering.
 
     BANDITGATE_REDIS_URL=redis://127.0.0.1:6379/3 .venv/bin/python bench/stats_ledger.py
-    .venv/bin/python bench/stats_ledger.py --decisions 200000   # embedded Redis when the URL is unset
+    .venv/bin/python bench/stats_ledger.py --decisions 200000   # embedded Redis (URL unset)
 
 The experiment's keys are deleted at the end; nothing else in the database is touched.
 """
@@ -103,7 +103,8 @@ async def main(decisions: int) -> None:
         started = time.perf_counter()
         await write(redis, decisions, 1, now - 6 * 3600 * 1000, 6 * 3600 * 1000)
         print(
-            f"wrote {decisions:,} decisions and {decisions // 3:,} joined examples in {time.perf_counter() - started:.1f} s"
+            f"wrote {decisions:,} decisions and {decisions // 3:,} joined examples "
+            f"in {time.perf_counter() - started:.1f} s"
         )
 
         book = StatsBook(redis)
@@ -133,7 +134,9 @@ async def main(decisions: int) -> None:
             f"{int((lags > 50).sum())} of {len(lags)} wake-ups over 50 ms"
         )
         print(
-            f"first read into a fresh ledger: {first:.2f} s ({decisions / first:,.0f} decisions/s); peak RSS +{(rss_after - rss_before) / 1024:.0f} MB"
+            f"first read into a fresh ledger: {first:.2f} s "
+            f"({decisions / first:,.0f} decisions/s); "
+            f"peak RSS +{(rss_after - rss_before) / 1024:.0f} MB"
         )
 
         await write(redis, 10_000, 2, int(time.time() * 1000) - 10_000, 10_000)
@@ -141,7 +144,8 @@ async def main(decisions: int) -> None:
         async with book.open(spec) as ledger:
             pass
         print(
-            f"incremental refresh after 10,000 more decisions: {1000 * (time.perf_counter() - started):.0f} ms"
+            "incremental refresh after 10,000 more decisions: "
+            f"{1000 * (time.perf_counter() - started):.0f} ms"
         )
 
         started = time.perf_counter()
