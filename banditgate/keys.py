@@ -104,6 +104,11 @@ def join_counters(experiment: str) -> str:
     return f"{_tag(experiment)}:join:counters"
 
 
+def control_lock(experiment: str) -> str:
+    """Serialises the control plane's read-modify-write of one experiment's spec and weights."""
+    return f"{_tag(experiment)}:control:lock"
+
+
 def rollout_state(experiment: str) -> str:
     return f"{_tag(experiment)}:rollout"
 

@@ -66,14 +66,18 @@ def override_applies(spec: ExperimentSpec, override: dict[str, Any] | None) -> b
 
 
 def override_record(
-    previous: dict[str, Any] | None, weights: dict[str, float], *, reason: str, **extra: Any
+    last: dict[str, Any] | None, weights: dict[str, float], /, *, reason: str, **extra: Any
 ) -> dict[str, Any]:
-    """The stored form of a weights override; the revision counts up from the previous one."""
+    """The stored form of a weights override; the revision counts up from the last one.
+
+    Positional-only, so an override may itself carry a field named like a parameter
+    (a pause keeps the weights it replaced under `previous`).
+    """
     return {
         "weights": weights,
         "reason": reason,
         "ts_ms": int(time.time() * 1000),
-        "revision": (previous or {}).get("revision", 0) + 1,
+        "revision": (last or {}).get("revision", 0) + 1,
         **extra,
     }
 

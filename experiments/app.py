@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import ModuleType
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import ORJSONResponse
 
 from banditgate.http import install_error_handlers
 from banditgate.redis import Redis
@@ -14,7 +14,9 @@ from experiments.service import ControlService
 from experiments.settings import ControlSettings
 
 
-def build(settings: ControlSettings, *, redis: Redis | None = None) -> tuple[APIRouter, ControlService]:
+def build(
+    settings: ControlSettings, *, redis: Redis | None = None
+) -> tuple[APIRouter, ControlService]:
     """Routes plus the component that owns their state (`app.state.control`)."""
     service = ControlService(settings, redis=redis)
     router = APIRouter()
@@ -23,9 +25,14 @@ def build(settings: ControlSettings, *, redis: Redis | None = None) -> tuple[API
     return router, service
 
 
-def _route_modules() -> list:  # type: ignore[type-arg]
-    modules = []
-    for name in ("experiments.api", "experiments.rollout_api", "experiments.dashboard", "experiments.metrics"):
+def _route_modules() -> list[ModuleType]:
+    modules: list[ModuleType] = []
+    for name in (
+        "experiments.api",
+        "experiments.rollout_api",
+        "experiments.dashboard",
+        "experiments.metrics",
+    ):
         try:
             modules.append(__import__(name, fromlist=["routes"]))
         except ModuleNotFoundError as exc:
@@ -34,7 +41,9 @@ def _route_modules() -> list:  # type: ignore[type-arg]
     return modules
 
 
-def create_control_app(settings: ControlSettings | None = None, *, redis: Redis | None = None) -> FastAPI:
+def create_control_app(
+    settings: ControlSettings | None = None, *, redis: Redis | None = None
+) -> FastAPI:
     """The control plane alone (`banditgate control`)."""
     routes, service = build(settings or ControlSettings(), redis=redis)
 
@@ -46,7 +55,9 @@ def create_control_app(settings: ControlSettings | None = None, *, redis: Redis 
         finally:
             await service.shutdown()
 
-    app = FastAPI(title="banditgate control plane", lifespan=lifespan, default_response_class=ORJSONResponse)
+    # Routes return typed dicts: FastAPI serialises them with pydantic (ORJSONResponse is
+    # deprecated there), which also turns NaN into null.
+    app = FastAPI(title="banditgate control plane", lifespan=lifespan)
     app.state.control = service
     install_error_handlers(app)
     app.include_router(routes)

@@ -1,9 +1,497 @@
-"""Commands this package adds to `banditgate`."""
+"""`banditgate exp ...` (talks to the control plane's HTTP API) and `banditgate control`."""
 
 from __future__ import annotations
 
+import datetime as dt
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import orjson
 import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from banditgate.errors import InvalidSpec
+from banditgate.spec import load_specs
+
+# Markup stays off: spec paths like arms[bert-1] and arm names are data, not styles.
+console = Console(markup=False, highlight=False)
+err = Console(stderr=True, markup=False, highlight=False)
+
+Url = Annotated[
+    str,
+    typer.Option("--url", envvar="BANDITGATE_URL", help="Control plane base URL."),
+]
+AdminKey = Annotated[
+    str | None,
+    typer.Option(
+        "--admin-key",
+        envvar="BANDITGATE_ADMIN_KEY",
+        help="Admin key for changes.",
+        show_default=False,
+    ),
+]
+Name = Annotated[str, typer.Argument(help="Experiment name.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the API's JSON instead of tables.")]
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        self.status = status
+        self.type = error.get("type", "HTTPError")
+        self.field = error.get("field")
+        self.message = error.get("message") or (body if isinstance(body, str) else f"HTTP {status}")
+        super().__init__(self.message)
+
+
+class ControlClient:
+    """A small JSON client for the control plane (stdlib only; a CLI call is one request or two)."""
+
+    def __init__(self, url: str, admin_key: str | None = None, timeout_s: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.admin_key = admin_key
+        self.timeout_s = timeout_s
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        headers = {"accept": "application/json"}
+        data = None
+        if body is not None:
+            data = orjson.dumps(body)
+            headers["content-type"] = "application/json"
+        if self.admin_key:
+            headers["authorization"] = f"Bearer {self.admin_key}"
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                raw = response.read()
+                return orjson.loads(raw) if raw else None
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                parsed: Any = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                parsed = raw.decode(errors="replace")
+            raise ApiError(exc.code, parsed) from None
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"error: {message}", style="bold red")
+    raise typer.Exit(code)
+
+
+def call(client: ControlClient, method: str, path: str, body: Any = None) -> Any:
+    try:
+        return client.request(method, path, body)
+    except ApiError as exc:
+        where = f" (field {exc.field})" if exc.field else ""
+        fail(f"{exc.message}{where} [HTTP {exc.status} {exc.type}]")
+    except urllib.error.URLError as exc:
+        fail(f"cannot reach the control plane at {client.url}: {exc.reason}")
+
+
+def quoted(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
+
+
+def parse_window(text: str | None) -> float | None:
+    """'90s', '15m', '6h', '7d' or plain seconds."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not match:
+        fail(f"--window: {text!r} is not a duration like 15m, 6h or 7d", code=2)
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def parse_weights(pairs: list[str]) -> dict[str, float]:
+    weights: dict[str, float] = {}
+    for pair in pairs:
+        arm, sep, value = pair.partition("=")
+        try:
+            if not sep or not arm:
+                raise ValueError
+            weights[arm] = float(value)
+        except ValueError:
+            fail(f"{pair!r}: weights are written arm=weight, e.g. a=0.9 b=0.1", code=2)
+    return weights
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def pct(value: Any) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def interval(pair: list[float] | None) -> str:
+    return "-" if not pair else f"[{pair[0]:.4g}, {pair[1]:.4g}]"
+
+
+def when(ms: int | None) -> str:
+    return "-" if not ms else dt.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def dump(data: Any) -> None:
+    console.print_json(orjson.dumps(data).decode())
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def apply(
+    file: Annotated[list[Path], typer.Option("--file", "-f", help="Spec file(s), YAML or JSON.")],
+    url: Url = DEFAULT_URL,
+    admin_key: AdminKey = None,
+) -> None:
+    """Create or update experiments from spec files (like kubectl apply)."""
+    specs = []
+    for path in file:
+        try:
+            specs.extend(load_specs(path))
+        except InvalidSpec as exc:
+            fail(exc.message, code=2)
+    client = ControlClient(url, admin_key)
+    for spec in specs:
+        entry = call(
+            client, "PUT", f"/v1/experiments/{quoted(spec.name)}", orjson.loads(spec.to_json())
+        )
+        if entry.get("unchanged"):
+            console.print(f"experiment/{spec.name} unchanged (version {entry['version']})")
+        elif entry.get("created"):
+            console.print(f"experiment/{spec.name} created (version {entry['version']})")
+        else:
+            changes = ", ".join(f"{c['op']} {c['path']}" for c in entry.get("changes", []))
+            console.print(
+                f"experiment/{spec.name} configured (version {entry['version']}): {changes}"
+            )
+
+
+def list_(url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+    """Every experiment with its mode, status and versions."""
+    data = call(ControlClient(url), "GET", "/v1/experiments")
+    if as_json:
+        dump(data)
+        return
+    table = Table(title="experiments")
+    for column in ("name", "mode", "status", "arms", "spec", "policy", "updated"):
+        table.add_column(column)
+    for e in data["experiments"]:
+        status = f"ended ({e['winner']})" if e["status"] == "ended" else e["status"]
+        table.add_row(
+            e["name"],
+            e["mode"],
+            status,
+            ", ".join(e["arms"]),
+            str(e["version"]),
+            fmt(e["policy_version"]),
+            when(e["updated_ms"]),
+        )
+    console.print(table)
+
+
+def show(name: Name, url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+    """The spec, status, traffic override and version history of one experiment."""
+    client = ControlClient(url)
+    described = call(client, "GET", f"/v1/experiments/{quoted(name)}")
+    versions = call(client, "GET", f"/v1/experiments/{quoted(name)}/versions")["versions"]
+    if as_json:
+        dump({**described, "versions": versions})
+        return
+    status = described["status"] + (
+        f" (winner {described['winner']})" if described["winner"] else ""
+    )
+    console.print(f"{name}  {described['spec']['mode']}  {status}", style="bold")
+    console.print(
+        f"spec version {described['version']} · policy version {fmt(described['policy_version'])} "
+        f"· updated {when(described['updated_ms'])}"
+    )
+    override = described.get("override")
+    if override:
+        weights = ", ".join(f"{a}={w:g}" for a, w in override["weights"].items())
+        console.print(
+            f"static weights: {weights} ({override.get('reason')}, {when(override.get('ts_ms'))})"
+        )
+    console.print()
+    console.print(
+        yaml.safe_dump(described["spec"], sort_keys=False).rstrip(), highlight=False, markup=False
+    )
+    table = Table(title="spec versions")
+    for column in ("version", "when", "why", "what changed"):
+        table.add_column(column)
+    for v in versions[-10:]:
+        changes = ", ".join(f"{c['op']} {c['path']}" for c in v.get("changes", []))
+        table.add_row(str(v["version"]), when(v["ts_ms"]), v.get("reason", ""), changes)
+    console.print(table)
+
+
+def stats(
+    name: Name,
+    window: Annotated[str | None, typer.Option(help="Only the last 15m, 6h, 7d...")] = None,
+    url: Url = DEFAULT_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Per-arm statistics, SRM check, regret and, for A/B tests, the sequential test."""
+    seconds = parse_window(window)
+    query = f"?window_s={seconds:g}" if seconds else ""
+    data = call(ControlClient(url), "GET", f"/v1/experiments/{quoted(name)}/stats{query}")
+    if as_json:
+        dump(data)
+        return
+    ips = data["prob_best_method"] == "normal_ips"
+    table = Table(title=f"{name} · {data['mode']} · {'last ' + window if window else 'all data'}")
+    columns = ["arm", "decisions", "share", "action p", "sampled p", "joined", "rewarded"]
+    columns += ["mean reward", "95% CI"] + (["IPS value", "95% CI"] if ips else [])
+    columns += ["P(best)", "errors"]
+    for column in columns:
+        table.add_column(column, justify="left" if column == "arm" else "right")
+    for a in data["arms"]:
+        row = [
+            a["arm"],
+            str(a["decisions"]),
+            pct(a["traffic_share"]),
+            pct(a["mean_action_probability"]),
+            pct(a["mean_sampled_probability"]),
+            str(a["joined"]),
+            str(a["rewarded"]),
+            fmt(a["mean_reward"]),
+            interval(a["mean_reward_ci"]),
+        ]
+        if ips:
+            row += [fmt(a["value"]), interval(a["value_ci"])]
+        row += [pct(a["prob_best"]), str(a["errors"])]
+        table.add_row(*row)
+    console.print(table)
+    srm = data["srm"]
+    flagged = bool(srm.get("flagged"))
+    detail = (
+        f"chi2 {fmt(srm.get('chi2'))} on {srm.get('df', '-')} df, p {fmt(srm.get('p_value'), 3)}"
+    )
+    console.print(
+        f"sample ratio: {'FLAGGED' if flagged else 'ok'} ({srm.get('method')}; {detail})",
+        style="bold red" if flagged else None,
+    )
+    if srm.get("reason"):
+        console.print(f"  {srm['reason']}")
+    regret = data["regret"]
+    if regret.get("best_arm"):
+        console.print(
+            f"regret vs {regret['best_arm']}: {fmt(regret['per_decision'])} per decision, "
+            f"{fmt(regret['total'])} total"
+        )
+    rewards = data["rewards"]
+    console.print(
+        f"rewards: {rewards['received']} received, {rewards['late']} late, "
+        f"{rewards['orphaned']} orphaned, {rewards['duplicate']} duplicate"
+    )
+    sequential = data.get("sequential")
+    if sequential and sequential.get("comparisons"):
+        seq = Table(title=f"sequential test (anytime-valid, alpha {sequential['alpha']:g})")
+        for column in ("comparison", "units", "effect", "CS", "lift", "p", "verdict"):
+            seq.add_column(
+                column, justify="left" if column in ("comparison", "verdict") else "right"
+            )
+        for c in sequential["comparisons"]:
+            verdict = (
+                ("better" if c["effect"] > 0 else "worse") + f" than {c['control']}"
+                if c["significant"]
+                else "no difference shown yet"
+            )
+            seq.add_row(
+                f"{c['arm']} vs {c['control']}",
+                str(c["units"]),
+                fmt(c["effect"]),
+                interval(c["ci"]),
+                pct(c["relative_lift"]),
+                fmt(c["p_value"], 3),
+                verdict,
+            )
+        console.print(seq)
+
+
+def weights(
+    name: Name,
+    pairs: Annotated[list[str] | None, typer.Argument(help="arm=weight ... (none: show)")] = None,
+    url: Url = DEFAULT_URL,
+    admin_key: AdminKey = None,
+) -> None:
+    """Show the traffic split, or set static weights (arm=weight ...) through the rollout API."""
+    client = ControlClient(url, admin_key)
+    if pairs:
+        body = {"weights": parse_weights(pairs)}
+        result = call(client, "PUT", f"/v1/experiments/{quoted(name)}/weights", body)
+        shown = (
+            result.get("weights", body["weights"]) if isinstance(result, dict) else body["weights"]
+        )
+        console.print(
+            f"{name}: weights set to " + ", ".join(f"{a}={w:g}" for a, w in shown.items())
+        )
+        return
+    rollout = call(client, "GET", f"/v1/experiments/{quoted(name)}/rollout")
+    console.print(f"{name}: phase {rollout.get('phase', '-')}")
+    for arm, weight in (rollout.get("weights") or {}).items():
+        console.print(f"  {arm}: {weight:g}")
+
+
+def promote(name: Name, url: Url = DEFAULT_URL, admin_key: AdminKey = None) -> None:
+    """Move a canary or blue/green rollout forward (to full traffic)."""
+    result = call(
+        ControlClient(url, admin_key), "POST", f"/v1/experiments/{quoted(name)}/rollout/promote"
+    )
+    phase = result.get("phase", "-") if isinstance(result, dict) else "-"
+    console.print(f"{name}: promoted (phase {phase})")
+
+
+def rollback(
+    name: Name,
+    to: Annotated[int | None, typer.Option("--to", help="Policy version to serve.")] = None,
+    url: Url = DEFAULT_URL,
+    admin_key: AdminKey = None,
+) -> None:
+    """Roll back: a rollout to its baseline, a bandit to its previous (or --to) policy version."""
+    client = ControlClient(url, admin_key)
+    path = f"/v1/experiments/{quoted(name)}"
+    if to is None:
+        mode = call(client, "GET", path)["spec"]["mode"]
+        if mode in ("canary", "bluegreen"):
+            result = call(client, "POST", f"{path}/rollout/abort")
+            phase = result.get("phase", "-") if isinstance(result, dict) else "-"
+            console.print(f"{name}: rolled back to the baseline (phase {phase})")
+            return
+        policies = call(client, "GET", f"{path}/policies")
+        current = policies["current"]
+        earlier = [h["version"] for h in policies["history"] if h["version"] != current]
+        if not earlier:
+            fail(f"{name} has no earlier policy version to roll back to")
+        to = earlier[0]
+    call(client, "POST", f"{path}/policies/{to}/activate")
+    console.print(f"{name}: now serving policy version {to}")
+
+
+def pause(
+    name: Name,
+    pairs: Annotated[
+        list[str] | None, typer.Argument(help="arm=weight ... (none: freeze now)")
+    ] = None,
+    url: Url = DEFAULT_URL,
+    admin_key: AdminKey = None,
+) -> None:
+    """Freeze traffic at static weights: the given ones, or the split served now."""
+    body = {"weights": parse_weights(pairs)} if pairs else None
+    result = call(
+        ControlClient(url, admin_key), "POST", f"/v1/experiments/{quoted(name)}/pause", body
+    )
+    frozen = ", ".join(f"{a}={w:.4g}" for a, w in result["override"]["weights"].items())
+    console.print(f"{name}: {result['status']} at {frozen}")
+
+
+def resume(name: Name, url: Url = DEFAULT_URL, admin_key: AdminKey = None) -> None:
+    """Undo pause or end."""
+    result = call(ControlClient(url, admin_key), "POST", f"/v1/experiments/{quoted(name)}/resume")
+    override = result.get("override")
+    tail = f" (weights from {override.get('reason')})" if override else ""
+    console.print(f"{name}: running{tail}")
+
+
+def end(
+    name: Name,
+    winner: Annotated[str, typer.Option("--winner", help="Arm that gets all traffic.")],
+    url: Url = DEFAULT_URL,
+    admin_key: AdminKey = None,
+) -> None:
+    """End the experiment: 100% of traffic to the winner (resume undoes it)."""
+    call(
+        ControlClient(url, admin_key),
+        "POST",
+        f"/v1/experiments/{quoted(name)}/end",
+        {"winner": winner},
+    )
+    console.print(f"{name}: ended, all traffic to {winner}")
+
+
+def delete(
+    name: Name,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+    url: Url = DEFAULT_URL,
+    admin_key: AdminKey = None,
+) -> None:
+    """Delete an experiment with its streams, policies and history."""
+    if not yes:
+        typer.confirm(f"delete {name} and all of its data?", abort=True)
+    call(ControlClient(url, admin_key), "DELETE", f"/v1/experiments/{quoted(name)}")
+    console.print(f"experiment/{name} deleted")
+
+
+def control(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8081,
+    workers: Annotated[int, typer.Option(min=1, help="HTTP worker processes.")] = 1,
+    file: Annotated[
+        list[Path] | None, typer.Option("--file", "-f", help="Specs to apply first.")
+    ] = None,
+) -> None:
+    """Only the control plane: experiments API, dashboards and /metrics."""
+    import asyncio
+
+    import uvicorn
+
+    from banditgate.redis import resolve_redis_url
+    from banditgate.serve import apply_specs, close_embedded, configure_logging
+    from banditgate.settings import CoreSettings
+
+    configure_logging()
+    specs = []
+    for path in file or []:
+        try:
+            specs.extend(load_specs(path))
+        except InvalidSpec as exc:
+            fail(exc.message, code=2)
+    url, embedded = resolve_redis_url(CoreSettings())
+    try:
+        if specs:
+            asyncio.run(apply_specs(url, specs, reason="control -f"))
+        uvicorn.run(
+            "experiments.app:create_control_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            access_log=False,
+            timeout_graceful_shutdown=15,
+        )
+    finally:
+        close_embedded(embedded)
 
 
 def register(app: typer.Typer) -> None:
-    return None
+    exp = typer.Typer(
+        no_args_is_help=True,
+        help="Experiments through the control plane's API (--url / BANDITGATE_URL).",
+    )
+    exp.command()(apply)
+    exp.command("list")(list_)
+    exp.command()(show)
+    exp.command()(stats)
+    exp.command()(weights)
+    exp.command()(promote)
+    exp.command()(rollback)
+    exp.command()(pause)
+    exp.command()(resume)
+    exp.command()(end)
+    exp.command()(delete)
+    app.add_typer(exp, name="exp")
+    app.command()(control)

@@ -10,6 +10,7 @@ from banditgate.http import BearerKeys, load_keys
 from banditgate.redis import Redis, connect
 from banditgate.registry import PolicyRegistry
 from banditgate.store import ExperimentStore
+from experiments.ledger import StatsBook
 from experiments.settings import ControlSettings
 
 
@@ -19,6 +20,7 @@ class ControlService:
         self._owns_redis = redis is None
         self._redis = redis
         self.admin = BearerKeys(load_keys(settings.admin_keys, settings.admin_keys_file), "admin")
+        self._stats: StatsBook | None = None
 
     @property
     def redis(self) -> Redis:
@@ -34,6 +36,13 @@ class ControlService:
     def registry(self) -> PolicyRegistry:
         return PolicyRegistry(self.redis)
 
+    @property
+    def stats(self) -> StatsBook:
+        """Per-experiment tallies of the streams, read incrementally (see experiments.stats)."""
+        if self._stats is None:
+            self._stats = StatsBook(self.redis)
+        return self._stats
+
     async def startup(self) -> None:
         if self._redis is None:
             if not self.settings.redis_url:
@@ -44,6 +53,7 @@ class ControlService:
         if self._redis is not None and self._owns_redis:
             await self._redis.aclose()
             self._redis = None
+        self._stats = None
 
 
 def get_service(request: Request) -> ControlService:

@@ -45,7 +45,7 @@ async def test_the_trainer_learns_the_better_arm_and_publishes_through_the_gate(
     spec = spec_for(name)
     await ExperimentStore(redis).put(spec)
     await write_joined(redis, name, uniform_log(name, 2000, {"a": 0.3, "b": 0.7}))
-    trainer = Trainer(redis=redis, clock=Clock())
+    trainer = Trainer(redis=redis, clock=Clock(), experiments=[name])
     assert await drain(trainer) == 2000
     registry = PolicyRegistry(redis)
     versions = await registry.versions(name)
@@ -88,7 +88,7 @@ async def test_the_gate_rejects_a_worse_candidate(redis, name):
         keys.trainer_state(name), mapping={"learner": "vw", "state": bad.state_bytes()}
     )
     await write_joined(redis, name, uniform_log(name, 200, {"a": 0.1, "b": 0.9}, seed=3))
-    trainer = Trainer(redis=redis, clock=Clock())
+    trainer = Trainer(redis=redis, clock=Clock(), experiments=[name])
     await drain(trainer)
     assert await registry.current_version(name) == serving.version
     (record,) = [orjson.loads(r) for r in await redis.lrange(keys.candidates(name), 0, -1)]
@@ -120,14 +120,14 @@ async def test_a_crash_neither_loses_nor_repeats_an_example(redis, name):
     await ExperimentStore(redis).put(spec)
     await write_joined(redis, name, uniform_log(name, 1000, {"a": 0.3, "b": 0.7}, seed=5))
     clock = Clock()
-    first = Trainer(redis=redis, clock=clock, batch=128, owner="first")
+    first = Trainer(redis=redis, clock=clock, batch=128, owner="first", experiments=[name])
     # 128-example batches: checkpoints land after 384 and 768 examples; stop at 896.
     for _ in range(7):
         await first.run_once()
     assert first.training[name].learner.n_examples == 896
     # Crash: no close(), no final checkpoint. The lock expires; another trainer takes over.
     await redis.delete(keys.trainer_lock(name))
-    second = Trainer(redis=redis, clock=clock, batch=128, owner="second")
+    second = Trainer(redis=redis, clock=clock, batch=128, owner="second", experiments=[name])
     await drain(second)
     learned = second.training[name].learner.n_examples
     await second.close()
@@ -141,7 +141,8 @@ async def test_a_crash_neither_loses_nor_repeats_an_example(redis, name):
 async def test_only_the_lock_holder_trains(redis, name):
     await ExperimentStore(redis).put(spec_for(name))
     await write_joined(redis, name, uniform_log(name, 300, {"a": 0.5, "b": 0.5}))
-    one, two = Trainer(redis=redis, owner="one"), Trainer(redis=redis, owner="two")
+    one = Trainer(redis=redis, owner="one", experiments=[name])
+    two = Trainer(redis=redis, owner="two", experiments=[name])
     assert await one.run_once() > 0
     assert await two.run_once() == 0 and name not in two.training
     await one.close()

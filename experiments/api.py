@@ -1,0 +1,249 @@
+"""The experiments API under /v1/experiments: HTTP in and out of experiments.lifecycle and stats.
+
+Reads are open; every call that changes state needs an admin key (`Admin`).
+Spec bodies are JSON (or YAML with a YAML content type); PATCH takes an RFC 7396
+merge patch. Responses carry the spec version as an ETag, and writes honour
+If-Match with it (412 when someone else changed the experiment first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+import orjson
+import yaml
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+
+from banditgate.errors import InvalidInput
+from experiments.ledger import join_counters
+from experiments.lifecycle import Lifecycle
+from experiments.service import Admin, ControlService, Service
+from experiments.stats import summarize, timeseries
+
+MAX_WINDOW_S = 90 * 86400
+
+_SPEC_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "description": "An experiment spec."}
+            },
+            "application/yaml": {"schema": {"type": "string"}},
+        },
+    }
+}
+_PATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/merge-patch+json": {
+                "schema": {"type": "object", "description": "RFC 7396: null deletes a field."}
+            }
+        },
+    }
+}
+
+
+def get_lifecycle(service: Service) -> Lifecycle:
+    return Lifecycle(service.redis, service.stats)
+
+
+Ops = Annotated[Lifecycle, Depends(get_lifecycle)]
+Name = Annotated[str, Path(description="Experiment name.")]
+IfMatch = Annotated[str | None, Header(description="Spec version the change is based on.")]
+WindowS = Annotated[
+    float | None,
+    Query(gt=0, le=MAX_WINDOW_S, description="Only the last N seconds (default: all)."),
+]
+
+
+async def read_body(request: Request, *, required: bool = True) -> Any:
+    raw = await request.body()
+    if not raw.strip():
+        if required:
+            raise InvalidInput("body: a JSON document is required", field="body")
+        return None
+    content_type = request.headers.get("content-type", "application/json")
+    try:
+        if "yaml" in content_type:
+            return yaml.safe_load(raw)
+        return orjson.loads(raw)
+    except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
+        raise InvalidInput(f"body: not valid JSON/YAML: {exc}", field="body") from None
+
+
+def parse_if_match(value: str | None) -> int | None:
+    if value is None or value.strip() == "*":
+        return None
+    text = value.strip().removeprefix("W/").strip('"')
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidInput(
+            "If-Match: a spec version (an ETag from GET)", field="If-Match"
+        ) from None
+
+
+def _written(entry: dict[str, Any], response: Response) -> dict[str, Any]:
+    response.headers["etag"] = f'"{entry["version"]}"'
+    return {"name": entry["spec"]["name"], **entry}
+
+
+def routes() -> APIRouter:
+    router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
+
+    @router.get("")
+    async def list_experiments(ops: Ops) -> dict[str, Any]:
+        """Every experiment with its mode, arms, status and versions."""
+        return {"experiments": await ops.summaries()}
+
+    @router.post("", status_code=201, dependencies=[Admin], openapi_extra=_SPEC_BODY)
+    async def create_experiment(request: Request, response: Response, ops: Ops) -> dict[str, Any]:
+        """Create an experiment (409 if the name is taken)."""
+        entry = await ops.create(await read_body(request), reason="api: create")
+        return _written(entry, response)
+
+    @router.get("/{name}")
+    async def get_experiment(name: Name, response: Response, ops: Ops) -> dict[str, Any]:
+        """The spec, its version, and whether traffic is paused or ended."""
+        described = await ops.describe(name)
+        response.headers["etag"] = f'"{described["version"]}"'
+        return described
+
+    @router.put("/{name}", dependencies=[Admin], openapi_extra=_SPEC_BODY)
+    async def put_experiment(
+        name: Name, request: Request, response: Response, ops: Ops, if_match: IfMatch = None
+    ) -> dict[str, Any]:
+        """Create or replace (201 when created; `unchanged` when the spec is the same)."""
+        entry = await ops.apply(
+            name, await read_body(request), if_match=parse_if_match(if_match), reason="api: put"
+        )
+        if entry.get("created"):
+            response.status_code = 201
+        return _written(entry, response)
+
+    @router.patch("/{name}", dependencies=[Admin], openapi_extra=_PATCH_BODY)
+    async def patch_experiment(
+        name: Name, request: Request, response: Response, ops: Ops, if_match: IfMatch = None
+    ) -> dict[str, Any]:
+        """Change some fields with a JSON merge patch."""
+        entry = await ops.patch(name, await read_body(request), if_match=parse_if_match(if_match))
+        return _written(entry, response)
+
+    @router.delete("/{name}", status_code=204, dependencies=[Admin])
+    async def delete_experiment(name: Name, ops: Ops, if_match: IfMatch = None) -> Response:
+        """Delete the experiment and all of its keys (streams, policies, history)."""
+        await ops.delete(name, if_match=parse_if_match(if_match))
+        return Response(status_code=204)
+
+    @router.post("/{name}/arms", status_code=201, dependencies=[Admin])
+    async def add_arm(name: Name, request: Request, response: Response, ops: Ops) -> dict[str, Any]:
+        """Add an arm while the experiment runs; an A/B test makes room for its weight."""
+        entry = await ops.add_arm(name, await read_body(request))
+        return _written(entry, response)
+
+    @router.delete("/{name}/arms/{arm}", dependencies=[Admin])
+    async def remove_arm(name: Name, arm: str, response: Response, ops: Ops) -> dict[str, Any]:
+        """Remove an arm (409 for the last one or one the spec still names)."""
+        entry = await ops.remove_arm(name, arm)
+        return _written(entry, response)
+
+    @router.post("/{name}/pause", dependencies=[Admin])
+    async def pause(name: Name, request: Request, ops: Ops) -> dict[str, Any]:
+        """Freeze traffic at static weights: `{"weights": {...}}`, or the split served now."""
+        body = await read_body(request, required=False)
+        if body is not None and not isinstance(body, dict):
+            raise InvalidInput("body: an object like {'weights': {...}}", field="body")
+        record = await ops.pause(name, (body or {}).get("weights"))
+        return {
+            "name": name,
+            "status": "paused" if record.get("paused") else "ended",
+            "override": record,
+        }
+
+    @router.post("/{name}/resume", dependencies=[Admin])
+    async def resume(name: Name, ops: Ops) -> dict[str, Any]:
+        """Undo pause or end."""
+        record = await ops.resume(name)
+        return {"name": name, "status": "running", "override": record}
+
+    @router.post("/{name}/end", dependencies=[Admin])
+    async def end(name: Name, request: Request, ops: Ops) -> dict[str, Any]:
+        """End with a winner: `{"winner": "<arm>"}` gets 100% of the traffic."""
+        body = await read_body(request)
+        winner = body.get("winner") if isinstance(body, dict) else None
+        record = await ops.end(name, winner)
+        return {"name": name, "status": "ended", "winner": winner, "override": record}
+
+    @router.get("/{name}/versions")
+    async def versions(name: Name, ops: Ops) -> dict[str, Any]:
+        """Every spec version: when, why, and the field-level changes."""
+        return {"name": name, "versions": await ops.versions(name)}
+
+    @router.get("/{name}/versions/{version}")
+    async def spec_version(name: Name, version: int, ops: Ops) -> dict[str, Any]:
+        """One spec version in full."""
+        return await ops.spec_version(name, version)
+
+    @router.post("/{name}/versions/{version}/restore", dependencies=[Admin])
+    async def restore(name: Name, version: int, response: Response, ops: Ops) -> dict[str, Any]:
+        """Apply an earlier spec version again (recorded as a new version)."""
+        return _written(await ops.restore(name, version), response)
+
+    @router.get("/{name}/policies")
+    async def policies(name: Name, ops: Ops) -> dict[str, Any]:
+        """Policy versions with lineage and off-policy numbers, the current one, and activations."""
+        return {"name": name, **await ops.policies(name)}
+
+    @router.post("/{name}/policies/{version}/activate", dependencies=[Admin])
+    async def activate(name: Name, version: int, ops: Ops) -> dict[str, Any]:
+        """Serve this policy version (a rollback when it is an earlier one)."""
+        return {"name": name, **await ops.activate_policy(name, version)}
+
+    @router.get("/{name}/stats")
+    async def stats(
+        name: Name,
+        service: Service,
+        window_s: WindowS = None,
+        rolling_s: Annotated[float, Query(gt=0, le=MAX_WINDOW_S)] = 300.0,
+        alpha: Annotated[float, Query(gt=0, lt=1)] = 0.05,
+    ) -> dict[str, Any]:
+        """Per-arm and per-experiment statistics (see experiments.stats for the methods)."""
+        return await experiment_stats(
+            service, name, window_s=window_s, rolling_s=rolling_s, alpha=alpha
+        )
+
+    @router.get("/{name}/timeseries")
+    async def series(
+        name: Name,
+        service: Service,
+        window_s: Annotated[float, Query(gt=0, le=MAX_WINDOW_S)] = 3600.0,
+        step_s: Annotated[float | None, Query(ge=10, le=86400)] = None,
+        rolling_s: Annotated[float | None, Query(gt=0, le=MAX_WINDOW_S)] = None,
+    ) -> dict[str, Any]:
+        """Per time step and arm: traffic share, probabilities, mean and rolling reward."""
+        return await experiment_timeseries(
+            service, name, window_s=window_s, step_s=step_s, rolling_s=rolling_s
+        )
+
+    return router
+
+
+async def experiment_stats(service: ControlService, name: str, **options: Any) -> dict[str, Any]:
+    spec = await service.store.get(name)
+    override = await service.store.get_override(name)
+    counters = await join_counters(service.redis, name)
+    async with service.stats.open(spec) as ledger:
+        return await asyncio.to_thread(
+            summarize, spec, ledger, override=override, counters=counters, **options
+        )
+
+
+async def experiment_timeseries(
+    service: ControlService, name: str, **options: Any
+) -> dict[str, Any]:
+    spec = await service.store.get(name)
+    async with service.stats.open(spec) as ledger:
+        return await asyncio.to_thread(timeseries, spec, ledger, **options)

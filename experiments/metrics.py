@@ -1,0 +1,292 @@
+"""GET /metrics: Prometheus text, derived from Redis at scrape time.
+
+Nothing is counted in process memory. Request, decision, error and latency
+numbers come from the decision stream (through the same incremental ledger the
+stats use), reward numbers from the joiner's counters, lags from the consumer
+groups on the streams. So with several router or control-plane workers on one
+port, any worker answers a scrape with the totals of all of them, and the
+router's hot path does no extra work at all.
+
+Not covered here: requests a router rejects before making a decision (bad JSON,
+unknown experiment) leave no trace in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from redis.exceptions import ResponseError
+
+from banditgate import keys
+from banditgate.redis import Redis
+from banditgate.spec import ExperimentSpec
+from experiments.ledger import LATENCY_BUCKETS_S, Ledger, join_counters, read_after
+from experiments.lifecycle import status_of
+from experiments.service import ControlService, Service
+from experiments.stats import srm
+
+log = logging.getLogger(__name__)
+
+LAG_COUNT_CAP = 100_000
+
+
+@dataclass
+class GroupLag:
+    stream: str  # decisions | joined
+    group: str
+    lag_entries: int
+    lag_seconds: float
+    pending: int
+
+
+@dataclass
+class ExperimentMetrics:
+    name: str
+    mode: str
+    status: str
+    policy_version: int | None
+    lifetime: dict[str, Any]
+    counters: dict[str, int]
+    groups: list[GroupLag] = field(default_factory=list)
+    lengths: dict[str, int] = field(default_factory=dict)
+    srm: dict[str, Any] = field(default_factory=dict)
+
+
+async def group_lags(redis: Redis, stream_key: str, stream: str, now_ms: int) -> list[GroupLag]:
+    """Per consumer group: entries not yet delivered, the age of the oldest one, and pending."""
+    try:
+        groups = await redis.xinfo_groups(stream_key)
+    except ResponseError:
+        return []  # no such stream yet
+    out: list[GroupLag] = []
+    for info in groups:
+        name = _text(info.get("name"))
+        last = _text(info.get("last-delivered-id")) or "0-0"
+        after = await read_after(redis, stream_key, last, 1)
+        lag = info.get("lag")
+        if lag is None:  # Redis < 7 has no lag field: count, up to a cap
+            lag = len(await read_after(redis, stream_key, last, LAG_COUNT_CAP))
+        oldest_ms = int(_text(after[0][0]).split("-")[0]) if after else None
+        out.append(
+            GroupLag(
+                stream=stream,
+                group=name,
+                lag_entries=int(lag),
+                lag_seconds=max(now_ms - oldest_ms, 0) / 1000 if oldest_ms is not None else 0.0,
+                pending=int(info.get("pending", 0)),
+            )
+        )
+    return out
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value) if value is not None else ""
+
+
+def _srm_of(
+    spec: ExperimentSpec, override: dict[str, Any] | None, ledger: Ledger
+) -> dict[str, Any]:
+    return srm(spec, override, ledger.merged())
+
+
+async def gather(service: ControlService) -> list[ExperimentMetrics]:
+    now_ms = int(time.time() * 1000)
+    out: list[ExperimentMetrics] = []
+    redis = service.redis
+    for name in await service.store.names():
+        spec = await service.store.find(name)
+        if spec is None:
+            continue
+        override = await service.store.get_override(name)
+        async with service.stats.open(spec) as ledger:
+            lifetime = copy.deepcopy(ledger.lifetime)
+            check = await asyncio.to_thread(_srm_of, spec, override, ledger)
+        metrics = ExperimentMetrics(
+            name=name,
+            mode=spec.mode,
+            status=status_of(override),
+            policy_version=await service.registry.current_version(name),
+            lifetime=lifetime,
+            counters=await join_counters(redis, name),
+            srm=check,
+        )
+        for stream, key in (("decisions", keys.decisions(name)), ("joined", keys.joined(name))):
+            metrics.groups += await group_lags(redis, key, stream, now_ms)
+            metrics.lengths[stream] = int(await redis.xlen(key))
+        out.append(metrics)
+    return out
+
+
+def families(experiments: Iterable[ExperimentMetrics]) -> list[Metric]:
+    ea = ["experiment", "arm"]
+    decisions = CounterMetricFamily(
+        "banditgate_decisions", "Decisions logged, by chosen arm.", labels=ea
+    )
+    requests = CounterMetricFamily(
+        "banditgate_requests",
+        "Routed requests by chosen arm and response status class.",
+        labels=[*ea, "code"],
+    )
+    errors = CounterMetricFamily(
+        "banditgate_errors", "Routed requests that failed (5xx or no backend answer).", labels=ea
+    )
+    latency = HistogramMetricFamily(
+        "banditgate_request_latency_seconds", "Backend latency seen by the router.", labels=ea
+    )
+    joined = CounterMetricFamily(
+        "banditgate_joined", "Joined examples (decision + reward).", labels=ea
+    )
+    rewarded = CounterMetricFamily(
+        "banditgate_joined_rewarded",
+        "Joined examples with a real reward, not the default.",
+        labels=ea,
+    )
+    reward = SummaryMetricFamily(
+        "banditgate_reward", "Rewards of joined examples (sum/count is the mean).", labels=ea
+    )
+    e = ["experiment"]
+    received = CounterMetricFamily("banditgate_rewards_received", "Rewards received.", labels=e)
+    late = CounterMetricFamily("banditgate_rewards_late", "Rewards after the window.", labels=e)
+    orphaned = CounterMetricFamily(
+        "banditgate_rewards_orphaned", "Rewards for no known decision.", labels=e
+    )
+    duplicate = CounterMetricFamily("banditgate_rewards_duplicate", "Duplicate rewards.", labels=e)
+    policy = GaugeMetricFamily(
+        "banditgate_policy_version", "Policy version being served.", labels=e
+    )
+    info = GaugeMetricFamily(
+        "banditgate_experiment_info", "Experiment mode and status.", labels=[*e, "mode", "status"]
+    )
+    length = GaugeMetricFamily(
+        "banditgate_stream_length", "Entries in the stream.", labels=[*e, "stream"]
+    )
+    egs = [*e, "stream", "group"]
+    lag_entries = GaugeMetricFamily(
+        "banditgate_consumer_lag_entries",
+        "Stream entries not yet delivered to the group.",
+        labels=egs,
+    )
+    lag_seconds = GaugeMetricFamily(
+        "banditgate_consumer_lag_seconds", "Age of the oldest entry not yet delivered.", labels=egs
+    )
+    pending = GaugeMetricFamily(
+        "banditgate_consumer_pending", "Entries delivered but not acknowledged.", labels=egs
+    )
+    joiner = GaugeMetricFamily(
+        "banditgate_joiner_lag_seconds", "Decisions-stream lag (largest over its groups).", labels=e
+    )
+    trainer = GaugeMetricFamily(
+        "banditgate_trainer_lag_seconds",
+        "Joined-stream lag of the trainer's groups (names containing 'train', else all).",
+        labels=e,
+    )
+    srm_flag = GaugeMetricFamily(
+        "banditgate_srm_flagged", "1 when the sample-ratio-mismatch check fails.", labels=e
+    )
+    srm_p = GaugeMetricFamily("banditgate_srm_p_value", "Sample-ratio-mismatch p-value.", labels=e)
+
+    for m in experiments:
+        for arm, life in sorted(m.lifetime.items()):
+            labels = [m.name, arm]
+            decisions.add_metric(labels, life.decisions)
+            for code, count in sorted(life.codes.items()):
+                requests.add_metric([*labels, code], count)
+            errors.add_metric(labels, life.errors)
+            cumulative = 0
+            buckets: list[tuple[str, float]] = []
+            for edge, count in zip(
+                [*map(str, LATENCY_BUCKETS_S), "+Inf"], life.latency_counts, strict=True
+            ):
+                cumulative += count
+                buckets.append((edge, cumulative))
+            latency.add_metric(labels, buckets, life.latency_sum_s)
+            joined.add_metric(labels, life.joined)
+            rewarded.add_metric(labels, life.rewarded)
+            reward.add_metric(labels, life.joined, life.reward_sum)
+        e_label = [m.name]
+        received.add_metric(e_label, m.counters.get("rewards_received", 0))
+        late.add_metric(e_label, m.counters.get("rewards_late", 0))
+        orphaned.add_metric(e_label, m.counters.get("rewards_orphaned", 0))
+        duplicate.add_metric(e_label, m.counters.get("rewards_duplicate", 0))
+        policy.add_metric(e_label, m.policy_version or 0)
+        info.add_metric([m.name, m.mode, m.status], 1)
+        for stream, count in m.lengths.items():
+            length.add_metric([m.name, stream], count)
+        for g in m.groups:
+            group_labels = [m.name, g.stream, g.group]
+            lag_entries.add_metric(group_labels, g.lag_entries)
+            lag_seconds.add_metric(group_labels, g.lag_seconds)
+            pending.add_metric(group_labels, g.pending)
+        on_decisions = [g.lag_seconds for g in m.groups if g.stream == "decisions"]
+        if on_decisions:
+            joiner.add_metric(e_label, max(on_decisions))
+        on_joined = [g for g in m.groups if g.stream == "joined"]
+        training = [g for g in on_joined if "train" in g.group] or on_joined
+        if training:
+            trainer.add_metric(e_label, max(g.lag_seconds for g in training))
+        srm_flag.add_metric(e_label, 1.0 if m.srm.get("flagged") else 0.0)
+        if m.srm.get("p_value") is not None:
+            srm_p.add_metric(e_label, m.srm["p_value"])
+    return [
+        decisions,
+        requests,
+        errors,
+        latency,
+        joined,
+        rewarded,
+        reward,
+        received,
+        late,
+        orphaned,
+        duplicate,
+        policy,
+        info,
+        length,
+        lag_entries,
+        lag_seconds,
+        pending,
+        joiner,
+        trainer,
+        srm_flag,
+        srm_p,
+    ]
+
+
+class _Snapshot:
+    def __init__(self, metrics: list[Metric]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> list[Metric]:
+        return self.metrics
+
+
+def render(experiments: Iterable[ExperimentMetrics]) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(families(experiments)))
+    return generate_latest(registry)
+
+
+def routes() -> APIRouter:
+    router = APIRouter(tags=["metrics"])
+
+    @router.get("/metrics", response_class=Response)
+    async def metrics(service: Service) -> Response:
+        """Prometheus exposition of every experiment (derived from Redis; same on every worker)."""
+        return Response(render(await gather(service)), media_type=CONTENT_TYPE_LATEST)
+
+    return router

@@ -1,0 +1,474 @@
+"""Experiment statistics: per arm, per experiment, and over time.
+
+The tallies come from experiments.ledger; every number the API reports is
+computed from them:
+
+- mean reward, 95% CI: Wilson score interval for 0/1 rewards, Student t otherwise;
+- value (what the arm would earn on all traffic): self-normalised IPS,
+  V = sum(w r) / sum(w), w = 1/p, CI V ± 1.96 sqrt(sum(w² (r - V)²)) / sum(w);
+- probability of being best: Monte Carlo over Beta(1 + s, 1 + f) posteriors for 0/1
+  rewards, Normal(mean, s²/n) otherwise (Normal(V, se²) of the IPS value for bandits);
+- regret against the best arm: n (V_best - mean reward obtained);
+- sample-ratio mismatch: Pearson chi-square of chosen counts against the configured
+  weights (static allocations) or a generalised chi-square against the logged
+  propensities (bandits): z = O - E with E = sum_d p_d, covariance
+  S = diag(E) - sum_d p_d p_dᵀ, X² = zᵀ S⁺ z on rank(S) degrees of freedom;
+- the sequential A/B test lives in experiments.sequential.
+
+Randomised traffic only (not `forced`, i.e. client-pinned) feeds the inference;
+forced decisions are counted separately.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats as sps
+
+from banditgate.policy import default_weights, normalise
+from banditgate.spec import ExperimentSpec
+from experiments.ledger import BUCKET_MS, ArmTally, Bucket, Ledger, control_arm, wall_ms
+from experiments.sequential import SequentialComparison
+
+SRM_ALPHA = 0.001
+SRM_MIN_EXPECTED = 5.0
+PROB_BEST_DRAWS = 20_000
+Z95 = 1.959963984540054
+
+
+def mean_ci(tally: ArmTally, binary: bool) -> tuple[float | None, list[float] | None]:
+    n = tally.r_n
+    if n == 0:
+        return None, None
+    mean = tally.r_sum / n
+    if binary:
+        z2 = Z95 * Z95
+        centre = (mean + z2 / (2 * n)) / (1 + z2 / n)
+        half = Z95 / (1 + z2 / n) * math.sqrt(max(mean * (1 - mean), 0.0) / n + z2 / (4 * n * n))
+        return mean, [centre - half, centre + half]
+    if n < 2:
+        return mean, None
+    var = max(tally.r_sum2 - n * mean * mean, 0.0) / (n - 1)
+    half = float(sps.t.ppf(0.975, n - 1)) * math.sqrt(var / n)
+    return mean, [mean - half, mean + half]
+
+
+def snips_value(tally: ArmTally) -> tuple[float | None, float | None]:
+    """Self-normalised IPS value and its delta-method standard error."""
+    if tally.w <= 0:
+        return None, None
+    value = tally.wr / tally.w
+    spread = tally.w2r2 - 2 * value * tally.w2r + value * value * tally.w2
+    return value, math.sqrt(max(spread, 0.0)) / tally.w
+
+
+def sample_variance(tally: ArmTally) -> float | None:
+    n = tally.r_n
+    if n < 2:
+        return None
+    mean = tally.r_sum / n
+    return max(tally.r_sum2 - n * mean * mean, 0.0) / (n - 1)
+
+
+def prob_best(
+    arms: Sequence[str],
+    tallies: dict[str, ArmTally],
+    *,
+    method: str,
+    seed: int = 0,
+    draws: int = PROB_BEST_DRAWS,
+) -> dict[str, float | None]:
+    """P(arm has the highest mean) by Monte Carlo over independent posteriors."""
+    rng = np.random.default_rng(seed)
+    columns: list[np.ndarray] = []
+    names: list[str] = []
+    for arm in arms:
+        tally = tallies.get(arm, ArmTally())
+        if method == "beta":
+            successes = tally.r_sum
+            columns.append(rng.beta(1.0 + successes, 1.0 + tally.r_n - successes, size=draws))
+        elif method == "normal":
+            var = sample_variance(tally)
+            if var is None:
+                continue
+            columns.append(
+                rng.normal(tally.r_sum / tally.r_n, math.sqrt(var / tally.r_n), size=draws)
+            )
+        else:
+            value, se = snips_value(tally)
+            if value is None or se is None or tally.r_n < 2:
+                continue
+            columns.append(rng.normal(value, se, size=draws))
+        names.append(arm)
+    result: dict[str, float | None] = {arm: None for arm in arms}
+    if not any(tallies.get(arm, ArmTally()).r_n for arm in names):
+        return result  # only the prior speaks: no probability worth showing
+    if len(names) < 2:
+        if len(names) == 1:
+            result[names[0]] = 1.0
+        return result
+    winners = np.argmax(np.column_stack(columns), axis=1)
+    counts = np.bincount(winners, minlength=len(names))
+    for name, count in zip(names, counts, strict=True):
+        result[name] = float(count) / draws
+    return result
+
+
+def configured_weights(
+    spec: ExperimentSpec, override: dict[str, Any] | None
+) -> dict[str, float] | None:
+    """The static split the router applies, normalised over the arms; None for a learning bandit."""
+    names = spec.arm_names
+    if override is not None:
+        raw = override.get("weights") or {}
+        weights = [max(float(raw.get(n, 0.0)), 0.0) for n in names]
+    elif spec.mode == "ab" or (spec.mode == "bandit" and spec.policy.learner == "static"):
+        table = default_weights(spec)
+        weights = [max(float(table.get(n, 0.0)), 0.0) for n in names]
+    elif spec.mode == "canary" and spec.canary is not None:
+        weights = [1.0 if n == spec.canary.baseline else 0.0 for n in names]
+    elif spec.mode == "bluegreen" and spec.bluegreen is not None:
+        weights = [1.0 if n == spec.bluegreen.active else 0.0 for n in names]
+    elif spec.mode == "shadow" and spec.shadow is not None:
+        weights = [1.0 if n == spec.shadow.primary else 0.0 for n in names]
+    else:
+        return None
+    return dict(zip(names, normalise(weights), strict=True))
+
+
+def srm_configured(
+    merged: Bucket, arms: Sequence[str], weights: dict[str, float]
+) -> dict[str, Any]:
+    """Pearson chi-square of decisions logged under exactly the configured split."""
+    target = tuple(round(weights[a], 9) for a in arms)
+    observed = np.zeros(len(arms))
+    other = 0
+    for (signature_arms, pmf), counts in merged.signatures.items():
+        if signature_arms == tuple(arms) and all(
+            abs(p - q) < 1e-6 for p, q in zip(pmf, target, strict=True)
+        ):
+            observed += counts
+        else:
+            other += sum(counts)
+    expected = observed.sum() * np.asarray([weights[a] for a in arms])
+    out: dict[str, Any] = {
+        "method": "configured_weights",
+        "n": int(observed.sum()),
+        "observed": {a: int(o) for a, o in zip(arms, observed, strict=True)},
+        "expected": {a: float(e) for a, e in zip(arms, expected, strict=True)},
+        "n_other_pmf": other,
+    }
+    return _chi_square(
+        out,
+        observed,
+        expected,
+        np.diag(expected) - np.outer(expected, expected) / max(observed.sum(), 1),
+    )
+
+
+def srm_propensities(merged: Bucket) -> dict[str, Any]:
+    """Generalised chi-square of chosen counts against the logged propensities."""
+    names: list[str] = []
+    for arms in merged.propensity:
+        for a in arms:
+            if a not in names:
+                names.append(a)
+    k = len(names)
+    observed = np.zeros(k)
+    expected = np.zeros(k)
+    pp = np.zeros((k, k))
+    for arms, tally in merged.propensity.items():
+        index = [names.index(a) for a in arms]
+        observed[index] += tally.chosen
+        expected[index] += tally.sum_p
+        pp[np.ix_(index, index)] += tally.sum_pp
+    out: dict[str, Any] = {
+        "method": "logged_propensities",
+        "n": int(observed.sum()),
+        "observed": {a: int(o) for a, o in zip(names, observed, strict=True)},
+        "expected": {a: float(e) for a, e in zip(names, expected, strict=True)},
+        "n_other_pmf": 0,
+    }
+    return _chi_square(out, observed, expected, np.diag(expected) - pp)
+
+
+def _chi_square(
+    out: dict[str, Any], observed: np.ndarray, expected: np.ndarray, cov: np.ndarray
+) -> dict[str, Any]:
+    out.update(chi2=None, df=0, p_value=None, flagged=False, threshold=SRM_ALPHA, reason=None)
+    impossible = [i for i in range(len(observed)) if observed[i] > 0 and expected[i] <= 1e-12]
+    if impossible:
+        names = list(out["observed"])
+        out.update(
+            flagged=True,
+            p_value=0.0,
+            reason="traffic reached arms configured or logged at probability 0: "
+            f"{[names[i] for i in impossible]}",
+        )
+        return out
+    if observed.sum() == 0:
+        out["reason"] = "no randomised traffic yet"
+        return out
+    live = expected > 1e-12
+    if live.sum() < 2:
+        out["reason"] = "fewer than two arms can receive traffic"
+        return out
+    z = (observed - expected)[live]
+    sub = cov[np.ix_(live, live)]
+    df = int(np.linalg.matrix_rank(sub, tol=1e-9 * max(float(expected.sum()), 1.0)))
+    if df == 0:
+        out["reason"] = "no randomised traffic"
+        return out
+    statistic = float(z @ np.linalg.pinv(sub, rcond=1e-10, hermitian=True) @ z)
+    p_value = float(sps.chi2.sf(statistic, df))
+    out.update(chi2=statistic, df=df, p_value=p_value)
+    if float(expected[live].min()) < SRM_MIN_EXPECTED:
+        out["reason"] = f"too little traffic (an expected count is below {SRM_MIN_EXPECTED:g})"
+        return out
+    if p_value < SRM_ALPHA:
+        out.update(
+            flagged=True,
+            reason=f"chosen counts deviate from expected (p = {p_value:.2e} < {SRM_ALPHA})",
+        )
+    return out
+
+
+def srm(spec: ExperimentSpec, override: dict[str, Any] | None, merged: Bucket) -> dict[str, Any]:
+    if (
+        spec.mode == "ab"
+        and override is None
+        and spec.ab is not None
+        and spec.ab.sticky is not None
+    ):
+        return {
+            "method": "not_applicable",
+            "flagged": False,
+            "reason": "sticky assignment: requests of one key are not independent draws",
+        }
+    weights = configured_weights(spec, override)
+    if weights is not None and not merged.signatures_overflow:
+        return srm_configured(merged, spec.arm_names, weights)
+    return srm_propensities(merged)
+
+
+def summarize(
+    spec: ExperimentSpec,
+    ledger: Ledger,
+    *,
+    override: dict[str, Any] | None,
+    counters: dict[str, int],
+    window_s: float | None = None,
+    rolling_s: float = 300.0,
+    alpha: float = 0.05,
+    now_ms: int | None = None,
+) -> dict[str, Any]:
+    """The numbers behind GET /v1/experiments/{name}/stats."""
+    now_ms = now_ms if now_ms is not None else wall_ms()
+    start_ms = int(now_ms - window_s * 1000) if window_s is not None else None
+    merged = ledger.merged(start_ms)
+    rolling = ledger.merged(int(now_ms - rolling_s * 1000))
+    names = list(spec.arm_names) + sorted(set(merged.arms) - set(spec.arm_names))
+    reward = spec.reward
+    binary = (
+        reward.min == 0.0
+        and reward.max == 1.0
+        and all(t.nonbinary == 0 for t in merged.arms.values())
+    )
+    bandit_like = spec.mode == "bandit" and override is None and spec.policy.learner != "static"
+    method = "normal_ips" if bandit_like else ("beta" if binary else "normal")
+    best = prob_best(spec.arm_names, merged.arms, method=method)
+    weights = configured_weights(spec, override)
+    total_decisions = merged.decisions
+    arms_out: list[dict[str, Any]] = []
+    values: dict[str, float] = {}
+    for arm in names:
+        tally = merged.arms.get(arm, ArmTally())
+        mean, ci = mean_ci(tally, binary)
+        value, se = snips_value(tally)
+        if value is not None and arm in spec.arm_names:
+            values[arm] = value if bandit_like else (mean if mean is not None else value)
+        roll = rolling.arms.get(arm, ArmTally())
+        arms_out.append(
+            {
+                "arm": arm,
+                "in_spec": arm in spec.arm_names,
+                "decisions": tally.decisions,
+                "randomized": tally.randomized,
+                "forced": tally.forced,
+                "errors": tally.errors,
+                "error_rate": tally.errors / tally.decisions if tally.decisions else None,
+                "mean_latency_ms": tally.latency_ms / tally.decisions if tally.decisions else None,
+                "traffic_share": tally.decisions / total_decisions if total_decisions else None,
+                "configured_weight": weights.get(arm) if weights is not None else None,
+                "mean_action_probability": tally.action_p / merged.randomized
+                if merged.randomized
+                else None,
+                "mean_sampled_probability": tally.sampled_p / tally.randomized
+                if tally.randomized
+                else None,
+                "joined": tally.joined,
+                "rewarded": tally.rewarded,
+                "reward_n": tally.r_n,
+                "mean_reward": mean,
+                "mean_reward_ci": ci,
+                "value": value,
+                "value_ci": [value - Z95 * se, value + Z95 * se]
+                if value is not None and se is not None
+                else None,
+                "rolling_mean_reward": roll.r_sum / roll.r_n if roll.r_n else None,
+                "rolling_n": roll.r_n,
+                "prob_best": best.get(arm),
+            }
+        )
+    r_n = sum(t.r_n for t in merged.arms.values())
+    r_sum = sum(t.r_sum for t in merged.arms.values())
+    obtained = r_sum / r_n if r_n else None
+    regret: dict[str, Any] = {"best_arm": None, "per_decision": None, "total": None}
+    if values and obtained is not None:
+        best_arm = max(values, key=lambda a: values[a])
+        per = values[best_arm] - obtained
+        regret = {"best_arm": best_arm, "per_decision": per, "total": per * r_n}
+    regret["method"] = (
+        "IPS value of the best arm minus the mean reward obtained"
+        if bandit_like
+        else "best arm mean minus mean obtained"
+    )
+    return {
+        "experiment": spec.name,
+        "mode": spec.mode,
+        "generated_ms": now_ms,
+        "window": {"start_ms": start_ms, "end_ms": now_ms, "seconds": window_s},
+        "rolling_s": rolling_s,
+        "reward": {
+            "binary": binary,
+            "min": reward.min,
+            "max": reward.max,
+            "default": reward.default,
+        },
+        "prob_best_method": method,
+        "totals": {
+            "decisions": total_decisions,
+            "randomized": merged.randomized,
+            "forced": sum(t.forced for t in merged.arms.values()),
+            "errors": sum(t.errors for t in merged.arms.values()),
+            "joined": merged.joined,
+            "rewarded": sum(t.rewarded for t in merged.arms.values()),
+            "mean_reward": obtained,
+            "last_decision_ms": ledger.last_decision_ms or None,
+            "last_joined_ms": ledger.last_joined_ms or None,
+        },
+        "arms": arms_out,
+        "rewards": {
+            "received": counters.get("rewards_received", 0),
+            "late": counters.get("rewards_late", 0),
+            "orphaned": counters.get("rewards_orphaned", 0),
+            "duplicate": counters.get("rewards_duplicate", 0),
+            "counters": counters,
+        },
+        "regret": regret,
+        "srm": srm(spec, override, merged),
+        "sequential": sequential_summary(spec, ledger, alpha),
+    }
+
+
+def sequential_summary(spec: ExperimentSpec, ledger: Ledger, alpha: float) -> dict[str, Any] | None:
+    """Each arm against the control; Bonferroni across the comparisons."""
+    control = control_arm(spec)
+    if control is None:
+        return None
+    if spec.mode == "ab" and spec.ab is not None and spec.ab.sticky is not None:
+        return {
+            "method": "not_applicable",
+            "reason": "sticky assignment: units are not independent",
+        }
+    treatments = [a for a in spec.arm_names if a != control]
+    level = alpha / max(len(treatments), 1)
+    comparisons = []
+    for arm in treatments:
+        comparison = ledger.sequential.get((control, arm))
+        if comparison is None:
+            comparison = SequentialComparison(control, arm, spec.reward.min, spec.reward.max)
+        comparisons.append(comparison.result(level))
+    return {
+        "method": "betting e-process on AIPW terms",
+        "control": control,
+        "alpha": alpha,
+        "alpha_per_comparison": level,
+        "comparisons": comparisons,
+    }
+
+
+def timeseries(
+    spec: ExperimentSpec,
+    ledger: Ledger,
+    *,
+    window_s: float = 3600.0,
+    step_s: float | None = None,
+    rolling_s: float | None = None,
+    now_ms: int | None = None,
+) -> dict[str, Any]:
+    """Per step and arm: traffic, probabilities, rewards; rolling reward over `rolling_s`."""
+    now_ms = now_ms if now_ms is not None else wall_ms()
+    if step_s is None:
+        step_s = max(BUCKET_MS / 1000, math.ceil(window_s / 120 / 10) * 10)
+    step_ms = max(int(step_s * 1000), BUCKET_MS)
+    step_ms -= step_ms % BUCKET_MS
+    rolling_steps = max(
+        1, round((rolling_s if rolling_s is not None else 5 * step_ms / 1000) * 1000 / step_ms)
+    )
+    end = now_ms - now_ms % step_ms + step_ms
+    start = end - math.ceil(window_s * 1000 / step_ms) * step_ms
+    first = start - (rolling_steps - 1) * step_ms
+    n_steps = (end - first) // step_ms
+    steps = [Bucket(first + i * step_ms) for i in range(n_steps)]
+    for bucket in ledger.buckets(first, end):
+        steps[(bucket.start_ms - first) // step_ms].add(bucket)
+    names = list(spec.arm_names) + sorted({a for s in steps for a in s.arms} - set(spec.arm_names))
+    shown = steps[rolling_steps - 1 :]
+    arms_out: dict[str, dict[str, list[float | int | None]]] = {}
+    for arm in names:
+        series: dict[str, list[float | int | None]] = {
+            k: []
+            for k in (
+                "decisions",
+                "share",
+                "action_p",
+                "sampled_p",
+                "mean_reward",
+                "rolling_reward",
+                "errors",
+                "latency_ms",
+            )
+        }
+        for i, step in enumerate(shown):
+            tally = step.arms.get(arm, ArmTally())
+            series["decisions"].append(tally.decisions)
+            series["share"].append(tally.decisions / step.decisions if step.decisions else None)
+            series["action_p"].append(tally.action_p / step.randomized if step.randomized else None)
+            series["sampled_p"].append(
+                tally.sampled_p / tally.randomized if tally.randomized else None
+            )
+            series["mean_reward"].append(tally.r_sum / tally.r_n if tally.r_n else None)
+            window = steps[i : i + rolling_steps]
+            r_n = sum(s.arms[arm].r_n for s in window if arm in s.arms)
+            r_sum = sum(s.arms[arm].r_sum for s in window if arm in s.arms)
+            series["rolling_reward"].append(r_sum / r_n if r_n else None)
+            series["errors"].append(tally.errors)
+            series["latency_ms"].append(
+                tally.latency_ms / tally.decisions if tally.decisions else None
+            )
+        arms_out[arm] = series
+    return {
+        "experiment": spec.name,
+        "start_ms": start,
+        "end_ms": end,
+        "step_s": step_ms / 1000,
+        "rolling_s": rolling_steps * step_ms / 1000,
+        "t": [s.start_ms for s in shown],
+        "decisions": [s.decisions for s in shown],
+        "joined": [s.joined for s in shown],
+        "arms": arms_out,
+    }
