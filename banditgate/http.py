@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 
 from banditgate.errors import BanditgateError, Forbidden, Unauthorized
@@ -18,11 +18,11 @@ from banditgate.errors import BanditgateError, Forbidden, Unauthorized
 def install_error_handlers(app: FastAPI) -> None:
     """One shape for every error: {"error": {"type", "message", "field"?}}."""
 
-    async def banditgate_error(request: Request, exc: Exception) -> ORJSONResponse:
+    async def banditgate_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, BanditgateError)
-        return ORJSONResponse(exc.to_dict(), status_code=exc.status)
+        return JSONResponse(exc.to_dict(), status_code=exc.status)
 
-    async def validation_error(request: Request, exc: Exception) -> ORJSONResponse:
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         problems = []
         for error in exc.errors():
@@ -37,7 +37,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 "problems": problems,
             }
         }
-        return ORJSONResponse(body, status_code=422)
+        return JSONResponse(body, status_code=422)
 
     app.add_exception_handler(BanditgateError, banditgate_error)
     app.add_exception_handler(RequestValidationError, validation_error)

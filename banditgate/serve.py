@@ -54,16 +54,13 @@ def create_serve_app(
     reachable from its routes as `request.app.state.<ingest|control>`.
     """
     from fastapi import FastAPI
-    from fastapi.responses import ORJSONResponse
 
     from router.app import create_app as create_router
     from router.settings import RouterSettings
 
     from banditgate.http import install_error_handlers
 
-    fallback = FastAPI(
-        title="banditgate", version=_version(), default_response_class=ORJSONResponse
-    )
+    fallback = FastAPI(title="banditgate", version=_version())
     install_error_handlers(fallback)
     components: list[Any] = []
     if with_ingest:

@@ -55,7 +55,7 @@ def create_control_app(
         finally:
             await service.shutdown()
 
-    # Routes return typed dicts: FastAPI serialises them with pydantic (ORJSONResponse is
+    # Routes return typed dicts: FastAPI serialises them with pydantic (JSONResponse is
     # deprecated there), which also turns NaN into null.
     app = FastAPI(title="banditgate control plane", lifespan=lifespan)
     app.state.control = service
