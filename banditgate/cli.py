@@ -29,9 +29,12 @@ def _register_package_commands() -> None:
     from reward_ingest.cli import register as register_ingest
     from trainer.cli import register as register_trainer
 
+    from banditgate.demo.cli import demo
+
     register_ingest(app)
     register_trainer(app)
     register_experiments(app)
+    app.command("demo")(demo)
 
 
 console = Console()
