@@ -1,0 +1,492 @@
+"""The join state of one experiment, changed only by one Lua script (atomic, cluster-safe).
+
+Keys (all under the experiment's hash tag, so one script may touch them all):
+
+    join:pending          hash  event id -> decision JSON, for decisions whose window is open
+    join:deadlines        zset  event id -> window end (decision ts_ms + window_s)
+    join:rewards          hash  event id -> "n|sum|min|max" of the rewards of a pending decision
+                                (sum, mean, max, min; `earliest` joins at the first reward)
+    join:early            hash  event id -> "value,ts;..." rewards that came before their decision
+    join:early:deadlines  zset  event id -> when the held rewards become orphans
+    join:closed           zset  event id -> window end (+0.5 when closed by its final reward);
+                                pruned `join_closed_retention_s` after the window end
+    join:moved            zset  unrouted-stream id -> time: a resolver's repeated move counts once
+    join:late             stream  audit of rewards never trained on: id, v, ts, why
+                                (late | duplicate | orphan | invalid)
+    join:counters         hash  the counters below
+
+One call of the script takes a batch read from the decisions and rewards streams, applies
+only the messages it can still acknowledge (XACK returns 1 once per message, so a batch
+re-delivered after a crash, or taken over by another joiner, is applied exactly once), then
+closes due windows and expires held rewards. Each joined example is XADDed to the joined
+stream in the same script, so a decision is emitted exactly once.
+
+Windows close on the joiner's clock, but never ahead of the reward stream: a window that
+ended at T closes only once every reward appended before T has been applied (the batch read
+reached past T and no other consumer still holds an older reward unacknowledged), with an
+allowance for clock skew. So a joiner catching up after an outage still joins the rewards
+waiting in its backlog. Likewise, held rewards become orphans only once the decisions stream
+has been read past their backward window.
+
+A reward counts when its ingest time `ts` is before the decision's window end; otherwise it
+is late. Under `earliest` the first reward is final: the example is emitted at once and later
+rewards are duplicates (counted and audited, never trained on).
+
+Counters (hash `join:counters`):
+    decisions_received   distinct decisions applied
+    decisions_duplicate  a decision logged again under an event id already pending or closed
+    decisions_invalid    a logged decision without a usable event_id or ts_ms
+    rewards_received     rewards applied by the joiner (routed or resolved, valid)
+    rewards_joined       rewards that went into a joined example
+    rewards_duplicate    rewards after the final one under `earliest`
+    rewards_late         rewards for a decision whose window had closed
+    rewards_orphaned     rewards whose event id matched no decision within the backward window
+    rewards_early        rewards that arrived before their decision (informational)
+    rewards_invalid      out-of-range rewards (rejected by the webhook, or by the joiner
+                         for rewards routed late); not part of rewards_received
+    rewards_redelivered  a resolver move repeated after a crash, ignored
+    joined               joined examples emitted = joined_rewarded + joined_default
+    joined_rewarded      with a real (aggregated) reward
+    joined_default       with the experiment's default reward
+
+rewards_received = rewards_joined + rewards_duplicate + rewards_late + rewards_orphaned
+                   + rewards still held in join:early.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from banditgate import keys
+from banditgate.redis import Redis
+from banditgate.spec import RewardSpec
+
+COUNTERS = (
+    "decisions_received",
+    "decisions_duplicate",
+    "decisions_invalid",
+    "rewards_received",
+    "rewards_joined",
+    "rewards_duplicate",
+    "rewards_late",
+    "rewards_orphaned",
+    "rewards_early",
+    "rewards_invalid",
+    "rewards_redelivered",
+    "joined",
+    "joined_rewarded",
+    "joined_default",
+)
+
+MAX_EVENT_ID_CHARS = 256
+
+_SCRIPT = r"""
+local DS, RS, P, D, R, E = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local ED, C, A, K, J, M = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local group = ARGV[1]
+local now_s = ARGV[2]
+local now = tonumber(now_s)
+local agg = ARGV[3]
+local default = ARGV[4]
+local backward = tonumber(ARGV[5])
+local retention = tonumber(ARGV[6])
+local limit = tonumber(ARGV[7])
+local close_until = tonumber(ARGV[8])
+local expire_until = tonumber(ARGV[9])
+local jmax = ARGV[10]
+local amax = ARGV[11]
+local moved_retention = tonumber(ARGV[12])
+local skew = tonumber(ARGV[13])
+
+local count = {}
+local function inc(name, n)
+  count[name] = (count[name] or 0) + (n or 1)
+end
+
+local function fmt(x)
+  return string.format('%.17g', x)
+end
+
+local function emit(d, r, rewarded, n)
+  redis.call('XADD', J, 'MAXLEN', '~', jmax, '*',
+    'd', d, 'r', r, 'rw', rewarded, 'n', n, 'jt', now_s)
+  inc('joined')
+  if rewarded == '1' then inc('joined_rewarded') else inc('joined_default') end
+end
+
+local function audit(id, v, ts, why)
+  redis.call('XADD', A, 'MAXLEN', '~', amax, '*', 'id', id, 'v', v, 'ts', ts, 'why', why)
+end
+
+local function fold(state, v)
+  if not state then
+    return '1|' .. v .. '|' .. v .. '|' .. v
+  end
+  local n, s, lo, hi = string.match(state, '^(%d+)|([^|]+)|([^|]+)|([^|]+)$')
+  local x = tonumber(v)
+  return string.format('%d|%s|%s|%s', tonumber(n) + 1, fmt(tonumber(s) + x),
+    fmt(math.min(tonumber(lo), x)), fmt(math.max(tonumber(hi), x)))
+end
+
+local function final(state)
+  local n, s, lo, hi = string.match(state, '^(%d+)|([^|]+)|([^|]+)|([^|]+)$')
+  if agg == 'sum' then return s, n end
+  if agg == 'mean' then return fmt(tonumber(s) / tonumber(n)), n end
+  if agg == 'max' then return hi, n end
+  return lo, n
+end
+
+local function close(id, due, by_reward)
+  if by_reward then
+    redis.call('ZADD', C, due + 0.5, id)
+  else
+    redis.call('ZADD', C, due, id)
+  end
+end
+
+local function idms(id)
+  return tonumber(string.match(id, '^(%d+)'))
+end
+
+local function apply_reward_to_pending(id, d, v, ts)
+  local due = tonumber(redis.call('ZSCORE', D, id))
+  if tonumber(ts) >= due then
+    inc('rewards_late')
+    audit(id, v, ts, 'late')
+  elseif agg == 'earliest' then
+    emit(d, v, '1', '1')
+    inc('rewards_joined')
+    redis.call('HDEL', P, id)
+    redis.call('ZREM', D, id)
+    close(id, due, true)
+  else
+    redis.call('HSET', R, id, fold(redis.call('HGET', R, id), v))
+    inc('rewards_joined')
+  end
+end
+
+-- decisions first: a reward read in the same batch as its decision joins directly
+local i = 15
+for _ = 1, tonumber(ARGV[14]) do
+  local msgid, k, bad = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  i = i + 3
+  local fresh = redis.call('XACK', DS, group, msgid) == 1
+  if fresh and bad > 0 then inc('decisions_invalid', bad) end
+  for _ = 1, k do
+    local id, d, due_s = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    i = i + 3
+    if fresh then
+      if redis.call('HEXISTS', P, id) == 1 or redis.call('ZSCORE', C, id) then
+        inc('decisions_duplicate')
+      else
+        inc('decisions_received')
+        local due = tonumber(due_s)
+        local early = redis.call('HGET', E, id)
+        local state = false
+        local done = false
+        if early then
+          redis.call('HDEL', E, id)
+          redis.call('ZREM', ED, id)
+          for v, ts in string.gmatch(early, '([^,;]+),([^;]+);') do
+            if tonumber(ts) >= due then
+              inc('rewards_late')
+              audit(id, v, ts, 'late')
+            elseif agg == 'earliest' then
+              if done then
+                inc('rewards_duplicate')
+                audit(id, v, ts, 'duplicate')
+              else
+                emit(d, v, '1', '1')
+                inc('rewards_joined')
+                close(id, due, true)
+                done = true
+              end
+            else
+              state = fold(state, v)
+              inc('rewards_joined')
+            end
+          end
+        end
+        if not done then
+          redis.call('HSET', P, id, d)
+          redis.call('ZADD', D, due_s, id)
+          if state then redis.call('HSET', R, id, state) end
+        end
+      end
+    end
+  end
+end
+
+local nr = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, nr do
+  local msgid, id, v = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local ts, mv, ok = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+  i = i + 6
+  if redis.call('XACK', RS, group, msgid) == 1 then
+    if mv ~= '' and redis.call('ZADD', M, 'NX', now, mv) == 0 then
+      inc('rewards_redelivered')
+    elseif ok ~= '1' then
+      inc('rewards_invalid')
+      audit(id, v, ts, 'invalid')
+    else
+      inc('rewards_received')
+      local d = redis.call('HGET', P, id)
+      if d then
+        apply_reward_to_pending(id, d, v, ts)
+      else
+        local closed = redis.call('ZSCORE', C, id)
+        if closed then
+          local score = tonumber(closed)
+          if agg == 'earliest' and score % 1 ~= 0 and tonumber(ts) < score then
+            inc('rewards_duplicate')
+            audit(id, v, ts, 'duplicate')
+          else
+            inc('rewards_late')
+            audit(id, v, ts, 'late')
+          end
+        else
+          local early = redis.call('HGET', E, id)
+          if not early then
+            redis.call('ZADD', ED, now + backward, id)
+            early = ''
+          end
+          redis.call('HSET', E, id, early .. v .. ',' .. ts .. ';')
+          inc('rewards_early')
+        end
+      end
+    end
+  end
+end
+
+-- close due windows, but not ahead of rewards another consumer still holds
+local pending_rewards = redis.call('XPENDING', RS, group)
+if pending_rewards[1] > 0 then
+  close_until = math.min(close_until, idms(pending_rewards[2]) - 1 - skew)
+end
+local due_ids = redis.call('ZRANGEBYSCORE', D, '-inf', close_until, 'WITHSCORES', 'LIMIT', 0, limit)
+local ids = {}
+for j = 1, #due_ids, 2 do
+  local id = due_ids[j]
+  local d = redis.call('HGET', P, id)
+  local state = redis.call('HGET', R, id)
+  if d then
+    if state then
+      local r, n = final(state)
+      emit(d, r, '1', n)
+    else
+      emit(d, default, '0', '0')
+    end
+  end
+  close(id, tonumber(due_ids[j + 1]), false)
+  ids[#ids + 1] = id
+end
+if #ids > 0 then
+  redis.call('HDEL', P, unpack(ids))
+  redis.call('HDEL', R, unpack(ids))
+  redis.call('ZREM', D, unpack(ids))
+end
+
+-- held rewards become orphans once the decisions stream has been read past their deadline
+local pending_decisions = redis.call('XPENDING', DS, group)
+if pending_decisions[1] > 0 then
+  expire_until = math.min(expire_until, idms(pending_decisions[2]) - 1 - skew)
+end
+local expired = redis.call('ZRANGEBYSCORE', ED, '-inf', expire_until, 'LIMIT', 0, limit)
+for _, id in ipairs(expired) do
+  local early = redis.call('HGET', E, id)
+  if early then
+    for v, ts in string.gmatch(early, '([^,;]+),([^;]+);') do
+      inc('rewards_orphaned')
+      audit(id, v, ts, 'orphan')
+    end
+  end
+end
+if #expired > 0 then
+  redis.call('HDEL', E, unpack(expired))
+  redis.call('ZREM', ED, unpack(expired))
+end
+
+-- forget closed ids (and moved markers) after their retention, a bounded slice per call
+local old = redis.call('ZCOUNT', C, '-inf', now - retention)
+if old > 0 then redis.call('ZREMRANGEBYRANK', C, 0, math.min(old, limit) - 1) end
+old = redis.call('ZCOUNT', M, '-inf', now - moved_retention)
+if old > 0 then redis.call('ZREMRANGEBYRANK', M, 0, math.min(old, limit) - 1) end
+
+for name, n in pairs(count) do
+  redis.call('HINCRBY', K, name, n)
+end
+
+local next_due = -1
+local first = redis.call('ZRANGE', D, 0, 0, 'WITHSCORES')
+if #first > 0 then next_due = tonumber(first[2]) end
+first = redis.call('ZRANGE', ED, 0, 0, 'WITHSCORES')
+if #first > 0 and (next_due < 0 or tonumber(first[2]) < next_due) then
+  next_due = tonumber(first[2])
+end
+return {#ids, #expired, fmt(next_due)}
+"""
+
+
+@dataclass
+class DecisionEntry:
+    """One decisions-stream entry: its id and the decisions it holds, as script arguments."""
+
+    message_id: bytes
+    decisions: list[tuple[str, bytes, int]]  # (event id, decision JSON, window end ms)
+    invalid: int = 0
+
+
+@dataclass
+class RewardEntry:
+    message_id: bytes
+    event_id: str
+    value: str
+    ts_ms: int
+    moved: str = ""  # the unrouted-stream id when the resolver moved it here
+    valid: bool = True
+
+
+@dataclass
+class StepResult:
+    closed: int
+    expired: int
+    next_due_ms: float | None
+
+
+def decode_decision_entry(
+    message_id: bytes, fields: dict[bytes, bytes] | None, window_ms: int
+) -> DecisionEntry:
+    """Untrusted bytes in, script arguments out; what cannot be used is counted, never raised."""
+    entry = DecisionEntry(message_id, [])
+    try:
+        batch = orjson.loads((fields or {})[b"b"])
+    except (KeyError, orjson.JSONDecodeError):
+        entry.invalid = 1
+        return entry
+    if not isinstance(batch, list):
+        entry.invalid = 1
+        return entry
+    for decision in batch:
+        if not isinstance(decision, dict):
+            entry.invalid += 1
+            continue
+        event_id = decision.get("event_id")
+        ts_ms = decision.get("ts_ms")
+        if (
+            not isinstance(event_id, str)
+            or not 0 < len(event_id) <= MAX_EVENT_ID_CHARS
+            or not isinstance(ts_ms, int)
+            or isinstance(ts_ms, bool)
+        ):
+            entry.invalid += 1
+            continue
+        entry.decisions.append((event_id, orjson.dumps(decision), ts_ms + window_ms))
+    return entry
+
+
+def decode_reward_entry(
+    message_id: bytes, fields: dict[bytes, bytes] | None, spec: RewardSpec
+) -> RewardEntry:
+    fields = fields or {}
+    try:
+        event_id = fields[b"id"].decode()
+        value = float(fields[b"v"])
+        ts_ms = int(fields[b"ts"])
+    except (KeyError, ValueError, UnicodeDecodeError):
+        raw = fields.get(b"v", b"")
+        return RewardEntry(
+            message_id,
+            fields.get(b"id", b"").decode(errors="replace"),
+            raw.decode(errors="replace") or "?",
+            0,
+            valid=False,
+        )
+    moved = fields.get(b"u", b"").decode()
+    valid = (
+        math.isfinite(value)
+        and spec.min <= value <= spec.max
+        and 0 < len(event_id) <= MAX_EVENT_ID_CHARS
+    )
+    return RewardEntry(message_id, event_id, repr(value), ts_ms, moved, valid)
+
+
+class JoinScript:
+    """Calls the script for one experiment."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._script = redis.register_script(_SCRIPT)
+
+    async def step(
+        self,
+        experiment: str,
+        *,
+        group: str,
+        reward: RewardSpec,
+        now_ms: int,
+        close_until_ms: int,
+        expire_until_ms: int,
+        decisions: Sequence[DecisionEntry] = (),
+        rewards: Sequence[RewardEntry] = (),
+        close_limit: int = 2000,
+        retention_ms: int = 3_600_000,
+        skew_ms: int = 500,
+        joined_maxlen: int = 2_000_000,
+        audit_maxlen: int = 100_000,
+    ) -> StepResult:
+        args: list[Any] = [
+            group,
+            now_ms,
+            reward.aggregation,
+            repr(float(reward.default)),
+            int(reward.backward_window_s * 1000),
+            retention_ms,
+            close_limit,
+            close_until_ms,
+            expire_until_ms,
+            joined_maxlen,
+            audit_maxlen,
+            max(retention_ms, 3_600_000),
+            skew_ms,
+            len(decisions),
+        ]
+        for entry in decisions:
+            args += (entry.message_id, len(entry.decisions), entry.invalid)
+            for event_id, decision, due in entry.decisions:
+                args += (event_id, decision, due)
+        args.append(len(rewards))
+        for item in rewards:
+            args += (
+                item.message_id,
+                item.event_id,
+                item.value,
+                item.ts_ms,
+                item.moved,
+                "1" if item.valid else "0",
+            )
+        closed, expired, next_due = await self._script(keys=script_keys(experiment), args=args)
+        due = float(next_due)
+        return StepResult(int(closed), int(expired), None if due < 0 else due)
+
+
+def script_keys(experiment: str) -> list[str]:
+    return [
+        keys.decisions(experiment),
+        keys.rewards(experiment),
+        keys.join_pending(experiment),
+        keys.join_deadlines(experiment),
+        keys.join_rewards(experiment),
+        keys.join_early(experiment),
+        keys.join_early_deadlines(experiment),
+        keys.join_closed(experiment),
+        keys.join_late(experiment),
+        keys.join_counters(experiment),
+        keys.joined(experiment),
+        keys.join_moved(experiment),
+    ]
