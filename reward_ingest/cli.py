@@ -1,9 +1,74 @@
-"""Commands this package adds to `banditgate`."""
+"""Commands this package adds to `banditgate`: `ingest` and `export flush`."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
+
+export_app = typer.Typer(no_args_is_help=True, help="Parquet and DSJSON export of joined examples.")
 
 
 def register(app: typer.Typer) -> None:
-    return None
+    app.command()(ingest)
+    app.add_typer(export_app, name="export")
+
+
+def ingest(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8081,
+    workers: Annotated[
+        bool, typer.Option(help="Run the joiner and exporter in this process too.")
+    ] = True,
+) -> None:
+    """The reward webhook, with the joiner and exporter (scale out: run several)."""
+    import uvicorn
+
+    from banditgate.redis import resolve_redis_url
+    from banditgate.serve import close_embedded, configure_logging
+    from banditgate.settings import CoreSettings
+
+    configure_logging()
+    _, embedded = resolve_redis_url(CoreSettings())
+    try:
+        uvicorn.run(
+            "reward_ingest.app:create_standalone_app"
+            if workers
+            else "reward_ingest.app:create_ingest_app",
+            factory=True,
+            host=host,
+            port=port,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            timeout_graceful_shutdown=15,
+        )
+    finally:
+        close_embedded(embedded)
+
+
+@export_app.command("flush")
+def export_flush(
+    experiment: Annotated[
+        str | None, typer.Option("--experiment", "-e", help="Only this experiment's files.")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the exporters.")] = 30.0,
+) -> None:
+    """Close the open export files now: everything joined so far lands in closed files."""
+    from banditgate.cli import console, fail, with_redis
+    from reward_ingest.flush import request_flush
+
+    async def run(redis):  # type: ignore[no-untyped-def]
+        return await request_flush(redis, experiment=experiment, timeout_s=timeout)
+
+    outcome = with_redis(run)
+    if outcome.exporters == 0:
+        console.print("no exporter is running; there are no open files to close")
+        return
+    if not outcome.complete:
+        fail(
+            f"{len(outcome.replies)} of {outcome.exporters} exporters answered within {timeout:g}s "
+            f"({outcome.files} files closed)",
+            code=1,
+        )
+    console.print(f"{outcome.exporters} exporter(s) closed {outcome.files} file(s)")

@@ -158,7 +158,7 @@ def make_joiner(
 async def ingest_url(
     redis: Redis, redis_url: str, data_dir: Any
 ) -> AsyncIterator[Callable[..., Any]]:
-    """`await ingest_url(**settings)` serves the reward webhook on loopback; returns its base URL."""
+    """`await ingest_url(**settings)` serves the reward webhook on loopback; returns its URL."""
     stack = contextlib.AsyncExitStack()
 
     async def start(**options: Any) -> str:

@@ -184,6 +184,7 @@ async def test_body_over_the_byte_limit_is_413(ingest_url, experiment, name):
     url = await ingest_url(max_body_bytes=100)
     status, body = await post(f"{url}/v1/rewards", {"event_id": "x" * 200, "value": 1})
     assert status == 413
+    assert body["error"]["type"] == "PayloadTooLarge"
 
 
 async def test_batch_with_nothing_accepted_is_an_error_with_details(ingest_url, experiment, name):
