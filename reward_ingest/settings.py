@@ -29,7 +29,7 @@ class IngestSettings(CoreSettings):
         description="Consumer name in the joiner groups (default: host and pid); stable is best.",
     )
     join_decision_entries: int = Field(
-        default=4,
+        default=2,
         ge=1,
         description="Decision stream entries per read (each holds one router flush).",
     )
@@ -45,9 +45,9 @@ class IngestSettings(CoreSettings):
         description="Messages pending this long with a silent consumer are taken over.",
     )
     join_closed_retention_s: float = Field(
-        default=3600.0,
+        default=600.0,
         ge=0,
-        description="How long after its window a closed event id still marks rewards as late.",
+        description="How long after its window a closed event id marks rewards late (~100 B each).",
     )
     join_clock_skew_ms: int = Field(
         default=500,

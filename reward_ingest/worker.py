@@ -29,6 +29,7 @@ from banditgate.tasks import TaskGroup
 from reward_ingest.join_state import (
     DecisionEntry,
     JoinScript,
+    PreparedStep,
     RewardEntry,
     StepResult,
     decode_decision_entry,
@@ -54,10 +55,13 @@ _NEVER = -(2**50)
 
 @dataclass
 class Read:
+    """A batch, and how far each stream has been read: every entry appended before the
+    mark (ms) has been delivered to some consumer."""
+
     decisions: list[Entry]
     rewards: list[Entry]
-    decisions_complete: bool  # the read returned all there was
-    rewards_complete: bool
+    decisions_mark: int = _NEVER
+    rewards_mark: int = _NEVER
 
     @property
     def size(self) -> int:
@@ -94,6 +98,7 @@ class Joiner:
         self.specs: dict[str, ExperimentSpec] = {}
         self._ready: set[str] = set()
         self._next_due: dict[str, float | None] = {}
+        self._position: dict[str, _Position] = {}
 
     def serves(self, name: str) -> bool:
         if self.only is not None:
@@ -131,12 +136,45 @@ class Joiner:
     async def drain(self, name: str) -> int:
         await self._prepare(name)
         handled = await self.recover(name) + await self.claim(name)
+        return handled + (await self.pump(name, await self.read(name)))[0]
+
+    async def pump(
+        self, name: str, read: Read, *, stop: asyncio.Event | None = None, budget_s: float = 0
+    ) -> tuple[int, StepResult]:
+        """Apply `read`, then keep reading and applying until nothing is left or due.
+
+        While Redis runs one batch's script, this process reads and prepares the next: the
+        next read is sent first, on another connection, so its answer arrives while the
+        script runs. (Delivered early, the next batch is in the group's pending list while
+        the script runs, which only makes its window closing more cautious.) Returns after
+        `budget_s` (if set) or when `stop` is set, having applied every batch it read.
+        """
+        handled = 0
+        deadline = time.monotonic() + budget_s
+        step = self.prepare(name, read)
         while True:
-            read = await self.read(name)
-            result = await self.apply(name, read)
+            reading = asyncio.create_task(self.read(name))
+            running = asyncio.create_task(self.execute(step))
+            try:
+                following = await reading
+            except BaseException:
+                await asyncio.gather(running, return_exceptions=True)
+                raise
+            next_step = self.prepare(name, following)
+            result = await running
             handled += read.size + result.closed + result.expired
-            if read.size == 0 and not self._more(result):
-                return handled
+            halt = (stop is not None and stop.is_set()) or (
+                budget_s and time.monotonic() > deadline
+            )
+            if halt or (following.size == 0 and not self._more(result)):
+                # What was read is applied before returning (an empty step may still close).
+                result = await self.execute(next_step)
+                handled += following.size + result.closed + result.expired
+                if halt or not self._more(result):
+                    return handled, result
+                following = await self.read(name)
+                next_step = self.prepare(name, following)
+            read, step = following, next_step
 
     # -- the steps --------------------------------------------------------------------------
 
@@ -152,14 +190,35 @@ class Joiner:
         dkey, rkey = keys.decisions(name), keys.rewards(name)
         n_decisions = self.settings.join_decision_entries
         n_rewards = self.settings.join_reward_batch
+        position = self._position.setdefault(name, _Position())
+        started = self.now_ms()  # a read that returns all there is has seen everything before
         if block_ms is None:
+            # Catching up on a decisions backlog, do not let the rewards run ahead of it:
+            # a reward read before its decision takes the slower held-reward path.
+            skip_rewards = position.decisions_behind and position.rewards_ms > position.decisions_ms
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.xreadgroup(keys.JOINER_GROUP, self.consumer, {dkey: ">"}, count=n_decisions)
-                pipe.xreadgroup(keys.JOINER_GROUP, self.consumer, {rkey: ">"}, count=n_rewards)
-                got_decisions, got_rewards = await pipe.execute()
-            decisions = by_stream(got_decisions).get(dkey, [])
-            rewards = by_stream(got_rewards).get(rkey, [])
-            return Read(decisions, rewards, len(decisions) < n_decisions, len(rewards) < n_rewards)
+                if not skip_rewards:
+                    pipe.xreadgroup(keys.JOINER_GROUP, self.consumer, {rkey: ">"}, count=n_rewards)
+                answers = await pipe.execute()
+            decisions = by_stream(answers[0]).get(dkey, [])
+            if skip_rewards and len(decisions) < n_decisions:
+                # The backlog of decisions just ended: the rewards are next, not skipped.
+                skip_rewards = False
+                answers.append(
+                    await self.redis.xreadgroup(
+                        keys.JOINER_GROUP, self.consumer, {rkey: ">"}, count=n_rewards
+                    )
+                )
+            rewards = [] if skip_rewards else by_stream(answers[1]).get(rkey, [])
+            return Read(
+                decisions,
+                rewards,
+                position.advance("decisions", decisions, len(decisions) < n_decisions, started),
+                position.rewards_ms - 1
+                if skip_rewards
+                else position.advance("rewards", rewards, len(rewards) < n_rewards, started),
+            )
         call = self.redis.xreadgroup(
             keys.JOINER_GROUP,
             self.consumer,
@@ -172,12 +231,26 @@ class Joiner:
         else:
             completed, response = await unless_stopped(call, stop)
             if not completed:
-                return Read([], [], False, False)
+                return Read([], [])
         streams = by_stream(response)
         decisions, rewards = streams.get(dkey, []), streams.get(rkey, [])
-        return Read(decisions, rewards, len(decisions) < n_decisions, len(rewards) < n_decisions)
+        return Read(
+            decisions,
+            rewards,
+            position.advance("decisions", decisions, len(decisions) < n_decisions, started),
+            position.advance("rewards", rewards, len(rewards) < n_decisions, started),
+        )
 
     async def apply(self, name: str, read: Read, *, close: bool = True) -> StepResult:
+        return await self.execute(self.prepare(name, read, close=close))
+
+    async def execute(self, step: PreparedStep) -> StepResult:
+        result = await self.script.run(step)
+        self._next_due[step.experiment] = result.next_due_ms
+        return result
+
+    def prepare(self, name: str, read: Read, *, close: bool = True) -> PreparedStep:
+        """Decode a batch into the script's arguments (no I/O)."""
         spec = self.specs[name]
         reward = spec.reward
         window_ms = int(reward.window_s * 1000)
@@ -194,12 +267,13 @@ class Joiner:
         now = self.now_ms()
         skew = self.settings.join_clock_skew_ms
         if close:
-            # Not ahead of what has been read: a full read may have left newer entries unread.
-            close_until = min(now, _mark(read.rewards, read.rewards_complete, now)) - skew
-            expire_until = min(now, _mark(read.decisions, read.decisions_complete, now)) - skew
+            # Never ahead of what has been read: windows wait for the rewards appended
+            # before their end, held rewards for the decisions appended before their deadline.
+            close_until = min(now, read.rewards_mark) - skew
+            expire_until = min(now, read.decisions_mark) - skew
         else:
             close_until = expire_until = _NEVER
-        result = await self.script.step(
+        return self.script.prepare(
             name,
             group=keys.JOINER_GROUP,
             reward=reward,
@@ -214,8 +288,6 @@ class Joiner:
             joined_maxlen=self.settings.stream_maxlen,
             audit_maxlen=self.settings.join_audit_maxlen,
         )
-        self._next_due[name] = result.next_due_ms
-        return result
 
     async def recover(self, name: str) -> int:
         """Apply what this consumer read before but never acknowledged (after a restart)."""
@@ -265,8 +337,8 @@ class Joiner:
     @staticmethod
     def _as_read(name: str, stream: str, entries: list[Entry]) -> Read:
         if stream == keys.decisions(name):
-            return Read(entries, [], False, False)
-        return Read([], entries, False, False)
+            return Read(entries, [])
+        return Read([], entries)
 
     def _more(self, result: StepResult) -> bool:
         limit = self.settings.join_close_limit
@@ -324,13 +396,18 @@ class Joiner:
                 )
                 if stop.is_set() and read.size == 0:
                     break
-                result = await self.apply(name, read)
+                if read.size == 0:
+                    result = await self.apply(name, read)
+                else:
+                    # Busy: overlap reading with applying, returning now and then for claims.
+                    _, result = await self.pump(name, read, stop=stop, budget_s=1.0)
                 idle = read.size == 0 and not self._more(result)
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
                 self._ready.discard(name)
+                recovered = False  # a batch read but not applied is in our pending list
                 log.warning("joiner %s: %s; retrying in %.1fs", name, exc, backoff)
                 await sleep_unless_stopped(backoff, stop)
                 backoff = min(backoff * 2, 5.0)
@@ -369,13 +446,23 @@ class Joiner:
                 backoff = min(backoff * 2, 5.0)
 
 
-def _mark(entries: list[Entry], complete: bool, now_ms: int) -> int:
-    """How far a stream has been read: all of it, or up to the last entry of a full batch."""
-    if complete:
-        return now_ms
-    if not entries:
-        return _NEVER
-    return id_ms(entries[-1][0]) - 1
+@dataclass
+class _Position:
+    """How far this joiner has read each stream of one experiment."""
+
+    decisions_ms: int = 0
+    rewards_ms: int = 0
+    decisions_behind: bool = False
+
+    def advance(self, stream: str, entries: list[Entry], complete: bool, started_ms: int) -> int:
+        if entries:
+            setattr(self, f"{stream}_ms", id_ms(entries[-1][0]))
+        if stream == "decisions":
+            self.decisions_behind = not complete
+        if complete:
+            return started_ms
+        # A full batch: entries after its last one may be unread, even in the same millisecond.
+        return id_ms(entries[-1][0]) - 1
 
 
 async def run(redis: Redis, *, stop: asyncio.Event, settings: IngestSettings | None = None) -> None:

@@ -11,6 +11,7 @@ import pytest
 from banditgate import keys
 from banditgate.events import decision_batch_fields
 from banditgate.store import ExperimentStore
+from reward_ingest.join_state import msgpack_strings
 from reward_ingest.settings import IngestSettings
 from reward_ingest.worker import Joiner
 from tests.reward_ingest.conftest import (
@@ -302,7 +303,7 @@ async def test_windows_wait_for_the_reward_backlog(
     await joiner.refresh()
     await joiner._prepare(name)
     first = await joiner.read(name)
-    assert len(first.rewards) == 3 and not first.rewards_complete
+    assert len(first.rewards) == 3 and first.rewards_mark is not None
     await joiner.apply(name, first)
     # All windows ended long ago, but rewards stamped before their ends are still unread:
     # only the window the read has passed may close.
@@ -469,3 +470,35 @@ async def test_batches_stay_one_entry_per_router_flush(experiment, make_joiner, 
     clock.advance(2)
     await joiner.run_once()
     assert len(await joined_examples(redis, name)) == 2000
+
+
+async def test_script_arguments_survive_the_trip_to_lua(redis):
+    items = [
+        b"",
+        b"x" * 31,
+        b"y" * 32,
+        b"z" * 255,
+        b"w" * 256,
+        b"v" * 65_535,
+        b"u" * 65_536,
+        "é☃".encode(),
+    ]
+    back = await redis.eval(
+        "local t = cmsgpack.unpack(ARGV[1]); return t", 0, msgpack_strings(items)
+    )
+    assert back == items
+
+
+async def test_unicode_event_ids_and_large_decisions(experiment, make_joiner, redis, name, clock):
+    await experiment(aggregation="max")
+    joiner = make_joiner()
+    event_id = "évènement-☃-42"
+    big = decision(name, event_id, clock.ms, context={f"c.{i}": "v" * 100 for i in range(500)})
+    await log_decisions(redis, [big])
+    await add_reward(redis, name, event_id, 0.25, clock.ms + 1)
+    await add_reward(redis, name, event_id, 0.75, clock.ms + 2)
+    clock.advance(2)
+    await joiner.run_once()
+    (example,) = await joined_examples(redis, name)
+    assert example["decision"] == big
+    assert example["reward"] == 0.75 and example["n_rewards"] == 2
