@@ -56,9 +56,10 @@ def export_flush(
 ) -> None:
     """Close the open export files now: everything joined so far lands in closed files."""
     from banditgate.cli import console, fail, with_redis
-    from reward_ingest.flush import request_flush
+    from banditgate.redis import Redis
+    from reward_ingest.flush import FlushOutcome, request_flush
 
-    async def run(redis):  # type: ignore[no-untyped-def]
+    async def run(redis: Redis) -> FlushOutcome:
         return await request_flush(redis, experiment=experiment, timeout_s=timeout)
 
     outcome = with_redis(run)

@@ -264,14 +264,11 @@ class RewardIntake:
                 for name, rewards in routed.items():
                     stream = keys.rewards(name)
                     for reward in rewards:
-                        pipe.xadd(stream, reward_fields(reward), maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+                        pipe.xadd(stream, _fields(reward), maxlen=maxlen, approximate=True)
                 for reward in unrouted:
                     pipe.xadd(
-                        keys.UNROUTED_REWARDS,
-                        reward_fields(reward),
-                        maxlen=maxlen,
-                        approximate=True,
-                    )  # type: ignore[arg-type]
+                        keys.UNROUTED_REWARDS, _fields(reward), maxlen=maxlen, approximate=True
+                    )
                 if unrouted:
                     pipe.hincrby(keys.UNROUTED_COUNTERS, "rewards_received", len(unrouted))
                 for name, count in invalid.items():
@@ -280,6 +277,10 @@ class RewardIntake:
         except (RedisError, OSError) as exc:
             log.warning("reward append failed: %s", exc)
             raise NotReady(f"rewards not stored, Redis is unavailable ({exc}); retry") from None
+
+
+def _fields(reward: Reward) -> dict[Any, Any]:
+    return dict(reward_fields(reward))
 
 
 def path(where: str, name: str) -> str:

@@ -149,10 +149,15 @@ class UnroutedResolver:
             for message_id, event_id, value, ts_ms in readable:
                 experiment = found.get(event_id)
                 if experiment is not None and experiment in specs:
-                    fields = {"id": event_id, "v": value, "ts": ts_ms, "u": message_id}
+                    moved: dict[Any, Any] = {
+                        "id": event_id,
+                        "v": value,
+                        "ts": ts_ms,
+                        "u": message_id,
+                    }
                     pipe.xadd(
                         keys.rewards(experiment),
-                        fields,  # type: ignore[arg-type]
+                        moved,
                         maxlen=self.settings.stream_maxlen,
                         approximate=True,
                     )

@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -226,6 +227,7 @@ class Joiner:
             count=n_decisions,
             block=block_ms,
         )
+        response: Any = None
         if stop is None:
             response = await call
         else:

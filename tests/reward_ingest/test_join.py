@@ -295,11 +295,11 @@ async def test_windows_wait_for_the_reward_backlog(
     joiner = make_joiner(settings=settings.model_copy(update={"join_reward_batch": 3}))
     t = clock.ms - 60_000  # everything happened a minute ago, while the joiner was down
     batch = [decision(name, f"d{i}", t) for i in range(4)]
-    await redis.xadd(keys.decisions(name), decision_batch_fields(batch), id=f"{t}-0")  # type: ignore[arg-type]
+    await redis.xadd(keys.decisions(name), decision_batch_fields(batch), id=f"{t}-0")
     for i in range(4):
         for n in range(3):
             fields = {"id": f"d{i}", "v": "1.0", "ts": t + 10 + i * 200}
-            await redis.xadd(keys.rewards(name), fields, id=f"{t + 10 + i * 200}-{n}")  # type: ignore[arg-type]
+            await redis.xadd(keys.rewards(name), fields, id=f"{t + 10 + i * 200}-{n}")
     await joiner.refresh()
     await joiner._prepare(name)
     first = await joiner.read(name)
@@ -466,7 +466,7 @@ async def test_batches_stay_one_entry_per_router_flush(experiment, make_joiner, 
     await experiment()
     joiner = make_joiner()
     decisions = [decision(name, f"b{i}", clock.ms) for i in range(2000)]
-    await redis.xadd(keys.decisions(name), decision_batch_fields(decisions))  # type: ignore[arg-type]
+    await redis.xadd(keys.decisions(name), decision_batch_fields(decisions))
     clock.advance(2)
     await joiner.run_once()
     assert len(await joined_examples(redis, name)) == 2000

@@ -24,7 +24,7 @@ async def post(url: str, body: Any, *, headers: dict[str, str] | None = None) ->
         return response.status, orjson.loads(await response.read())
 
 
-async def rewards_in(redis, stream: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+async def rewards_in(redis, stream: str) -> list[dict[str, Any]]:
     return [decode_reward(fields) for _, fields in await redis.xrange(stream)]  # type: ignore[misc]
 
 
