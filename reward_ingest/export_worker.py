@@ -54,6 +54,7 @@ from reward_ingest.streams import (
 log = logging.getLogger(__name__)
 
 _READ_COUNT = 5000
+_ROUND_ROWS = 50_000  # per experiment and round, so flush requests and stop are answered
 _ACK_CHUNK = 1000
 _UPLOAD_RETRY_S = 30.0
 
@@ -110,6 +111,7 @@ class Exporter:
         self._recovered = False
         self._next_claim = 0.0
         self._next_upload_scan = 0.0
+        self._read_up_to: dict[str, bytes] = {}
 
     def serves(self, name: str) -> bool:
         if self.only is not None:
@@ -126,7 +128,8 @@ class Exporter:
         self.specs = specs
 
     async def run_once(self) -> int:
-        """Export what is joined now and close files that are due; returns the rows written."""
+        """Export what is joined (up to `_ROUND_ROWS` per experiment) and close files that are
+        due; returns the rows written."""
         await self.refresh()
         if not self._recovered:
             await self.recover()
@@ -148,7 +151,18 @@ class Exporter:
 
     async def flush(self, experiment: str | None = None) -> int:
         """Export everything joined so far, then close every open file; returns files closed."""
-        await self.run_once()
+        await self.refresh()
+        targets: dict[str, bytes] = {}
+        for name in self.specs:
+            if experiment is None or name == experiment:
+                newest: Any = await self.redis.xrevrange(keys.joined(name), count=1)
+                if newest:
+                    targets[name] = newest[0][0]
+        while await self.run_once() and any(
+            _id_key(self._read_up_to.get(name, b"0-0")) < _id_key(target)
+            for name, target in targets.items()
+        ):
+            pass
         return await self.close_all(experiment)
 
     async def close_due(self) -> int:
@@ -174,7 +188,7 @@ class Exporter:
     async def _read_all(self, name: str) -> int:
         stream = keys.joined(name)
         rows = 0
-        while True:
+        while rows < _ROUND_ROWS:
             response = await self.redis.xreadgroup(
                 keys.EXPORTER_GROUP, self.consumer, {stream: ">"}, count=_READ_COUNT
             )
@@ -182,8 +196,10 @@ class Exporter:
             if not entries:
                 return rows
             rows += await self._add(name, entries)
+            self._read_up_to[name] = entries[-1][0]
             if len(entries) < _READ_COUNT:
                 return rows
+        return rows
 
     async def _claim(self, name: str) -> int:
         stream = keys.joined(name)
@@ -391,6 +407,11 @@ class Exporter:
             request["request"],
             {"consumer": self.consumer, "files": files, "pid": os.getpid()},
         )
+
+
+def _id_key(message_id: bytes) -> tuple[int, int]:
+    ms, _, seq = message_id.partition(b"-")
+    return int(ms), int(seq or 0)
 
 
 async def run(redis: Redis, *, stop: asyncio.Event, settings: IngestSettings | None = None) -> None:

@@ -333,6 +333,7 @@ if #rewards > 0 then
   for id in pairs(changed_r) do add_pair(new_r, id, states[id]) end
   for id in pairs(changed_e) do add_pair(new_e, id, early[id]) end
   write('HDEL', P, done_p, 1)
+  write('HDEL', R, done_p, 1) -- state left by an aggregation the spec no longer has
   write('ZREM', D, done_p, 1)
   write('ZADD', C, new_c, 2)
   write('HSET', R, new_r, 2)
