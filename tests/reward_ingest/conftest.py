@@ -74,12 +74,14 @@ def decision(
 async def log_decisions(redis: Redis, decisions: list[Decision], *, index: bool = True) -> None:
     """As the router's decision log writes them: one batch entry, plus the event index."""
     experiment = decisions[0]["experiment"]
-    await redis.xadd(keys.decisions(experiment), decision_batch_fields(decisions))  # type: ignore[arg-type]
-    if index:
-        for item in decisions:
-            bucket = keys.event_index(event_index_bucket(item["ts_ms"]))
-            await redis.hset(bucket, item["event_id"], experiment)
-            await redis.expire(bucket, 3600)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.xadd(keys.decisions(experiment), decision_batch_fields(decisions))  # type: ignore[arg-type]
+        if index:
+            for item in decisions:
+                bucket = keys.event_index(event_index_bucket(item["ts_ms"]))
+                pipe.hset(bucket, item["event_id"], experiment)
+                pipe.expire(bucket, 3600)
+        await pipe.execute()
 
 
 async def add_reward(

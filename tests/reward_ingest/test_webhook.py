@@ -231,3 +231,16 @@ async def test_reward_keys_file(ingest_url, experiment, name, tmp_path):
     assert (await post(f"{url}/v1/rewards", reward, headers={"authorization": "Bearer file-key"}))[
         0
     ] == 202
+
+
+async def test_a_full_batch_of_ten_thousand(ingest_url, experiment, redis, name, clock):
+    await experiment()
+    await log_decisions(redis, [decision(name, f"d{i}", clock.ms) for i in range(5000)])
+    url = await ingest_url()
+    # Half resolved through the event index, half named; every one accepted.
+    items = [{"event_id": f"d{i}", "value": 0.5} for i in range(5000)]
+    items += [{"event_id": f"n{i}", "value": 1, "experiment": name} for i in range(5000)]
+    status, body = await post(f"{url}/v1/rewards", {"rewards": items})
+    assert status == 202
+    assert body == {"accepted": 10_000, "unrouted": 0, "rejected": 0, "errors": []}
+    assert await redis.xlen(keys.rewards(name)) == 10_000
