@@ -166,3 +166,31 @@ async def test_ingest_command_starts_an_embedded_redis(tmp_path):
     finally:
         errors = _stop(process)
     assert "embedded redis started" in errors
+
+
+async def test_workers_runner_starts_the_joiner_and_exporter(
+    redis, redis_url, name, monkeypatch, tmp_path, clock
+):
+    from banditgate.workers import run_workers
+
+    monkeypatch.setenv("BANDITGATE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("BANDITGATE_EXPERIMENTS", name)
+    monkeypatch.setenv("BANDITGATE_EXPORT_MAX_AGE_S", "0.1")
+    await ExperimentStore(redis).put(reward_spec(name, window_s=60, aggregation="earliest"))
+    await log_decisions(redis, [decision(name, "w-1", clock.ms)])
+    await redis.xadd(keys.rewards(name), {"id": "w-1", "v": "0.5", "ts": clock.ms + 1})
+    stop = asyncio.Event()
+    runner = asyncio.create_task(run_workers(redis_url, only={"joiner", "exporter"}, stop=stop))
+
+    async def exported() -> bool:
+        return any((tmp_path / "export" / name).rglob("*.parquet"))
+
+    try:
+        await wait_for(exported, timeout=30)
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, timeout=30)
+        for sig in (signal.SIGTERM, signal.SIGINT):  # the runner's handlers, not the test's
+            asyncio.get_running_loop().remove_signal_handler(sig)
+    (example,) = await joined_examples(redis, name)
+    assert example["reward"] == 0.5
