@@ -33,6 +33,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from banditgate import keys
+from banditgate.errors import BanditgateError
 from banditgate.events import decode_joined
 from banditgate.redis import Redis
 from banditgate.spec import ExperimentSpec
@@ -122,7 +123,11 @@ class Exporter:
         specs: dict[str, ExperimentSpec] = {}
         for name in await self.store.names():
             if self.serves(name):
-                spec = await self.store.find(name)
+                try:
+                    spec = await self.store.find(name)
+                except BanditgateError as exc:  # a stored spec this version cannot read
+                    log.error("exporter skips experiment %s: %s", name, exc.message)
+                    continue
                 if spec is not None:
                     specs[name] = spec
         self.specs = specs

@@ -83,7 +83,10 @@ class SpecCache:
         cached = self._specs.get(name)
         if cached is not None and now - cached[0] < _SPEC_TTL_S:
             return cached[1]
-        spec = await self.store.find(name)
+        try:
+            spec = await self.store.find(name)
+        except BanditgateError:  # a stored spec this version cannot read: as if unknown
+            spec = None
         self._specs[name] = (now, spec)
         return spec
 
@@ -92,9 +95,11 @@ class SpecCache:
         now = self.clock()
         if now - self._longest[0] >= _SPEC_TTL_S:
             longest = 0
-            for spec in (await self.store.all()).values():
-                reward = spec.reward
-                longest = max(longest, int((reward.window_s + reward.backward_window_s) * 1000))
+            for name in await self.store.names():
+                spec = await self.get(name)
+                if spec is not None:
+                    reward = spec.reward
+                    longest = max(longest, int((reward.window_s + reward.backward_window_s) * 1000))
             self._longest = (now, longest + _INDEX_SLACK_MS)
         return self._longest[1]
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from banditgate import keys
+from banditgate.errors import BanditgateError
 from banditgate.redis import Redis
 from banditgate.spec import RewardSpec
 from banditgate.store import ExperimentStore
@@ -188,7 +189,15 @@ class UnroutedResolver:
     async def _specs(self) -> dict[str, Any]:
         now = time.monotonic()
         if self._cache is None or now - self._cache[0] > _SPEC_TTL_S:
-            self._cache = (now, await self.store.all())
+            specs: dict[str, Any] = {}
+            for name in await self.store.names():
+                try:
+                    spec = await self.store.find(name)
+                except BanditgateError:  # unreadable spec: its rewards wait, then orphan
+                    continue
+                if spec is not None:
+                    specs[name] = spec
+            self._cache = (now, specs)
         return self._cache[1]
 
     @staticmethod

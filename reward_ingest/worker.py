@@ -23,6 +23,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from banditgate import keys
+from banditgate.errors import BanditgateError
 from banditgate.redis import Redis
 from banditgate.spec import ExperimentSpec
 from banditgate.store import ExperimentStore
@@ -115,7 +116,11 @@ class Joiner:
         for name in await self.store.names():
             if not self.serves(name):
                 continue
-            spec = await self.store.find(name)
+            try:
+                spec = await self.store.find(name)
+            except BanditgateError as exc:  # a stored spec this version cannot read
+                log.error("joiner skips experiment %s: %s", name, exc.message)
+                continue
             if spec is not None:
                 specs[name] = spec
         self.specs = specs
@@ -135,7 +140,7 @@ class Joiner:
         return handled
 
     async def drain(self, name: str) -> int:
-        await self._prepare(name)
+        await self.ensure_groups(name)
         handled = await self.recover(name) + await self.claim(name)
         return handled + (await self.pump(name, await self.read(name)))[0]
 
@@ -179,7 +184,7 @@ class Joiner:
 
     # -- the steps --------------------------------------------------------------------------
 
-    async def _prepare(self, name: str) -> None:
+    async def ensure_groups(self, name: str) -> None:
         if name not in self._ready:
             await ensure_group(self.redis, keys.decisions(name), keys.JOINER_GROUP)
             await ensure_group(self.redis, keys.rewards(name), keys.JOINER_GROUP)
@@ -386,7 +391,7 @@ class Joiner:
         recovered = False
         while not stop.is_set() and name in self.specs:
             try:
-                await self._prepare(name)
+                await self.ensure_groups(name)
                 if not recovered:
                     await self.recover(name)
                     recovered = True

@@ -301,7 +301,7 @@ async def test_windows_wait_for_the_reward_backlog(
             fields = {"id": f"d{i}", "v": "1.0", "ts": t + 10 + i * 200}
             await redis.xadd(keys.rewards(name), fields, id=f"{t + 10 + i * 200}-{n}")
     await joiner.refresh()
-    await joiner._prepare(name)
+    await joiner.ensure_groups(name)
     first = await joiner.read(name)
     assert len(first.rewards) == 3 and first.rewards_mark is not None
     await joiner.apply(name, first)
@@ -324,7 +324,7 @@ async def test_windows_wait_for_rewards_another_joiner_holds(
     await log_decisions(redis, [decision(name, "d", t)])
     await add_reward(redis, name, "d", 2.0, t + 1)
     slow = make_joiner(consumer="slow")
-    await slow._prepare(name)
+    await slow.ensure_groups(name)
     held = await slow.redis.xreadgroup(
         keys.JOINER_GROUP, "slow", {keys.rewards(name): ">"}, count=10
     )
@@ -502,3 +502,23 @@ async def test_unicode_event_ids_and_large_decisions(experiment, make_joiner, re
     (example,) = await joined_examples(redis, name)
     assert example["decision"] == big
     assert example["reward"] == 0.75 and example["n_rewards"] == 2
+
+
+async def test_an_unreadable_stored_spec_is_skipped_not_fatal(
+    experiment, make_joiner, redis, name, clock
+):
+    await experiment()
+    broken = f"{name}-broken"
+    await redis.set(keys.spec(broken), b'{"name": "%s", "arms": []}' % broken.encode())
+    await redis.sadd(keys.EXPERIMENTS, broken)
+    try:
+        joiner = make_joiner(experiments=[name, broken])
+        specs = await joiner.refresh()
+        assert name in specs and broken not in specs
+        await log_decisions(redis, [decision(name, "fine", clock.ms)])
+        await add_reward(redis, name, "fine", 1.0, clock.ms)
+        await joiner.run_once()
+        assert len(await joined_examples(redis, name)) == 1
+    finally:
+        await redis.srem(keys.EXPERIMENTS, broken)
+        await redis.delete(keys.spec(broken))
