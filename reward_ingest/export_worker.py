@@ -131,6 +131,7 @@ class Exporter:
                 if spec is not None:
                     specs[name] = spec
         self.specs = specs
+        self._ready &= set(specs)
 
     async def run_once(self) -> int:
         """Export what is joined (up to `_ROUND_ROWS` per experiment) and close files that are

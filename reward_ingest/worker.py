@@ -55,6 +55,10 @@ log = logging.getLogger(__name__)
 _NEVER = -(2**50)
 
 
+class ExperimentGone(Exception):
+    """The experiment was deleted (or is no longer served) while being joined."""
+
+
 @dataclass
 class Read:
     """A batch, and how far each stream has been read: every entry appended before the
@@ -258,7 +262,9 @@ class Joiner:
 
     def prepare(self, name: str, read: Read, *, close: bool = True) -> PreparedStep:
         """Decode a batch into the script's arguments (no I/O)."""
-        spec = self.specs[name]
+        spec = self.specs.get(name)
+        if spec is None:
+            raise ExperimentGone(name)
         reward = spec.reward
         window_ms = int(reward.window_s * 1000)
         decisions: list[DecisionEntry] = [
@@ -412,13 +418,26 @@ class Joiner:
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
+            except ExperimentGone:
+                break
             except (RedisError, OSError) as exc:
+                if "NOGROUP" in str(exc) and not await self._still_exists(name):
+                    break  # deleted: recreating its groups would bring its keys back
                 self._ready.discard(name)
                 recovered = False  # a batch read but not applied is in our pending list
                 log.warning("joiner %s: %s; retrying in %.1fs", name, exc, backoff)
                 await sleep_unless_stopped(backoff, stop)
                 backoff = min(backoff * 2, 5.0)
         await self._finish(name)
+
+    async def _still_exists(self, name: str) -> bool:
+        try:
+            exists = bool(await self.redis.exists(keys.spec(name)))
+        except (RedisError, OSError):
+            return True
+        if not exists:
+            self.specs.pop(name, None)
+        return exists
 
     async def _finish(self, name: str) -> None:
         """Stopping: apply what this consumer still holds, then leave the groups if empty-handed."""

@@ -522,3 +522,37 @@ async def test_an_unreadable_stored_spec_is_skipped_not_fatal(
     finally:
         await redis.srem(keys.EXPERIMENTS, broken)
         await redis.delete(keys.spec(broken))
+
+
+async def test_deleting_an_experiment_while_running(redis, redis_url, data_dir, name, caplog):
+    other = f"{name}-b"
+    store = ExperimentStore(redis)
+    for experiment_name in (name, other):
+        await store.put(reward_spec(experiment_name, aggregation="earliest", window_s=60))
+    settings = IngestSettings(redis_url=redis_url, data_dir=data_dir, join_refresh_s=0.05)
+    joiner = Joiner(redis=redis, settings=settings, experiments=[name, other], consumer="deleter")
+    stop = asyncio.Event()
+    task = asyncio.create_task(joiner.run(stop))
+    now_ms = int(time.time() * 1000)
+    try:
+        await log_decisions(redis, [decision(name, "a", now_ms)])
+        await add_reward(redis, name, "a", 1.0, now_ms)
+
+        async def joined_a() -> bool:
+            return len(await joined_examples(redis, name)) == 1
+
+        await wait_for(joined_a)
+        await store.delete(name)
+        await log_decisions(redis, [decision(other, "b", now_ms)])
+        await add_reward(redis, other, "b", 1.0, now_ms)
+
+        async def joined_b() -> bool:
+            return len(await joined_examples(redis, other)) == 1
+
+        await wait_for(joined_b)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=5)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    # Nothing was recreated for the deleted experiment.
+    assert [key async for key in redis.scan_iter(match=keys.experiment_keys_pattern(name))] == []
