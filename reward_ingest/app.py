@@ -9,10 +9,15 @@
      "errors": [{"index": 17, "type": "InvalidInput", "message": "...",
                  "field": "rewards[17].value"}]}
 
-Every item whose index is not in `errors` was accepted. A request that is one reward
-answers its problem as the HTTP error itself (400, 404 or 422); so does a batch in which
-no item was accepted (with `errors` alongside). Malformed JSON is 400, a batch over
-`max_batch` is 413, a missing or wrong reward key is 401.
+Every item whose index is not in `errors` was accepted. Range checks against the
+experiment's `[reward.min, reward.max]` happen here when the experiment is known (named, or
+found through the router's event index); a reward whose decision is not indexed yet is
+accepted as `unrouted` and range-checked once the joiner's resolver finds its experiment
+(an out-of-range one is then counted as `rewards_invalid`, never joined).
+
+A request that is one reward answers its problem as the HTTP error itself (400, 404 or
+422); so does a batch in which no item was accepted (with `errors` alongside). Malformed
+JSON is 400, a batch over `max_batch` is 413, a missing or wrong reward key is 401.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import pytest
 from banditgate import keys
 from banditgate.events import decode_reward
 from reward_ingest.settings import IngestSettings
-from tests.reward_ingest.conftest import decision, log_decisions
+from tests.reward_ingest.conftest import counters, decision, joined_examples, log_decisions
 
 
 async def post(url: str, body: Any, *, headers: dict[str, str] | None = None) -> tuple[int, Any]:
@@ -244,3 +244,19 @@ async def test_a_full_batch_of_ten_thousand(ingest_url, experiment, redis, name,
     assert status == 202
     assert body == {"accepted": 10_000, "unrouted": 0, "rejected": 0, "errors": []}
     assert await redis.xlen(keys.rewards(name)) == 10_000
+
+
+async def test_duplicate_reward_under_earliest_is_accepted_counted_and_trained_once(
+    ingest_url, experiment, make_joiner, redis, name, clock
+):
+    await experiment(aggregation="earliest", window_s=60)
+    await log_decisions(redis, [decision(name, "dup", clock.ms)])
+    url = await ingest_url()
+    for value in (1.0, 0.0):
+        status, body = await post(f"{url}/v1/events/dup/reward", {"value": value})
+        assert status == 202 and body["accepted"] == 1
+    await make_joiner().run_once()
+    (example,) = await joined_examples(redis, name)
+    assert example["reward"] == 1.0 and example["n_rewards"] == 1
+    c = await counters(redis, name)
+    assert c["rewards_received"] == 2 and c["rewards_joined"] == 1 and c["rewards_duplicate"] == 1
