@@ -16,7 +16,7 @@ from banditgate.events import (
     event_index_bucket,
     reward_fields,
 )
-from banditgate.redis import Redis
+from banditgate.redis import Redis, connect
 from banditgate.spec import ExperimentSpec
 from banditgate.store import ExperimentStore
 from reward_ingest.app import create_ingest_app
@@ -119,6 +119,21 @@ def reward_spec(name: str, **reward: Any) -> ExperimentSpec:
     return make_spec(
         name, [("bert-1", "http://127.0.0.1:9"), ("bert-2", "http://127.0.0.1:9")], reward=reward
     )
+
+
+@pytest.fixture(autouse=True)
+async def forget_experiments(redis_url: str, name: str) -> AsyncIterator[None]:
+    """Delete this test's experiments (and with them their streams) when it ends, so
+    components that serve every experiment, in later tests, do not find them."""
+    yield
+    client = connect(redis_url)
+    try:
+        store = ExperimentStore(client)
+        for experiment in await store.names():
+            if experiment == name or experiment.startswith(f"{name}-"):
+                await store.delete(experiment)
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture
