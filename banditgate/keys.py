@@ -109,10 +109,6 @@ def join_late(experiment: str) -> str:
     return f"{_tag(experiment)}:join:late"
 
 
-def join_counters(experiment: str) -> str:
-    return f"{_tag(experiment)}:join:counters"
-
-
 def join_moved(experiment: str) -> str:
     """Unrouted rewards already moved here, so a move repeated after a crash counts once."""
     return f"{_tag(experiment)}:join:moved"
@@ -125,6 +121,10 @@ def export_committed(experiment: str) -> str:
 
 def export_flush_reply(request: str) -> str:
     return f"bg:export:flushed:{request}"
+
+
+def join_counters(experiment: str) -> str:
+    return f"{_tag(experiment)}:join:counters"
 
 
 def rollout_state(experiment: str) -> str:
