@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -29,6 +31,9 @@ def ingest(
     from banditgate.settings import CoreSettings
 
     configure_logging()
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again; with the
+    # default handler that would end the process before the embedded Redis is stopped.
+    previous = signal.signal(signal.SIGTERM, _exit_quietly)
     _, embedded = resolve_redis_url(CoreSettings())
     try:
         uvicorn.run(
@@ -45,6 +50,11 @@ def ingest(
         )
     finally:
         close_embedded(embedded)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_quietly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 @export_app.command("flush")
