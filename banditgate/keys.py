@@ -4,7 +4,16 @@ from __future__ import annotations
 
 EXPERIMENTS = "bg:experiments"
 ANNOUNCE_CHANNEL = "bg:announce"
-UNROUTED_REWARDS = "bg:rewards:unrouted"
+# Rewards whose experiment is not known yet, and their bookkeeping: one hash tag, one slot.
+UNROUTED_REWARDS = "bg:{unrouted}:rewards"
+UNROUTED_COUNTERS = "bg:{unrouted}:counters"
+UNROUTED_ORPHANS = "bg:{unrouted}:orphans"
+EXPORT_FLUSH_CHANNEL = "bg:export:flush"
+
+# Consumer groups.
+JOINER_GROUP = "joiner"
+RESOLVER_GROUP = "resolver"
+EXPORTER_GROUP = "exporter"
 
 
 def _tag(experiment: str) -> str:
@@ -98,6 +107,20 @@ def join_closed(experiment: str) -> str:
 
 def join_late(experiment: str) -> str:
     return f"{_tag(experiment)}:join:late"
+
+
+def join_moved(experiment: str) -> str:
+    """Unrouted rewards already moved here, so a move repeated after a crash counts once."""
+    return f"{_tag(experiment)}:join:moved"
+
+
+def export_committed(experiment: str) -> str:
+    """Export files acknowledged in Redis but not yet renamed into place."""
+    return f"{_tag(experiment)}:export:committed"
+
+
+def export_flush_reply(request: str) -> str:
+    return f"bg:export:flushed:{request}"
 
 
 def join_counters(experiment: str) -> str:

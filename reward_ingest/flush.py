@@ -1,0 +1,102 @@
+"""`banditgate export flush`: ask running exporters to close their open files now.
+
+The command publishes a request on `bg:export:flush` (PUBLISH answers how many exporters
+are listening) and waits for that many replies on a reply channel of its own. Each exporter
+first exports everything joined so far, then closes and publishes its files, then replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from banditgate import keys
+from banditgate.redis import Redis
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FlushOutcome:
+    exporters: int  # listening when asked
+    replies: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.replies) >= self.exporters
+
+    @property
+    def files(self) -> int:
+        return sum(int(reply.get("files", 0)) for reply in self.replies)
+
+
+def request_message(request: str, experiment: str | None) -> bytes:
+    return orjson.dumps({"request": request, "experiment": experiment})
+
+
+async def request_flush(
+    redis: Redis, *, experiment: str | None = None, timeout_s: float = 30.0
+) -> FlushOutcome:
+    request = uuid.uuid4().hex
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    try:
+        await pubsub.subscribe(keys.export_flush_reply(request))
+        listening = int(
+            await redis.publish(keys.EXPORT_FLUSH_CHANNEL, request_message(request, experiment))
+        )
+        outcome = FlushOutcome(listening)
+        deadline = time.monotonic() + timeout_s
+        while not outcome.complete:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            message = await pubsub.get_message(timeout=min(left, 1.0))
+            if message is not None and message.get("type") == "message":
+                outcome.replies.append(orjson.loads(message["data"]))
+        return outcome
+    finally:
+        await pubsub.aclose()
+
+
+async def listen_for_flush(
+    redis: Redis, requests: asyncio.Queue[dict[str, Any]], ready: asyncio.Event
+) -> None:
+    """Put each flush request on `requests` (until cancelled)."""
+    backoff = 0.1
+    while True:
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(keys.EXPORT_FLUSH_CHANNEL)
+            ready.set()
+            backoff = 0.1
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is None or message.get("type") != "message":
+                    continue
+                try:
+                    payload = orjson.loads(message["data"])
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(payload, dict) and isinstance(payload.get("request"), str):
+                    requests.put_nowait(payload)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("export flush listener: %s; resubscribing in %.1fs", exc, backoff)
+            ready.clear()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+        finally:
+            with contextlib.suppress(Exception):  # closing a broken connection
+                await pubsub.aclose()
+
+
+async def reply(redis: Redis, request: str, answer: dict[str, Any]) -> None:
+    await redis.publish(keys.export_flush_reply(request), orjson.dumps(answer))

@@ -1,0 +1,298 @@
+"""Reward intake, free of HTTP: validate each reward on its own, find its experiment, append it.
+
+Where a reward goes:
+- its experiment is named (the item's `experiment`, else the request's): the value is checked
+  against that experiment's `[reward.min, reward.max]` now, and the reward is appended to
+  the experiment's reward stream;
+- not named, but the router's event index knows the event id: the same, for that experiment;
+- not named and not indexed yet (the router may not have flushed the decision): only
+  finiteness is checked now; the reward goes to the unrouted stream, where the joiner's
+  resolver looks it up again until the longest backward window has passed, checks its
+  range then (counting `rewards_invalid` on the experiment), or counts it as an orphan.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from banditgate import keys
+from banditgate.errors import BanditgateError, InvalidInput, NotReady, UnknownExperiment
+from banditgate.events import Reward, reward_fields
+from banditgate.redis import Redis, connect
+from banditgate.spec import ExperimentSpec
+from banditgate.store import ExperimentStore
+from reward_ingest.event_index import lookup
+from reward_ingest.settings import IngestSettings
+
+log = logging.getLogger(__name__)
+
+MAX_EVENT_ID_CHARS = 256
+# A decision's index entry lives window + backward window + 10 minutes; look no further back.
+_INDEX_SLACK_MS = 600_000
+# A router clock slightly ahead of ours may have indexed a decision in the next bucket.
+_CLOCK_AHEAD_MS = 60_000
+_SPEC_TTL_S = 1.0
+
+
+@dataclass
+class Problem:
+    index: int
+    error: BanditgateError
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, **self.error.to_dict()["error"]}
+
+
+@dataclass
+class IntakeResult:
+    accepted: int = 0
+    unrouted: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def rejected(self) -> int:
+        return len(self.problems)
+
+
+@dataclass
+class _Item:
+    index: int
+    event_id: str
+    value: float
+    experiment: str | None
+
+
+class SpecCache:
+    """Specs for range checks, re-read at most once a second per experiment."""
+
+    def __init__(self, redis: Redis, clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = ExperimentStore(redis)
+        self.clock = clock
+        self._specs: dict[str, tuple[float, ExperimentSpec | None]] = {}
+        self._longest: tuple[float, int] = (-math.inf, 0)
+
+    async def get(self, name: str) -> ExperimentSpec | None:
+        now = self.clock()
+        cached = self._specs.get(name)
+        if cached is not None and now - cached[0] < _SPEC_TTL_S:
+            return cached[1]
+        try:
+            spec = await self.store.find(name)
+        except BanditgateError:  # a stored spec this version cannot read: as if unknown
+            spec = None
+        self._specs[name] = (now, spec)
+        return spec
+
+    async def lookback_ms(self) -> int:
+        """How far back an event index entry can still exist: the longest window, plus slack."""
+        now = self.clock()
+        if now - self._longest[0] >= _SPEC_TTL_S:
+            longest = 0
+            for name in await self.store.names():
+                spec = await self.get(name)
+                if spec is not None:
+                    reward = spec.reward
+                    longest = max(longest, int((reward.window_s + reward.backward_window_s) * 1000))
+            self._longest = (now, longest + _INDEX_SLACK_MS)
+        return self._longest[1]
+
+
+def check_event_id(value: Any, where: str) -> str:
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > MAX_EVENT_ID_CHARS
+        or not value.isprintable()
+    ):
+        raise InvalidInput(
+            f"{where}: an event id is a string of 1 to {MAX_EVENT_ID_CHARS} printable characters",
+            field=where,
+        )
+    return value
+
+
+def check_value(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput(f"{where}: must be a number", field=where)
+    number = float(value)
+    if not math.isfinite(number):
+        raise InvalidInput(f"{where}: must be finite", field=where)
+    return number
+
+
+def check_range(value: float, spec: ExperimentSpec, where: str) -> None:
+    low, high = spec.reward.min, spec.reward.max
+    if not low <= value <= high:
+        raise InvalidInput(
+            f"{where}: {value!r} is outside [{low:g}, {high:g}], "
+            f"the reward range of experiment {spec.name!r}",
+            field=where,
+        )
+
+
+class RewardIntake:
+    """The reward webhook's component: owns its Redis client unless one is injected."""
+
+    def __init__(
+        self,
+        settings: IngestSettings,
+        *,
+        redis: Redis | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._owns_redis = redis is None
+        self._redis = redis
+        self._specs: SpecCache | None = SpecCache(redis) if redis is not None else None
+
+    @property
+    def redis(self) -> Redis:
+        if self._redis is None:
+            raise RuntimeError("RewardIntake.startup() was not called")
+        return self._redis
+
+    @property
+    def specs(self) -> SpecCache:
+        if self._specs is None:
+            self._specs = SpecCache(self.redis)
+        return self._specs
+
+    async def startup(self) -> None:
+        if self._redis is None:
+            if not self.settings.redis_url:
+                raise RuntimeError("BANDITGATE_REDIS_URL is not set")
+            self._redis = connect(self.settings.redis_url)
+
+    async def shutdown(self) -> None:
+        if self._redis is not None and self._owns_redis:
+            await self._redis.aclose()
+            self._redis = None
+            self._specs = None
+
+    async def submit(
+        self,
+        items: Sequence[Any],
+        *,
+        experiment: str | None = None,
+        where: Callable[[int], str] = lambda index: f"rewards[{index}]",
+        problems: Sequence[Problem] = (),
+    ) -> IntakeResult:
+        """Validate, route and append; each item stands alone. `problems`: found while parsing."""
+        result = IntakeResult(problems=list(problems))
+        parsed: list[_Item] = []
+        for index, raw in enumerate(items):
+            if raw is None:  # a slot already reported in `problems`
+                continue
+            try:
+                parsed.append(self._parse(index, raw, experiment, where(index)))
+            except BanditgateError as error:
+                result.problems.append(Problem(index, error))
+        now_ms = int(self.clock() * 1000)
+        unnamed = [item.event_id for item in parsed if item.experiment is None]
+        if unnamed:
+            found = await self._lookup(unnamed, now_ms)
+            for item in parsed:
+                if item.experiment is None:
+                    item.experiment = found.get(item.event_id)
+        routed: dict[str, list[Reward]] = {}
+        invalid: dict[str, int] = {}
+        unrouted: list[Reward] = []
+        for item in parsed:
+            reward: Reward = {"event_id": item.event_id, "value": item.value, "ts_ms": now_ms}
+            if item.experiment is None:
+                unrouted.append(reward)
+                continue
+            spec = await self.specs.get(item.experiment)
+            if spec is None:
+                result.problems.append(
+                    Problem(item.index, _unknown(item.experiment, where(item.index)))
+                )
+                continue
+            try:
+                check_range(item.value, spec, path(where(item.index), "value"))
+            except InvalidInput as error:
+                invalid[spec.name] = invalid.get(spec.name, 0) + 1
+                result.problems.append(Problem(item.index, error))
+                continue
+            routed.setdefault(spec.name, []).append(reward)
+        await self._append(routed, unrouted, invalid)
+        result.accepted = sum(len(rewards) for rewards in routed.values()) + len(unrouted)
+        result.unrouted = len(unrouted)
+        result.problems.sort(key=lambda problem: problem.index)
+        return result
+
+    def _parse(self, index: int, raw: Any, experiment: str | None, where: str) -> _Item:
+        if not isinstance(raw, dict):
+            raise InvalidInput(
+                f"{where or 'body'}: a reward is an object with event_id and value",
+                field=where or "body",
+            )
+        event_id = check_event_id(raw.get("event_id"), path(where, "event_id"))
+        if "value" not in raw:
+            raise InvalidInput(f"{path(where, 'value')}: required", field=path(where, "value"))
+        value = check_value(raw["value"], path(where, "value"))
+        named = raw.get("experiment", experiment)
+        if named is not None and not isinstance(named, str):
+            raise InvalidInput(
+                f"{path(where, 'experiment')}: must be a string", field=path(where, "experiment")
+            )
+        return _Item(index, event_id, value, named or None)
+
+    async def _lookup(self, event_ids: list[str], now_ms: int) -> dict[str, str]:
+        try:
+            lookback = await self.specs.lookback_ms()
+            return await lookup(
+                self.redis,
+                event_ids,
+                newest_ms=now_ms + _CLOCK_AHEAD_MS,
+                oldest_ms=now_ms - lookback,
+            )
+        except (RedisError, OSError) as exc:
+            raise NotReady(f"rewards not stored, Redis is unavailable ({exc}); retry") from None
+
+    async def _append(
+        self, routed: dict[str, list[Reward]], unrouted: list[Reward], invalid: dict[str, int]
+    ) -> None:
+        if not routed and not unrouted and not invalid:
+            return
+        maxlen = self.settings.stream_maxlen
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name, rewards in routed.items():
+                    stream = keys.rewards(name)
+                    for reward in rewards:
+                        pipe.xadd(stream, _fields(reward), maxlen=maxlen, approximate=True)
+                for reward in unrouted:
+                    pipe.xadd(
+                        keys.UNROUTED_REWARDS, _fields(reward), maxlen=maxlen, approximate=True
+                    )
+                if unrouted:
+                    pipe.hincrby(keys.UNROUTED_COUNTERS, "rewards_received", len(unrouted))
+                for name, count in invalid.items():
+                    pipe.hincrby(keys.join_counters(name), "rewards_invalid", count)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("reward append failed: %s", exc)
+            raise NotReady(f"rewards not stored, Redis is unavailable ({exc}); retry") from None
+
+
+def _fields(reward: Reward) -> dict[Any, Any]:
+    return dict(reward_fields(reward))
+
+
+def path(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _unknown(name: str, where: str) -> UnknownExperiment:
+    error = UnknownExperiment(name)
+    error.field = path(where, "experiment")
+    return error

@@ -1,0 +1,209 @@
+"""Rewards that came before the router flushed their decision: find their experiment later.
+
+The webhook appends a reward it cannot route to the unrouted stream. The resolver reads it
+with its own consumer group and looks the event id up in the router's event index again
+every `unrouted_retry_ms` (entries it cannot resolve yet stay pending, and XAUTOCLAIM hands
+them back once idle that long). Once found, the reward is appended to its experiment's
+reward stream, tagged with its unrouted id (`u`), and acknowledged. The append and the
+acknowledgement are on different cluster slots, so a crash between them repeats the append;
+the joiner applies a tagged reward once (see `join:moved`). A reward still unknown when the
+longest backward window of any experiment has passed is an orphan: counted in
+`bg:{unrouted}:counters` (`rewards_orphaned`) and kept in `bg:{unrouted}:orphans`.
+
+Counters in `bg:{unrouted}:counters`: rewards_received (by the webhook), rewards_resolved,
+rewards_orphaned, rewards_invalid (entries that could not be read).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from banditgate import keys
+from banditgate.errors import BanditgateError
+from banditgate.redis import Redis
+from banditgate.spec import RewardSpec
+from banditgate.store import ExperimentStore
+from reward_ingest.event_index import lookup
+from reward_ingest.settings import IngestSettings
+from reward_ingest.streams import Entry, by_stream, ensure_group, id_ms
+
+log = logging.getLogger(__name__)
+
+# The router may hold decisions in memory for a while when Redis is slow: look this far back
+# before the reward for its decision's index entry.
+_BEFORE_REWARD_MS = 600_000
+_AHEAD_MS = 60_000
+_READ_COUNT = 1000
+_SPEC_TTL_S = 1.0
+
+_SCRIPT = r"""
+local S, K, O = KEYS[1], KEYS[2], KEYS[3]
+local group, omax = ARGV[1], ARGV[2]
+local i = 3
+local resolved, orphaned, invalid = 0, 0, 0
+for _ = 1, tonumber(ARGV[i]) do
+  i = i + 1
+  resolved = resolved + redis.call('XACK', S, group, ARGV[i])
+end
+i = i + 1
+for _ = 1, tonumber(ARGV[i]) do
+  local msgid, id, v, ts = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  i = i + 4
+  if redis.call('XACK', S, group, msgid) == 1 then
+    orphaned = orphaned + 1
+    redis.call('XADD', O, 'MAXLEN', '~', omax, '*', 'id', id, 'v', v, 'ts', ts)
+  end
+end
+i = i + 1
+for _ = 1, tonumber(ARGV[i]) do
+  i = i + 1
+  invalid = invalid + redis.call('XACK', S, group, ARGV[i])
+end
+if resolved > 0 then redis.call('HINCRBY', K, 'rewards_resolved', resolved) end
+if orphaned > 0 then redis.call('HINCRBY', K, 'rewards_orphaned', orphaned) end
+if invalid > 0 then redis.call('HINCRBY', K, 'rewards_invalid', invalid) end
+return {resolved, orphaned, invalid}
+"""
+
+
+class UnroutedResolver:
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        settings: IngestSettings,
+        consumer: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.consumer = consumer
+        self.clock = clock
+        self.store = ExperimentStore(redis)
+        self._script = redis.register_script(_SCRIPT)
+        self._group_ready = False
+        self._cache: tuple[float, dict[str, Any]] | None = None
+
+    async def run_once(self) -> int:
+        """New unrouted rewards, then those due a retry; returns how many were settled."""
+        if not self._group_ready:
+            await ensure_group(self.redis, keys.UNROUTED_REWARDS, keys.RESOLVER_GROUP)
+            self._group_ready = True
+        settled = 0
+        response = await self.redis.xreadgroup(
+            keys.RESOLVER_GROUP, self.consumer, {keys.UNROUTED_REWARDS: ">"}, count=_READ_COUNT
+        )
+        settled += await self._settle(by_stream(response).get(keys.UNROUTED_REWARDS, []))
+        start: Any = "0-0"
+        while True:
+            claimed = await self.redis.xautoclaim(
+                keys.UNROUTED_REWARDS,
+                keys.RESOLVER_GROUP,
+                self.consumer,
+                self.settings.unrouted_retry_ms,
+                start,
+                count=_READ_COUNT,
+            )
+            start, entries = claimed[0], claimed[1]
+            settled += await self._settle(entries)
+            if start in (b"0-0", "0-0"):
+                break
+        return settled
+
+    async def _settle(self, entries: list[Entry]) -> int:
+        if not entries:
+            return 0
+        now_ms = int(self.clock() * 1000)
+        readable: list[tuple[bytes, str, bytes, int]] = []
+        invalid: list[bytes] = []
+        for message_id, fields in entries:
+            if message_id is None:
+                continue
+            try:
+                assert fields is not None
+                event_id = fields[b"id"].decode()
+                value = fields[b"v"]
+                ts_ms = int(fields[b"ts"])
+                if not math.isfinite(float(value)):
+                    raise ValueError(value)
+            except (AssertionError, KeyError, ValueError, UnicodeDecodeError):
+                invalid.append(message_id)
+                continue
+            readable.append((message_id, event_id, value, ts_ms))
+        specs = await self._specs()
+        found: dict[str, str] = {}
+        if readable:
+            found = await lookup(
+                self.redis,
+                [event_id for _, event_id, _, _ in readable],
+                newest_ms=now_ms + _AHEAD_MS,
+                oldest_ms=min(ts for _, _, _, ts in readable) - _BEFORE_REWARD_MS,
+            )
+        hold_ms = self._hold_ms(specs.values())
+        resolved: list[bytes] = []
+        orphans: list[tuple[bytes, str, bytes, int]] = []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for message_id, event_id, value, ts_ms in readable:
+                experiment = found.get(event_id)
+                if experiment is not None and experiment in specs:
+                    moved: dict[Any, Any] = {
+                        "id": event_id,
+                        "v": value,
+                        "ts": ts_ms,
+                        "u": message_id,
+                    }
+                    pipe.xadd(
+                        keys.rewards(experiment),
+                        moved,
+                        maxlen=self.settings.stream_maxlen,
+                        approximate=True,
+                    )
+                    resolved.append(message_id)
+                elif now_ms - max(ts_ms, id_ms(message_id)) >= hold_ms:
+                    orphans.append((message_id, event_id, value, ts_ms))
+            if resolved:
+                await pipe.execute()
+        if not (resolved or orphans or invalid):
+            return 0
+        args: list[Any] = [
+            keys.RESOLVER_GROUP,
+            self.settings.join_audit_maxlen,
+            len(resolved),
+            *resolved,
+        ]
+        args.append(len(orphans))
+        for orphan in orphans:
+            args.extend(orphan)
+        args += [len(invalid), *invalid]
+        counts = await self._script(
+            keys=[keys.UNROUTED_REWARDS, keys.UNROUTED_COUNTERS, keys.UNROUTED_ORPHANS], args=args
+        )
+        if orphans or invalid:
+            log.info("unrouted rewards: %d orphaned, %d unreadable", counts[1], counts[2])
+        return len(resolved) + len(orphans) + len(invalid)
+
+    async def _specs(self) -> dict[str, Any]:
+        now = time.monotonic()
+        if self._cache is None or now - self._cache[0] > _SPEC_TTL_S:
+            specs: dict[str, Any] = {}
+            for name in await self.store.names():
+                try:
+                    spec = await self.store.find(name)
+                except BanditgateError:  # unreadable spec: its rewards wait, then orphan
+                    continue
+                if spec is not None:
+                    specs[name] = spec
+            self._cache = (now, specs)
+        return self._cache[1]
+
+    @staticmethod
+    def _hold_ms(specs: Any) -> int:
+        longest = max(
+            (spec.reward.backward_window_s for spec in specs),
+            default=RewardSpec().backward_window_s,
+        )
+        return int(longest * 1000)

@@ -1,0 +1,73 @@
+"""Upload closed export files to S3 (or any S3-compatible store) with boto3.
+
+A file's key mirrors its path below `{data_dir}/export/`, under the URL's prefix. Once
+uploaded, a hidden marker `.<name>.uploaded` sits next to the file, so a restart uploads
+only what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+UPLOADED = ".uploaded"
+EXPORTED_SUFFIXES = (".parquet", ".json")
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    rest = url.removeprefix("s3://")
+    bucket, _, prefix = rest.partition("/")
+    return bucket, prefix.strip("/")
+
+
+class S3Uploader:
+    def __init__(
+        self,
+        url: str,
+        *,
+        root: Path,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        client: Any = None,
+    ) -> None:
+        import boto3
+
+        self.bucket, self.prefix = parse_s3_url(url)
+        self.root = root
+        self.client = client or boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
+
+    def key(self, path: Path) -> str:
+        relative = path.relative_to(self.root).as_posix()
+        return f"{self.prefix}/{relative}" if self.prefix else relative
+
+    @staticmethod
+    def marker(path: Path) -> Path:
+        return path.with_name(f".{path.name}{UPLOADED}")
+
+    def upload(self, path: Path) -> bool:
+        """Blocking; True once the file is in the bucket (now or before)."""
+        marker = self.marker(path)
+        if marker.exists():
+            return True
+        try:
+            self.client.upload_file(str(path), self.bucket, self.key(path))
+        except Exception as exc:  # boto3 raises many types; the file stays for the next try
+            log.warning("upload of %s to s3://%s failed: %s", path, self.bucket, exc)
+            return False
+        marker.touch()
+        return True
+
+    def missing(self) -> list[Path]:
+        """Exported files not uploaded yet."""
+        if not self.root.exists():
+            return []
+        return sorted(
+            path
+            for path in self.root.rglob("part-*")
+            if path.suffix in EXPORTED_SUFFIXES
+            and path.is_file()
+            and not self.marker(path).exists()
+        )
