@@ -118,9 +118,10 @@ def router(
     import uvicorn
 
     from banditgate.redis import resolve_redis_url
-    from banditgate.serve import apply_specs, close_embedded, configure_logging
+    from banditgate.serve import apply_specs, close_embedded, configure_logging, exit_on_sigterm
 
     configure_logging()
+    exit_on_sigterm()
     specs = read_specs(file or [])
     url, embedded = resolve_redis_url(CoreSettings())
     try:
@@ -140,13 +141,31 @@ def router(
         close_embedded(embedded)
 
 
-@app.command(hidden=True)
-def background() -> None:
-    """Joiner, trainer and rollout controller (started by `serve`)."""
-    from banditgate.serve import configure_logging, run_background
+@app.command()
+def workers(
+    only: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated subset of joiner, exporter, trainer, controller."),
+    ] = None,
+) -> None:
+    """Background workers without HTTP: joiner, exporter, trainer, rollout controller."""
+    from banditgate.redis import resolve_redis_url
+    from banditgate.serve import close_embedded, configure_logging
+    from banditgate.workers import WORKERS, run_workers
 
     configure_logging()
-    run_background(CoreSettings())
+    names = {name for name, _ in WORKERS}
+    chosen = None
+    if only:
+        chosen = {part.strip() for part in only.split(",") if part.strip()}
+        unknown = sorted(chosen - names)
+        if unknown:
+            fail(f"--only: unknown workers {unknown}; choose from {sorted(names)}")
+    url, embedded = resolve_redis_url(CoreSettings())
+    try:
+        asyncio.run(run_workers(url, only=chosen))
+    finally:
+        close_embedded(embedded)
 
 
 @policy_app.command("publish")

@@ -91,17 +91,23 @@ def _version() -> str:
         return "0"
 
 
-def run_background(settings: CoreSettings) -> None:
-    """Joiner, trainer and rollout controller in this process (until SIGTERM/SIGINT)."""
-    from banditgate.workers import run_workers
-
-    asyncio.run(run_workers(settings.redis_url or ""))
-
-
 def spawn_background() -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "banditgate.cli", "background"], env=os.environ.copy()
-    )
+    """`banditgate workers` as a child process, on the same Redis (the URL is in the environment)."""
+    return subprocess.Popen([sys.executable, "-m", "banditgate.cli", "workers"], env=os.environ.copy())
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM unwind the stack (SystemExit), so `finally` blocks stop what we started.
+
+    uvicorn handles SIGTERM itself, shuts down gracefully, restores the previous
+    handler and raises the signal again; with the default handler that kills the
+    process before cleanup runs. With this one, the re-raised signal exits cleanly.
+    """
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def serve(
@@ -114,6 +120,7 @@ def serve(
     settings: CoreSettings | None = None,
 ) -> None:
     settings = settings or CoreSettings()
+    exit_on_sigterm()
     url, embedded = resolve_redis_url(settings)
     helper: subprocess.Popen[bytes] | None = None
     try:

@@ -450,10 +450,11 @@ def control(
     import uvicorn
 
     from banditgate.redis import resolve_redis_url
-    from banditgate.serve import apply_specs, close_embedded, configure_logging
+    from banditgate.serve import apply_specs, close_embedded, configure_logging, exit_on_sigterm
     from banditgate.settings import CoreSettings
 
     configure_logging()
+    exit_on_sigterm()
     specs = []
     for path in file or []:
         try:
