@@ -25,11 +25,10 @@ app.add_typer(policy_app, name="policy")
 
 def _register_package_commands() -> None:
     """Each package contributes its commands from its own `cli` module."""
+    from banditgate.demo.cli import demo
     from experiments.cli import register as register_experiments
     from reward_ingest.cli import register as register_ingest
     from trainer.cli import register as register_trainer
-
-    from banditgate.demo.cli import demo
 
     register_ingest(app)
     register_trainer(app)

@@ -23,73 +23,17 @@ HEADER_PREFIX = "h."
 _UNSAFE = str.maketrans({" ": "_", "\t": "_", "\n": "_", "\r": "_", "|": "_", ":": "_"})
 
 _POSITIVE = frozenset(
-    [
-        "good",
-        "great",
-        "excellent",
-        "amazing",
-        "love",
-        "loved",
-        "loves",
-        "perfect",
-        "best",
-        "awesome",
-        "wonderful",
-        "fantastic",
-        "happy",
-        "recommend",
-        "nice",
-        "enjoyed",
-        "favorite",
-        "beautiful",
-        "brilliant",
-        "superb",
-        "delightful",
-    ]
+    "good great excellent amazing love loved loves perfect best awesome wonderful fantastic "
+    "happy recommend nice enjoyed favorite beautiful brilliant superb delightful".split()
 )
 _NEGATIVE = frozenset(
-    [
-        "bad",
-        "terrible",
-        "awful",
-        "worst",
-        "hate",
-        "hated",
-        "boring",
-        "poor",
-        "disappointing",
-        "disappointed",
-        "waste",
-        "broke",
-        "broken",
-        "useless",
-        "horrible",
-        "refund",
-        "annoying",
-        "mediocre",
-        "rude",
-        "dull",
-    ]
+    "bad terrible awful worst hate hated boring poor disappointing disappointed waste broke "
+    "broken useless horrible refund annoying mediocre rude dull".split()
 )
 _NEGATIONS = frozenset(
-    [
-        "not",
-        "no",
-        "never",
-        "nothing",
-        "nobody",
-        "neither",
-        "nor",
-        "isn't",
-        "wasn't",
-        "don't",
-        "didn't",
-        "can't",
-        "won't",
-    ]
+    "not no never nothing nobody neither nor isn't wasn't don't didn't can't won't".split()
 )
-_INTENSIFIERS = frozenset(["very", "really", "so", "extremely", "absolutely", "totally"])
-
+_INTENSIFIERS = frozenset("very really so extremely absolutely totally".split())
 
 _PUNCTUATION = b'!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\r\n'
 _TO_SPACE = bytes.maketrans(_PUNCTUATION, b" " * len(_PUNCTUATION))

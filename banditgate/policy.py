@@ -66,6 +66,7 @@ def vw_arguments(spec: PolicySpec) -> list[str]:
     for interaction in spec.interactions:
         args += ["--interactions", interaction]
     args += exploration_args(spec)
+    args += ["--cb_type", spec.cb_type, "-l", f"{spec.learning_rate:g}"]
     args += spec.vw_args.split()
     return args
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -14,6 +14,27 @@ from banditgate.settings import CoreSettings
 log = logging.getLogger(__name__)
 
 Redis = aioredis.Redis
+StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+async def xrange_entries(
+    redis: Redis, key: str, *, start: str = "-", count: int | None = None
+) -> StreamEntries:
+    """XRANGE with byte keys and values, as the clients here are configured."""
+    return cast(StreamEntries, await redis.xrange(key, min=start, count=count) or [])
+
+
+async def xreadgroup_entries(
+    redis: Redis, group: str, consumer: str, key: str, *, start: str, count: int
+) -> StreamEntries:
+    """XREADGROUP on one stream; a trimmed pending entry comes back with empty fields."""
+    reply = cast(
+        list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes] | None]]]],
+        await redis.xreadgroup(group, consumer, {key: start}, count=count),
+    )
+    if not reply:
+        return []
+    return [(entry_id, fields or {}) for entry_id, fields in reply[0][1]]
 
 
 class EmbeddedRedis:

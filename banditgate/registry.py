@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -101,13 +101,15 @@ class PolicyRegistry:
         pipe.publish(keys.ANNOUNCE_CHANNEL, message(experiment, "policy", version=version))
 
     async def get(self, experiment: str, version: int) -> PolicyVersion:
-        raw = await self.redis.hget(keys.policy_versions(experiment), str(version))
+        raw = cast(
+            bytes | None, await self.redis.hget(keys.policy_versions(experiment), str(version))
+        )
         if raw is None:
             raise UnknownPolicyVersion(f"experiment {experiment!r} has no policy version {version}")
         return PolicyVersion.from_json(raw)
 
     async def model(self, experiment: str, version: int) -> bytes:
-        raw = await self.redis.get(keys.policy_model(experiment, version))
+        raw = cast(bytes | None, await self.redis.get(keys.policy_model(experiment, version)))
         if raw is None:
             raise UnknownPolicyVersion(
                 f"experiment {experiment!r} has no model for version {version}"
@@ -122,7 +124,7 @@ class PolicyRegistry:
         return version, await self.model(experiment, version)
 
     async def versions(self, experiment: str) -> list[PolicyVersion]:
-        raw = await self.redis.hgetall(keys.policy_versions(experiment))
+        raw = cast(dict[bytes, bytes], await self.redis.hgetall(keys.policy_versions(experiment)))
         records = [PolicyVersion.from_json(value) for value in raw.values()]
         return sorted(records, key=lambda r: r.version)
 

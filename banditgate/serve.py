@@ -55,10 +55,9 @@ def create_serve_app(
     """
     from fastapi import FastAPI
 
+    from banditgate.http import install_error_handlers
     from router.app import create_app as create_router
     from router.settings import RouterSettings
-
-    from banditgate.http import install_error_handlers
 
     fallback = FastAPI(title="banditgate", version=_version())
     install_error_handlers(fallback)
@@ -75,10 +74,10 @@ def create_serve_app(
         from experiments.app import build as build_control
         from experiments.settings import ControlSettings
 
-        routes, component = build_control(ControlSettings(), redis=redis)
-        fallback.include_router(routes)
-        fallback.state.control = component
-        components.append(component)
+        control_routes, control = build_control(ControlSettings(), redis=redis)
+        fallback.include_router(control_routes)
+        fallback.state.control = control
+        components.append(control)
     return create_router(RouterSettings(), redis=redis, fallback=fallback, components=components)
 
 
@@ -93,7 +92,9 @@ def _version() -> str:
 
 def spawn_background() -> subprocess.Popen[bytes]:
     """`banditgate workers` as a child process, on the same Redis (the URL is in the environment)."""
-    return subprocess.Popen([sys.executable, "-m", "banditgate.cli", "workers"], env=os.environ.copy())
+    return subprocess.Popen(
+        [sys.executable, "-m", "banditgate.cli", "workers"], env=os.environ.copy()
+    )
 
 
 def exit_on_sigterm() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -93,9 +94,10 @@ class ContextSpec(_Strict):
 
 
 class Exploration(_Strict):
-    type: Literal["epsilon", "cover", "bag", "softmax", "squarecb"] = "epsilon"
+    # Defaults measured in bench/learning.py (BENCHMARKS.md, "Learning quality").
+    type: Literal["epsilon", "cover", "bag", "softmax", "squarecb"] = "bag"
     epsilon: float = Field(default=0.02, ge=0, le=1)
-    n: int = Field(default=3, ge=1, le=64, description="Policies for cover and bag.")
+    n: int = Field(default=5, ge=1, le=64, description="Policies for cover and bag.")
     psi: float = Field(default=0.1, ge=0, description="Cover's disagreement parameter.")
     lambda_: float = Field(
         default=10.0, alias="lambda", gt=0, description="Softmax inverse temperature."
@@ -106,6 +108,11 @@ class Exploration(_Strict):
 class UpdateSpec(_Strict):
     every_events: int = Field(default=200, ge=1)
     every_s: float = Field(default=5.0, gt=0)
+    warmup_events: int = Field(
+        default=1000,
+        ge=0,
+        description="The cold-start (uniform) policy serves until the learner has this many examples.",
+    )
 
 
 class GateSpec(_Strict):
@@ -128,6 +135,10 @@ class PolicySpec(_Strict):
     gate: GateSpec = Field(default_factory=GateSpec)
     weights: dict[str, float] | None = Field(default=None, description="Static learner weights.")
     interactions: list[str] = Field(default_factory=lambda: ["ca", "ta"])
+    cb_type: Literal["dm", "mtr", "ips", "dr"] = Field(
+        default="dm", description="How the learner estimates costs (VW --cb_type)."
+    )
+    learning_rate: float = Field(default=0.1, gt=0, le=10, description="VW -l.")
     vw_args: str = Field(default="", description="Extra VW arguments, appended as given.")
 
     @field_validator("interactions")
@@ -138,13 +149,39 @@ class PolicySpec(_Strict):
                 raise ValueError(f"{item!r}: interactions combine namespaces c, t and a")
         return value
 
+    @model_validator(mode="after")
+    def _cb_type(self) -> PolicySpec:
+        allowed = {"squarecb": {"mtr"}, "cover": {"mtr", "ips", "dr"}}.get(self.exploration.type)
+        if (
+            allowed is not None
+            and self.cb_type not in allowed
+            and "cb_type" in self.model_fields_set
+        ):
+            raise _FieldError(
+                ("cb_type",),
+                f"{self.exploration.type} exploration needs cb_type in {sorted(allowed)}",
+            )
+        if allowed is not None and self.cb_type not in allowed:
+            self.cb_type = "mtr"  # the default estimator does not apply to this exploration
+        return self
+
     @field_validator("vw_args")
     @classmethod
     def _vw_args(cls, value: str) -> str:
-        forbidden = {"-i", "--initial_regressor", "-f", "--final_regressor", "-d", "--data"}
+        forbidden = {
+            "-i",
+            "--initial_regressor",
+            "-f",
+            "--final_regressor",
+            "-d",
+            "--data",
+            "--cb_type",
+            "-l",
+            "--learning_rate",
+        }
         for token in value.split():
             if token in forbidden:
-                raise ValueError(f"{token} is managed by banditgate")
+                raise ValueError(f"{token} is managed by banditgate (see the policy fields)")
         return value
 
 
@@ -261,7 +298,7 @@ class CanarySpec(_Strict):
     def _steps(cls, value: list[float]) -> list[float]:
         if not value:
             raise ValueError("at least one step")
-        for before, after in zip(value, value[1:], strict=False):
+        for before, after in itertools.pairwise(value):
             if after <= before:
                 raise ValueError("steps must increase")
         if value[0] <= 0 or value[-1] > 100:
@@ -325,9 +362,8 @@ class ExperimentSpec(_Strict):
             self.policy.learner == "static"
             and self.policy.weights is None
             and self.mode == "bandit"
-        ):
-            if all(arm.weight is None for arm in self.arms):
-                raise _FieldError(("policy", "weights"), "the static learner needs weights")
+        ) and all(arm.weight is None for arm in self.arms):
+            raise _FieldError(("policy", "weights"), "the static learner needs weights")
         if any(arm.weight is not None for arm in self.arms):
             _check_weights(("arms",), {arm.name: arm.weight or 0.0 for arm in self.arms})
         if self.ab is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -87,7 +87,7 @@ class ExperimentStore:
         self.redis = redis
 
     async def names(self) -> list[str]:
-        members = await self.redis.smembers(keys.EXPERIMENTS)
+        members = cast(set[bytes], await self.redis.smembers(keys.EXPERIMENTS))
         return sorted(m.decode() for m in members)
 
     async def get(self, name: str) -> ExperimentSpec:

@@ -7,6 +7,7 @@ that returns once `stop` is set and its in-flight work is finished or handed bac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import signal
@@ -30,10 +31,8 @@ async def run_workers(
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
     redis = connect(url)
     group = TaskGroup("workers")
     try:

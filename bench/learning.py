@@ -1,14 +1,14 @@
 """Learning quality: the demo, end to end, over several seeds and both scenarios.
 
     python bench/learning.py [--requests 10000] [--seeds 0 1 2] [--scenarios seed contextual]
-                             [--exploration '{"type": "epsilon", "epsilon": 0.02}'] ...
+                             [--policy '{"exploration": {"type": "epsilon", "epsilon": 0.05}}'] ...
 
 Each run is the real system (`banditgate serve` on a fresh embedded Redis, real
 HTTP backends, rewards posted to the webhook after a random delay). Reported per
 run and as a mean: the bandit's average reward, a uniform A/B split, the best
 fixed arm and the per-context oracle on the same traffic, and the median time
-from a reward to a policy trained on it serving traffic. Several --exploration
-values compare settings in one invocation.
+from a reward to a policy trained on it serving traffic. Several --policy values
+(JSON merged into the spec's policy section) compare settings in one invocation.
 """
 
 from __future__ import annotations
@@ -24,37 +24,55 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from banditgate.demo.run import DemoOptions, run_demo  # noqa: E402
+from banditgate.demo.run import DemoOptions, run_demo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--scenarios", nargs="+", default=["seed", "contextual"])
-    parser.add_argument("--exploration", action="append", default=None, help="JSON; default: the spec default")
+    parser.add_argument(
+        "--policy", action="append", default=None, help="JSON; default: the spec defaults"
+    )
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     explorations: list[dict[str, Any] | None] = (
-        [orjson.loads(e) for e in args.exploration] if args.exploration else [None]
+        [orjson.loads(e) for e in args.policy] if args.policy else [None]
     )
     rows: list[dict[str, Any]] = []
     for exploration in explorations:
         label = "default" if exploration is None else orjson.dumps(exploration).decode()
         for scenario in args.scenarios:
             for seed in args.seeds:
-                policy = {} if exploration is None else {"exploration": exploration}
+                policy = {} if exploration is None else exploration
                 options = DemoOptions(
-                    requests=args.requests, scenario=scenario, seed=seed, concurrency=args.concurrency, policy=policy
+                    requests=args.requests,
+                    scenario=scenario,
+                    seed=seed,
+                    concurrency=args.concurrency,
+                    policy=policy,
                 )
                 summary = asyncio.run(run_demo(options))["summary"]
                 row = {
                     "exploration": label,
                     "scenario": scenario,
                     "seed": seed,
-                    **{k: summary[k] for k in ("avg_reward", "ab_reward", "best_arm_reward", "oracle_reward",
-                                               "policy_versions", "reward_to_policy_s", "requests_per_s")},
+                    **{
+                        k: summary[k]
+                        for k in (
+                            "avg_reward",
+                            "ab_reward",
+                            "best_arm_reward",
+                            "oracle_reward",
+                            "policy_versions",
+                            "reward_to_policy_s",
+                            "requests_per_s",
+                        )
+                    },
                 }
                 row["of_oracle"] = summary["avg_reward"] / summary["oracle_reward"]
                 rows.append(row)
@@ -66,11 +84,15 @@ def main() -> None:
                     flush=True,
                 )
     print()
-    print("| exploration | scenario | seeds | bandit | uniform A/B | best fixed arm | oracle | bandit/oracle | reward-to-policy (median) |")
+    print(
+        "| policy | scenario | seeds | bandit | uniform A/B | best fixed arm | oracle | bandit/oracle | reward-to-policy (median) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for exploration in dict.fromkeys(r["exploration"] for r in rows):
         for scenario in args.scenarios:
-            group = [r for r in rows if r["exploration"] == exploration and r["scenario"] == scenario]
+            group = [
+                r for r in rows if r["exploration"] == exploration and r["scenario"] == scenario
+            ]
             if not group:
                 continue
 

@@ -55,15 +55,17 @@ async def drive(port: int, path: str, count: int, concurrency: int = 8) -> None:
     async with aiohttp.ClientSession() as http:
 
         async def one(i: int) -> None:
-            async with limit:
-                async with http.post(
+            async with (
+                limit,
+                http.post(
                     f"http://127.0.0.1:{port}{path}",
                     data=bodies[i % len(bodies)],
                     headers={"content-type": "application/json"},
-                ) as response:
-                    await response.read()
-                    if response.status != 200:
-                        raise RuntimeError(f"status {response.status}")
+                ) as response,
+            ):
+                await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"status {response.status}")
 
         await asyncio.gather(*(one(i) for i in range(count)))
 

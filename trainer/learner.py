@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import orjson
+import vowpalwabbit
 
 from banditgate.errors import InvalidPolicy
 from banditgate.events import Joined
@@ -25,8 +26,6 @@ from banditgate.policy import (
     workspace_to_bytes,
 )
 from banditgate.spec import ExperimentSpec, PolicySpec
-
-import vowpalwabbit  # noqa: I001  (after banditgate: keeps VW's import noise out of module order)
 
 
 @dataclass
@@ -98,6 +97,7 @@ def _unframe(raw: bytes) -> tuple[dict[str, Any], list[bytes]]:
 
 
 def reward_model_arguments(spec: PolicySpec) -> list[str]:
+    """The DR reward model: a cost regression on the same features, independent of the policy's settings."""
     args = ["--cb_adf", "--cb_type", "mtr", "--quiet", "--save_resume"]
     for interaction in spec.interactions:
         args += ["--interactions", interaction]

@@ -19,13 +19,14 @@ publishing only in bandit mode with a learning learner.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from redis.exceptions import ResponseError
@@ -34,12 +35,12 @@ from banditgate import keys
 from banditgate.errors import InvalidPolicy
 from banditgate.events import decode_joined
 from banditgate.policy import Policy, apply_floor, build_policy
-from banditgate.redis import Redis
+from banditgate.redis import Redis, StreamEntries, xreadgroup_entries
 from banditgate.registry import PolicyRegistry
 from banditgate.settings import CoreSettings
 from banditgate.spec import ExperimentSpec
 from banditgate.store import ExperimentStore
-from trainer.gate import EvaluationWindow, judge
+from trainer.gate import EvaluationWindow, Verdict, judge
 from trainer.learner import Learner, expected, new_learner, serving_probabilities, to_example
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,26 @@ CHECKPOINT_EVERY = 5_000
 CHECKPOINT_S = 30.0
 LOCK_TTL_MS = 15_000
 CANDIDATES_KEPT = 500
+
+
+_ACQUIRE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
 
 @dataclass
@@ -87,6 +108,8 @@ class Trainer:
         self.store = ExperimentStore(redis)
         self.registry = PolicyRegistry(redis)
         self.training: dict[str, ExperimentTraining] = {}
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._release_script = redis.register_script(_RELEASE)
         self.published = 0
         self.rejected = 0
 
@@ -99,10 +122,8 @@ class Trainer:
                 processed = 0
                 await asyncio.sleep(1.0)
             if processed == 0:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=0.05)
-                except TimeoutError:
-                    pass
         await self.close()
 
     async def close(self) -> None:
@@ -137,20 +158,13 @@ class Trainer:
         return processed
 
     async def _hold_lock(self, name: str) -> bool:
-        key = keys.trainer_lock(name)
-        if await self.redis.set(key, self.owner, nx=True, px=LOCK_TTL_MS):
-            return True
-        holder = await self.redis.get(key)
-        if holder is not None and holder.decode() == self.owner:
-            await self.redis.pexpire(key, LOCK_TTL_MS)
-            return True
-        return False
+        """Take the experiment's lock, or renew it if we hold it (atomically)."""
+        return bool(
+            await self._acquire(keys=[keys.trainer_lock(name)], args=[self.owner, LOCK_TTL_MS])
+        )
 
     async def _release(self, name: str) -> None:
-        key = keys.trainer_lock(name)
-        holder = await self.redis.get(key)
-        if holder is not None and holder.decode() == self.owner:
-            await self.redis.delete(key)
+        await self._release_script(keys=[keys.trainer_lock(name)], args=[self.owner])
 
     async def _training(self, name: str, spec: ExperimentSpec) -> ExperimentTraining:
         training = self.training.get(name)
@@ -166,7 +180,7 @@ class Trainer:
         if version and (await self.registry.get(name, version)).learner != spec.policy.learner:
             version, model = 0, None
         serving = build_policy(spec, model, version)
-        state = await self.redis.hgetall(keys.trainer_state(name))
+        state = cast(dict[bytes, bytes], await self.redis.hgetall(keys.trainer_state(name)))
         learner: Learner | None = None
         if state.get(b"learner", b"").decode() == spec.policy.learner and b"state" in state:
             try:
@@ -211,24 +225,21 @@ class Trainer:
             await self._checkpoint(name, training)
         return len(entries)
 
-    async def _read(
-        self, name: str, training: ExperimentTraining
-    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    async def _read(self, name: str, training: ExperimentTraining) -> StreamEntries:
         stream = keys.joined(name)
         if training.read_pending:
             # After a restart: what was delivered but never checkpointed comes first.
-            reply = await self.redis.xreadgroup(
-                GROUP, CONSUMER, {stream: training.pending_cursor}, count=self.batch
+            entries = await xreadgroup_entries(
+                self.redis, GROUP, CONSUMER, stream, start=training.pending_cursor, count=self.batch
             )
-            entries = reply[0][1] if reply else []
             if len(entries) < self.batch:
                 training.read_pending = False
             if entries:
                 training.pending_cursor = entries[-1][0].decode()
-                # A pending entry trimmed from the stream comes back without fields: ack it only.
-                return [(entry_id, fields or {}) for entry_id, fields in entries]
-        reply = await self.redis.xreadgroup(GROUP, CONSUMER, {stream: ">"}, count=self.batch)
-        return list(reply[0][1]) if reply else []
+                return entries  # a trimmed entry has no fields: it is acknowledged only
+        return await xreadgroup_entries(
+            self.redis, GROUP, CONSUMER, stream, start=">", count=self.batch
+        )
 
     def _learn_one(self, training: ExperimentTraining, fields: dict[bytes, bytes]) -> None:
         if not fields:
@@ -277,6 +288,14 @@ class Trainer:
         n = len(training.window)
         numbers = training.window.estimates()
         verdict = judge(spec.policy.gate, numbers, n)
+        warmup = spec.policy.update.warmup_events
+        if training.serving_version == 0 and training.learner.n_examples < warmup:
+            # Explore first: the first learned policy waits for enough unbiased data, so
+            # early noise cannot lock traffic onto the wrong arm (see BENCHMARKS.md).
+            verdict = Verdict(
+                False,
+                f"warming up: {training.learner.n_examples} of {warmup} examples before a first policy",
+            )
         publishable = spec.mode == "bandit"
         record: dict[str, Any] = {
             "ts_ms": int(self.clock() * 1000),

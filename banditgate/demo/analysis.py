@@ -114,8 +114,12 @@ def timeline(served: list[Served], arms: list[str], buckets: int = 60) -> dict[s
     """Per time bucket: traffic split, mean action probability, mean sampled probability."""
     n = len(served)
     size = max(1, math.ceil(n / buckets))
-    out: dict[str, Any] = {"x": [], "share": {a: [] for a in arms}, "action_prob": {a: [] for a in arms},
-                           "sampled_prob": {a: [] for a in arms}}
+    out: dict[str, Any] = {
+        "x": [],
+        "share": {a: [] for a in arms},
+        "action_prob": {a: [] for a in arms},
+        "sampled_prob": {a: [] for a in arms},
+    }
     for start in range(0, n, size):
         chunk = served[start : start + size]
         out["x"].append(start + len(chunk))

@@ -23,9 +23,11 @@ def classifier_app(classifier: Classifier) -> web.Application:
             if not isinstance(text, str):
                 raise TypeError
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
-            return web.json_response({"error": "expected {\"features\": [text]}"}, status=400)
+            return web.json_response({"error": 'expected {"features": [text]}'}, status=400)
         return web.Response(
-            body=orjson.dumps({"predicted_label": classifier.predict(text), "model": classifier.name}),
+            body=orjson.dumps(
+                {"predicted_label": classifier.predict(text), "model": classifier.name}
+            ),
             content_type="application/json",
         )
 

@@ -20,11 +20,20 @@ console = Console()
 
 def demo(
     requests: Annotated[int, typer.Option(min=1, help="Requests to send.")] = 10_000,
-    scenario: Annotated[str, typer.Option(help="seed: one model better everywhere; contextual: each best on its own kind of review.")] = "seed",
+    scenario: Annotated[
+        str,
+        typer.Option(
+            help="seed: one model better everywhere; contextual: each best on its own kind of review."
+        ),
+    ] = "seed",
     seed: Annotated[int, typer.Option(help="Seeds the traffic and the reward delays.")] = 0,
     concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight.")] = 16,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
-    report: Annotated[Path, typer.Option(help="Write the HTML report here.")] = Path("reports/demo.html"),
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the results as JSON here.")
+    ] = None,
+    report: Annotated[Path, typer.Option(help="Write the HTML report here.")] = Path(
+        "reports/demo.html"
+    ),
 ) -> None:
     """Run the whole loop on a built-in scenario: two review classifiers, real rewards, learning."""
     options = DemoOptions(requests=requests, scenario=scenario, seed=seed, concurrency=concurrency)
@@ -36,7 +45,9 @@ def demo(
         TextColumn("[bold]routing"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("avg reward [cyan]{task.fields[reward]:.3f}[/] · policy v{task.fields[version]}"),
+        TextColumn(
+            "avg reward [cyan]{task.fields[reward]:.3f}[/] · policy v{task.fields[version]}"
+        ),
         TimeElapsedColumn(),
         console=console,
     ) as progress:
@@ -75,7 +86,11 @@ def print_summary(summary: dict[str, Any]) -> None:
         arms.add_column(column, justify="right" if column != "arm" else "left")
     for name, row in summary["arms"].items():
         ci = row["ci95"]
-        mean = "n/a" if row["mean_reward"] is None else f"{row['mean_reward']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+        mean = (
+            "n/a"
+            if row["mean_reward"] is None
+            else f"{row['mean_reward']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+        )
         arms.add_row(name, f"{row['share']:.1%}", f"{row['requests']:,}", mean)
     console.print(arms)
     compare = Table(title="Average reward on the same traffic")
@@ -90,8 +105,19 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 
 def _json(summary: dict[str, Any]) -> dict[str, Any]:
-    keys = ("requests", "avg_reward", "ab_reward", "best_arm_reward", "oracle_reward", "policy_versions", "reward_to_policy_s")
+    keys = (
+        "requests",
+        "avg_reward",
+        "ab_reward",
+        "best_arm_reward",
+        "oracle_reward",
+        "policy_versions",
+        "reward_to_policy_s",
+    )
     out = {key: summary[key] for key in keys}
-    out["arms"] = {name: {"share": row["share"], "mean_reward": row["mean_reward"]} for name, row in summary["arms"].items()}
+    out["arms"] = {
+        name: {"share": row["share"], "mean_reward": row["mean_reward"]}
+        for name, row in summary["arms"].items()
+    }
     out["detail"] = {k: v for k, v in summary.items() if k not in out}
     return out

@@ -77,9 +77,15 @@ def render(summary: dict[str, Any], timeline: dict[str, Any], title: str, subtit
     arms = ""
     for name, row in summary["arms"].items():
         ci = row["ci95"]
-        mean = "n/a" if row["mean_reward"] is None else f"{row['mean_reward']:.4f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+        mean = (
+            "n/a"
+            if row["mean_reward"] is None
+            else f"{row['mean_reward']:.4f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+        )
         arms += f"<tr><td>{html.escape(name)}</td><td>{row['share']:.3f}</td><td>{row['requests']}</td><td>{mean}</td></tr>"
-    data = orjson.dumps({"summary": summary, "timeline": timeline}, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    data = orjson.dumps(
+        {"summary": summary, "timeline": timeline}, option=orjson.OPT_SERIALIZE_NUMPY
+    ).decode()
     return PAGE.format(
         title=html.escape(title),
         subtitle=html.escape(subtitle),

@@ -34,7 +34,7 @@ from banditgate.demo.analysis import Served, reward_to_policy, summarise, timeli
 from banditgate.demo.backend import serve_classifier
 from banditgate.demo.reviews import SCENARIOS, make_review
 from banditgate.events import decode_decision_batch
-from banditgate.redis import EmbeddedRedis, Redis, connect
+from banditgate.redis import EmbeddedRedis, Redis, connect, xrange_entries
 from banditgate.registry import PolicyRegistry
 
 Progress = Callable[[int, float, int], None]
@@ -71,12 +71,23 @@ def demo_spec(name: str, urls: dict[str, str], options: DemoOptions) -> dict[str
         "mode": "bandit",
         "description": f"banditgate demo, {options.scenario} scenario",
         "arms": [
-            {"name": arm, "url": url, "protocol": "sagemaker", "features": {"size": sizes.get(arm, arm)}}
+            {
+                "name": arm,
+                "url": url,
+                "protocol": "sagemaker",
+                "features": {"size": sizes.get(arm, arm)},
+            }
             for arm, url in urls.items()
         ],
         "context": {"text": "features[0]"},
         "policy": policy,
-        "reward": {"window_s": options.window_s, "default": 0.0, "aggregation": "earliest", "min": 0, "max": 1},
+        "reward": {
+            "window_s": options.window_s,
+            "default": 0.0,
+            "aggregation": "earliest",
+            "min": 0,
+            "max": 1,
+        },
     }
 
 
@@ -94,7 +105,16 @@ async def banditgate_server(
     }
     log_file = (data_dir / "serve.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "banditgate.cli", "serve", "-f", str(spec_path), "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "banditgate.cli",
+            "serve",
+            "-f",
+            str(spec_path),
+            "--port",
+            str(port),
+        ],
         env=env,
         stdout=log_file,
         stderr=subprocess.STDOUT,
@@ -114,7 +134,9 @@ async def banditgate_server(
                 except aiohttp.ClientError:
                     pass
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"banditgate serve not ready in {timeout_s:.0f}s; see {data_dir / 'serve.log'}")
+                    raise RuntimeError(
+                        f"banditgate serve not ready in {timeout_s:.0f}s; see {data_dir / 'serve.log'}"
+                    )
                 await asyncio.sleep(0.2)
         yield base
     finally:
@@ -129,7 +151,11 @@ async def banditgate_server(
 
 
 async def send_traffic(
-    base: str, name: str, options: DemoOptions, progress: Progress | None, version_of: Callable[[], int]
+    base: str,
+    name: str,
+    options: DemoOptions,
+    progress: Progress | None,
+    version_of: Callable[[], int],
 ) -> list[Served]:
     rng = random.Random(options.seed)
     reviews = [make_review(rng) for _ in range(options.requests)]
@@ -152,7 +178,9 @@ async def send_traffic(
                     async with http.post(f"{base}/v1/rewards", json=body) as response:
                         if response.status == 202:
                             return
-                        failures.append(f"reward {event_id}: HTTP {response.status} {await response.text()}")
+                        failures.append(
+                            f"reward {event_id}: HTTP {response.status} {await response.text()}"
+                        )
                         return
                 except aiohttp.ClientError as exc:
                     if attempt == 4:
@@ -171,7 +199,9 @@ async def send_traffic(
                 ) as response:
                     payload = await response.read()
                     if response.status != 200:
-                        failures.append(f"request {index}: HTTP {response.status} {payload[:200]!r}")
+                        failures.append(
+                            f"request {index}: HTTP {response.status} {payload[:200]!r}"
+                        )
                         return
                     latency = (time.perf_counter() - started) * 1000
                     event_id = response.headers["X-Banditgate-Event-Id"]
@@ -205,9 +235,9 @@ async def send_traffic(
                     task.result()
             pending.add(asyncio.create_task(one(index)))
         if pending:
-            for task in await asyncio.gather(*pending, return_exceptions=True):
-                if isinstance(task, BaseException):
-                    raise task
+            for outcome in await asyncio.gather(*pending, return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    raise outcome
         while reward_tasks:
             await asyncio.gather(*list(reward_tasks))
     if failures:
@@ -221,7 +251,7 @@ async def attach_decisions(redis: Redis, name: str, served: list[Served]) -> dic
     first: dict[int, int] = {}
     last = "-"
     while True:
-        entries = await redis.xrange(keys.decisions(name), min=last, count=500)
+        entries = await xrange_entries(redis, keys.decisions(name), start=last, count=500)
         if last != "-":
             entries = entries[1:]
         if not entries:
@@ -243,7 +273,7 @@ async def joined_entries(redis: Redis, name: str) -> list[tuple[str, int]]:
     out: list[tuple[str, int]] = []
     last = "-"
     while True:
-        entries = await redis.xrange(keys.joined(name), min=last, count=1000)
+        entries = await xrange_entries(redis, keys.joined(name), start=last, count=1000)
         if last != "-":
             entries = entries[1:]
         if not entries:
@@ -292,7 +322,9 @@ async def run_demo(
     try:
         classifiers = SCENARIOS[options.scenario]
         async with contextlib.AsyncExitStack() as stack:
-            urls = {c.name: await stack.enter_async_context(serve_classifier(c)) for c in classifiers}
+            urls = {
+                c.name: await stack.enter_async_context(serve_classifier(c)) for c in classifiers
+            }
             spec = demo_spec(name, urls, options)
             spec_path = workdir / "spec.yaml"
             spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -326,7 +358,9 @@ async def run_demo(
                 "experiment": name,
                 "policy_versions": len(versions),
                 "reward_to_policy_s": statistics.median(latencies) if latencies else None,
-                "reward_to_policy_p90_s": sorted(latencies)[int(0.9 * (len(latencies) - 1))] if latencies else None,
+                "reward_to_policy_p90_s": sorted(latencies)[int(0.9 * (len(latencies) - 1))]
+                if latencies
+                else None,
                 "joined": joined_count,
                 "elapsed_s": round(elapsed, 2),
                 "requests_per_s": round(len(served) / elapsed, 1) if elapsed else None,

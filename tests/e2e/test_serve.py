@@ -40,7 +40,9 @@ async def test_serve_with_two_workers_swaps_a_published_policy_in_every_worker(
     async with run_backend() as a, run_backend() as b:
         spec = make_spec(name, [("a", a.url), ("b", b.url)])
         spec_file = tmp_path / "spec.yaml"
-        spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json", by_alias=True, exclude_none=True)))
+        spec_file.write_text(
+            yaml.safe_dump(spec.model_dump(mode="json", by_alias=True, exclude_none=True))
+        )
         port = free_port()
         env = {
             **os.environ,
@@ -49,7 +51,18 @@ async def test_serve_with_two_workers_swaps_a_published_policy_in_every_worker(
             "BANDITGATE_DATA_DIR": str(tmp_path / "data"),
         }
         process = subprocess.Popen(
-            [sys.executable, "-m", "banditgate.cli", "serve", "-f", str(spec_file), "--port", str(port), "--workers", "2"],
+            [
+                sys.executable,
+                "-m",
+                "banditgate.cli",
+                "serve",
+                "-f",
+                str(spec_file),
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+            ],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -57,7 +70,9 @@ async def test_serve_with_two_workers_swaps_a_published_policy_in_every_worker(
         base = f"http://127.0.0.1:{port}"
         try:
             await wait_for(lambda: ready(base, process), timeout=60, every=0.2)
-            await PolicyRegistry(redis).publish(name, trained_model(spec, best="b"), learner="vw", source="test")
+            await PolicyRegistry(redis).publish(
+                name, trained_model(spec, best="b"), learner="vw", source="test"
+            )
             # Each request on a fresh connection lands on either worker; once every one
             # answers with version 1, both workers have swapped.
             await wait_for(lambda: _all_serve_version(base, name, 1), timeout=20, every=0.1)
@@ -76,9 +91,11 @@ async def _all_serve_version(base: str, name: str, version: int) -> bool:
     results = []
     for _ in range(20):
         connector = aiohttp.TCPConnector(force_close=True)
-        async with aiohttp.ClientSession(connector=connector) as http:
-            async with http.post(f"{base}/v1/experiments/{name}/rank", json={"context": {}}) as response:
-                results.append((await response.json())["policy_version"])
+        async with (
+            aiohttp.ClientSession(connector=connector) as http,
+            http.post(f"{base}/v1/experiments/{name}/rank", json={"context": {}}) as response,
+        ):
+            results.append((await response.json())["policy_version"])
     return set(results) == {version}
 
 

@@ -202,7 +202,9 @@ async def test_experiment_dashboard_draws_what_the_api_returns(
     assert await page.is_visible("#srm")
     assert "Sample ratio mismatch" in await page.inner_text("#srm")
     assert await page.get_attribute("#srm-state", "data-flagged") == "1"
-    assert await page.inner_text("#rollout-phase") == "Learning"  # the rollout API's phase for a bandit
+    assert (
+        await page.inner_text("#rollout-phase") == "Learning"
+    )  # the rollout API's phase for a bandit
     cards = await page.inner_text("#cards")
     assert f"{stats['totals']['decisions']:,}" in cards
     assert "4 / 2" in cards  # late / orphaned rewards from the joiner's counters
@@ -233,7 +235,9 @@ async def test_rollout_phase_and_history_are_shown(
     assert rollout["phase"] == "Paused" and rollout["weights"] == {"a": 75.0, "b": 25.0}
     page, problems = await open_page(browser, f"{control.url}/dashboard/{name}")
     assert await page.inner_text("#rollout-phase") == "Paused"
-    bars = await page.eval_on_selector("#rollout .weights", "e => [...e.children].map(c => c.title)")
+    bars = await page.eval_on_selector(
+        "#rollout .weights", "e => [...e.children].map(c => c.title)"
+    )
     assert bars == ["a 75.0%", "b 25.0%"]
     history = await page.eval_on_selector_all(
         "#rollout ul.history li", "els => els.map(e => e.textContent)"

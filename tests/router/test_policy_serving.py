@@ -38,14 +38,16 @@ async def test_every_routed_request_is_logged_once_under_concurrency(start_route
         event_ids: list[str] = []
 
         async def one(http: aiohttp.ClientSession, i: int) -> int:
-            async with limit:
-                async with http.post(
+            async with (
+                limit,
+                http.post(
                     f"{url}/endpoints/{name}/invocations",
                     json={"features": [f"review number {i} was {'great' if i % 2 else 'bad'}"]},
-                ) as response:
-                    await response.read()
-                    event_ids.append(response.headers["X-Banditgate-Event-Id"])
-                    return response.status
+                ) as response,
+            ):
+                await response.read()
+                event_ids.append(response.headers["X-Banditgate-Event-Id"])
+                return response.status
 
         connector = aiohttp.TCPConnector(limit=64)
         async with aiohttp.ClientSession(connector=connector) as http:

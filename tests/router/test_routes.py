@@ -52,8 +52,9 @@ async def test_proxy_passes_path_query_body_and_headers(start_router, redis, nam
     async with run_backend() as backend:
         spec = spec_with(name, [{"name": "a", "url": backend.url, "protocol": "http"}])
         url, _ = await start_router(spec)
-        async with aiohttp.ClientSession() as http:
-            async with http.post(
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
                 f"{url}/proxy/{name}/score/v1?debug=1",
                 data=b"raw,csv,bytes",
                 headers={
@@ -61,10 +62,11 @@ async def test_proxy_passes_path_query_body_and_headers(start_router, redis, nam
                     "X-Tenant": "acme",
                     "X-Banditgate-Event-Id": "e-1",
                 },
-            ) as response:
-                assert response.status == 200
-                assert response.headers["X-Banditgate-Event-Id"] == "e-1"
-                assert response.headers["X-Banditgate-Variant"] == "a"
+            ) as response,
+        ):
+            assert response.status == 200
+            assert response.headers["X-Banditgate-Event-Id"] == "e-1"
+            assert response.headers["X-Banditgate-Variant"] == "a"
     seen = backend.requests[0]
     assert seen["path"] == "/score/v1"
     assert seen["query"] == "debug=1"

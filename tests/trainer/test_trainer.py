@@ -7,10 +7,10 @@ from banditgate.policy import ActionSet, build_policy
 from banditgate.registry import PolicyRegistry
 from banditgate.spec import GateSpec, parse_spec
 from banditgate.store import ExperimentStore
+from tests.trainer.conftest import uniform_log, write_joined
 from trainer.gate import judge
 from trainer.learner import VWLearner, to_example
 from trainer.worker import Trainer
-from tests.trainer.conftest import uniform_log, write_joined
 
 
 class Clock:
