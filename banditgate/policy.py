@@ -61,10 +61,19 @@ def exploration_args(spec: PolicySpec) -> list[str]:
     raise InvalidPolicy(f"unknown exploration {exploration.type!r}")
 
 
+AUTOML_CONFIGS = 4
+
+
 def vw_arguments(spec: PolicySpec) -> list[str]:
     args = ["--cb_explore_adf", "--quiet"]
-    for interaction in spec.interactions:
-        args += ["--interactions", interaction]
+    if spec.interactions == "auto":
+        # VW's online interaction search: starts plain and adds the context x arm
+        # interactions that earn their keep, so features that carry no signal do not
+        # cost reward (BENCHMARKS.md, "Learning quality").
+        args += ["--automl", str(AUTOML_CONFIGS)]
+    else:
+        for interaction in spec.interactions:
+            args += ["--interactions", interaction]
     args += exploration_args(spec)
     args += ["--cb_type", spec.cb_type, "-l", f"{spec.learning_rate:g}"]
     args += spec.vw_args.split()

@@ -95,9 +95,9 @@ class ContextSpec(_Strict):
 
 class Exploration(_Strict):
     # Defaults measured in bench/learning.py (BENCHMARKS.md, "Learning quality").
-    type: Literal["epsilon", "cover", "bag", "softmax", "squarecb"] = "bag"
+    type: Literal["epsilon", "cover", "bag", "softmax", "squarecb"] = "epsilon"
     epsilon: float = Field(default=0.02, ge=0, le=1)
-    n: int = Field(default=5, ge=1, le=64, description="Policies for cover and bag.")
+    n: int = Field(default=3, ge=1, le=64, description="Policies for cover and bag.")
     psi: float = Field(default=0.1, ge=0, description="Cover's disagreement parameter.")
     lambda_: float = Field(
         default=10.0, alias="lambda", gt=0, description="Softmax inverse temperature."
@@ -109,7 +109,7 @@ class UpdateSpec(_Strict):
     every_events: int = Field(default=200, ge=1)
     every_s: float = Field(default=5.0, gt=0)
     warmup_events: int = Field(
-        default=1000,
+        default=0,
         ge=0,
         description="The cold-start (uniform) policy serves until the learner has this many examples.",
     )
@@ -134,16 +134,27 @@ class PolicySpec(_Strict):
     update: UpdateSpec = Field(default_factory=UpdateSpec)
     gate: GateSpec = Field(default_factory=GateSpec)
     weights: dict[str, float] | None = Field(default=None, description="Static learner weights.")
-    interactions: list[str] = Field(default_factory=lambda: ["ca", "ta"])
-    cb_type: Literal["dm", "mtr", "ips", "dr"] = Field(
-        default="dm", description="How the learner estimates costs (VW --cb_type)."
+    interactions: list[str] | Literal["auto"] = Field(
+        default="auto",
+        description="Namespace interactions (c: body and headers, t: text, a: arm), "
+        "or auto: VW's online search picks them as evidence accumulates.",
+    )
+    cb_type: Literal["mtr", "dm", "ips", "dr"] = Field(
+        default="mtr", description="How the learner estimates costs (VW --cb_type)."
+    )
+    max_importance_weight: float = Field(
+        default=10.0,
+        ge=1,
+        description="Cap on 1/p when learning: a rarely logged action cannot jerk the model.",
     )
     learning_rate: float = Field(default=0.1, gt=0, le=10, description="VW -l.")
     vw_args: str = Field(default="", description="Extra VW arguments, appended as given.")
 
     @field_validator("interactions")
     @classmethod
-    def _interactions(cls, value: list[str]) -> list[str]:
+    def _interactions(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, str):
+            return value
         for item in value:
             if len(item) < 2 or not set(item) <= set("cta"):
                 raise ValueError(f"{item!r}: interactions combine namespaces c, t and a")
@@ -161,8 +172,6 @@ class PolicySpec(_Strict):
                 ("cb_type",),
                 f"{self.exploration.type} exploration needs cb_type in {sorted(allowed)}",
             )
-        if allowed is not None and self.cb_type not in allowed:
-            self.cb_type = "mtr"  # the default estimator does not apply to this exploration
         return self
 
     @field_validator("vw_args")

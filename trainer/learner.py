@@ -99,7 +99,8 @@ def _unframe(raw: bytes) -> tuple[dict[str, Any], list[bytes]]:
 def reward_model_arguments(spec: PolicySpec) -> list[str]:
     """The DR reward model: a cost regression on the same features, independent of the policy's settings."""
     args = ["--cb_adf", "--cb_type", "mtr", "--quiet", "--save_resume"]
-    for interaction in spec.interactions:
+    interactions = ["ca", "ta"] if spec.interactions == "auto" else spec.interactions
+    for interaction in interactions:
         args += ["--interactions", interaction]
     return args
 
@@ -152,7 +153,9 @@ class VWLearner:
         return [-float(cost) for cost in scores]
 
     def learn(self, example: Example) -> None:
-        label = (example.chosen, -example.reward, example.logged_prob)
+        # Capping 1/p keeps MTR's regression targets and bounds one example's step.
+        probability = max(example.logged_prob, 1.0 / self.spec.max_importance_weight)
+        label = (example.chosen, -example.reward, probability)
         lines = example_lines(example.context, example.actions.lines, label)
         self.policy.learn(lines)
         self.rewards.learn(lines)

@@ -43,3 +43,27 @@ async def test_ready_lists_loaded_policies_and_fails_without_redis(start_router,
 
 async def _loaded(app, name, version) -> bool:  # type: ignore[no-untyped-def]
     return app.runtime.experiments[name].loaded_version == version
+
+
+async def test_a_bad_model_in_the_registry_leaves_routers_on_the_version_they_have(
+    start_router, redis, name
+):
+    from tests.router.test_policy_serving import trained_model
+
+    async with run_backend() as a, run_backend() as b:
+        spec = make_spec(name, [("a", a.url), ("b", b.url)])
+        registry = PolicyRegistry(redis)
+        await registry.publish(name, trained_model(spec, best="b"), learner="vw")
+        url, app = await start_router(spec)
+        assert app.runtime is not None
+        await wait_for(lambda: _loaded(app, name, 1))
+        # Written past the CLI's and API's validation, as a corrupt store would.
+        await registry.publish(name, b"\x00not a model", learner="vw", source="corrupt")
+        async with aiohttp.ClientSession() as http:
+            for _ in range(20):
+                async with http.post(
+                    f"{url}/v1/experiments/{name}/rank", json={"context": {}}
+                ) as response:
+                    assert response.status == 200
+                    assert (await response.json())["policy_version"] == 1
+        assert app.runtime.experiments[name].loaded_version == 1

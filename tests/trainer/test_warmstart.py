@@ -173,3 +173,33 @@ async def test_policy_publish_cli_refuses_incompatible_models(
     )
     assert result.exit_code != 0 and "no experiment named" in result.output
     assert await PolicyRegistry(redis).versions(name) == []
+
+
+async def test_policy_cli_publishes_lists_and_rolls_back(redis, redis_url, name, tmp_path: Path):
+    from trainer.learner import VWLearner
+
+    spec = spec_for(name)
+    await ExperimentStore(redis).put(spec)
+    model = tmp_path / "model.vw"
+    model.write_bytes(VWLearner(spec.policy).model_bytes())
+    for _ in range(2):
+        result = await invoke(redis_url, "policy", "publish", str(model), "--experiment", name)
+        assert result.exit_code == 0, result.output
+    registry = PolicyRegistry(redis)
+    assert await registry.current_version(name) == 2
+    listed = await invoke(redis_url, "policy", "list", "--experiment", name)
+    assert listed.exit_code == 0 and "current" in listed.output
+    rolled = await invoke(redis_url, "policy", "activate", "1", "--experiment", name)
+    assert rolled.exit_code == 0, rolled.output
+    assert await registry.current_version(name) == 1
+    missing = await invoke(redis_url, "policy", "activate", "9", "--experiment", name)
+    assert missing.exit_code != 0 and "no policy version 9" in missing.output
+
+
+async def test_a_bad_spec_fails_the_cli_with_the_field_path(tmp_path: Path, redis_url):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: reviews\narms:\n  - {name: a, url: 'ftp://nope'}\n")
+    for command in (["validate", "-f", str(bad)], ["serve", "-f", str(bad)]):
+        result = await invoke(redis_url, *command)
+        assert result.exit_code == 2, result.output
+        assert "arms[0].url" in result.output and "http://" in result.output
