@@ -347,7 +347,8 @@ async def run_demo(
             await asyncio.sleep(0.5)
         first_served = await attach_decisions(redis, name, served)
         versions = [v.__dict__ for v in await registry.versions(name)]
-        latencies = reward_to_policy(await joined_entries(redis, name), versions, first_served)
+        joined_all = await joined_entries(redis, name)
+        latencies = reward_to_policy(joined_all, versions, first_served)
         served.sort(key=lambda s: s.index)
         arms = [c.name for c in classifiers]
         summary = summarise(served, arms)
@@ -361,6 +362,9 @@ async def run_demo(
                 "reward_to_policy_p90_s": sorted(latencies)[int(0.9 * (len(latencies) - 1))]
                 if latencies
                 else None,
+                # Rewards learned by a policy that then served traffic (the rest were in
+                # rejected candidates or arrived after the last publish).
+                "reward_to_policy_coverage": len(latencies) / len(joined_all) if joined_all else 0.0,
                 "joined": joined_count,
                 "elapsed_s": round(elapsed, 2),
                 "requests_per_s": round(len(served) / elapsed, 1) if elapsed else None,

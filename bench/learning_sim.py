@@ -1,0 +1,110 @@
+"""A fast, in-process stand-in for the learning loop, for screening policy settings.
+
+    python bench/learning_sim.py '{"exploration": {"type": "epsilon"}}' ['{...}' ...]
+                                 [--seeds 5] [--requests 10000] [--delay 400]
+
+Same review traffic, classifiers, featurizer, learner, floor, event-id sampling and
+gate as the real system, without HTTP or Redis: each request is decided by the
+serving policy, its reward reaches the learner `--delay` requests later (as at
+~700 req/s with 0.05-1 s reward delays), and a candidate is judged by the gate
+every 200 examples. Settings that look good here are then measured end to end
+with bench/learning.py, whose numbers are the ones in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from banditgate.demo.reviews import SCENARIOS, make_review  # noqa: E402
+from banditgate.featurize import text_features  # noqa: E402
+from banditgate.policy import ActionSet, apply_floor, build_policy, sample_index  # noqa: E402
+from banditgate.spec import parse_spec  # noqa: E402
+from trainer.gate import EvaluationWindow, judge  # noqa: E402
+from trainer.learner import Example, expected, new_learner  # noqa: E402
+
+
+def simulate(scenario: str, policy: dict[str, Any], *, requests: int, seed: int, delay: int) -> tuple[float, int]:
+    spec = parse_spec(
+        {
+            "name": "sim",
+            "arms": [
+                {"name": "bert-1", "url": "http://127.0.0.1:1", "features": {"size": "base"}},
+                {"name": "bert-2", "url": "http://127.0.0.1:2", "features": {"size": "large"}},
+            ],
+            "context": {"text": "features[0]"},
+            "policy": policy,
+        }
+    )
+    rng = random.Random(seed)
+    classifiers = SCENARIOS[scenario]
+    actions = ActionSet.from_spec(spec)
+    floor = spec.policy.min_arm_share
+    serving, version = build_policy(spec, None, 0), 0
+    learner = new_learner(spec)
+    window = EvaluationWindow()
+    pending: deque[Example] = deque()
+    total, since = 0.0, 0
+    for i in range(requests):
+        review = make_review(rng)
+        context = text_features(review.text)
+        pmf = apply_floor(serving.probabilities(context, actions), floor)
+        index = sample_index(pmf, f"{seed}-{i}", version)
+        reward = 1.0 if classifiers[index].correct(review.text) else 0.0
+        total += reward
+        pending.append(Example(context, actions, index, pmf[index], reward))
+        while len(pending) > delay:
+            example = pending.popleft()
+            candidate = apply_floor(learner.probabilities(example), floor)
+            current = apply_floor(serving.probabilities(example.context, actions), floor)
+            reward_hat = learner.reward_estimates(example)
+            window.add(
+                reward=example.reward,
+                logged_prob=example.logged_prob,
+                candidate_prob=candidate[example.chosen],
+                current_prob=current[example.chosen],
+                reward_hat_logged=reward_hat[example.chosen],
+                candidate_reward_hat=expected(reward_hat, candidate),
+                current_reward_hat=expected(reward_hat, current),
+            )
+            learner.learn(example)
+            since += 1
+            if since >= spec.policy.update.every_events:
+                since = 0
+                warm = version == 0 and learner.n_examples < spec.policy.update.warmup_events
+                if not warm and judge(spec.policy.gate, window.estimates(), len(window)).publish:
+                    version += 1
+                    serving = build_policy(spec, learner.model_bytes(), version)
+                    window.clear()
+    return total / requests, version
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("policies", nargs="*", default=["{}"], help="JSON merged into the spec's policy section")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--delay", type=int, default=400)
+    args = parser.parse_args()
+    for raw in args.policies:
+        policy = orjson.loads(raw)
+        for scenario in ("seed", "contextual"):
+            runs = [simulate(scenario, policy, requests=args.requests, seed=s, delay=args.delay) for s in range(args.seeds)]
+            rewards = [r for r, _ in runs]
+            print(
+                f"{raw} {scenario}: mean {sum(rewards) / len(rewards):.4f} min {min(rewards):.4f} | "
+                + " ".join(f"{r:.4f}/{v}v" for r, v in runs),
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
