@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from types import ModuleType
 
 from fastapi import APIRouter, FastAPI
 
 from banditgate.http import install_error_handlers
 from banditgate.redis import Redis
+from experiments import api, dashboard, metrics, rollout_api
 from experiments.service import ControlService
 from experiments.settings import ControlSettings
 
@@ -20,25 +20,9 @@ def build(
     """Routes plus the component that owns their state (`app.state.control`)."""
     service = ControlService(settings, redis=redis)
     router = APIRouter()
-    for module in _route_modules():
+    for module in (api, rollout_api, dashboard, metrics):
         router.include_router(module.routes())
     return router, service
-
-
-def _route_modules() -> list[ModuleType]:
-    modules: list[ModuleType] = []
-    for name in (
-        "experiments.api",
-        "experiments.rollout_api",
-        "experiments.dashboard",
-        "experiments.metrics",
-    ):
-        try:
-            modules.append(__import__(name, fromlist=["routes"]))
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-    return modules
 
 
 def create_control_app(
