@@ -3,11 +3,10 @@
     python bench/learning_sim.py '{"exploration": {"type": "epsilon"}}' ['{...}' ...]
                                  [--seeds 5] [--requests 10000] [--delay 400]
 
-Same review traffic, classifiers, featurizer, learner, floor, event-id sampling and
-gate as the real system, without HTTP or Redis: each request is decided by the
-serving policy, its reward reaches the learner `--delay` requests later (as at
-~700 req/s with 0.05-1 s reward delays), and a candidate is judged by the gate
-every 200 examples. Settings that look good here are then measured end to end
+Same review traffic, classifiers, featurizer, event-id sampling and training loop
+(trainer/loop.py: learner, challenger, gate) as the real system, without HTTP or
+Redis: each request is decided by the serving policy and its reward reaches the
+loop `--delay` requests later (as at ~700 req/s with 0.05-1 s reward delays). Settings that look good here are then measured end to end
 with bench/learning.py, whose numbers are the ones in BENCHMARKS.md.
 """
 
@@ -24,15 +23,17 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from banditgate.demo.reviews import SCENARIOS, make_review  # noqa: E402
-from banditgate.featurize import text_features  # noqa: E402
-from banditgate.policy import ActionSet, apply_floor, build_policy, sample_index  # noqa: E402
-from banditgate.spec import parse_spec  # noqa: E402
-from trainer.gate import EvaluationWindow, judge  # noqa: E402
-from trainer.learner import Example, expected, new_learner  # noqa: E402
+from banditgate.demo.reviews import SCENARIOS, make_review
+from banditgate.featurize import text_features
+from banditgate.policy import ActionSet, apply_floor, build_policy, sample_index
+from banditgate.spec import parse_spec
+from trainer.learner import Example, new_learner
+from trainer.loop import TrainingLoop
 
 
-def simulate(scenario: str, policy: dict[str, Any], *, requests: int, seed: int, delay: int) -> tuple[float, int]:
+def simulate(
+    scenario: str, policy: dict[str, Any], *, requests: int, seed: int, delay: int
+) -> tuple[float, int]:
     spec = parse_spec(
         {
             "name": "sim",
@@ -48,48 +49,34 @@ def simulate(scenario: str, policy: dict[str, Any], *, requests: int, seed: int,
     classifiers = SCENARIOS[scenario]
     actions = ActionSet.from_spec(spec)
     floor = spec.policy.min_arm_share
-    serving, version = build_policy(spec, None, 0), 0
-    learner = new_learner(spec)
-    window = EvaluationWindow()
+    loop = TrainingLoop(spec, new_learner(spec), build_policy(spec, None, 0), 0)
     pending: deque[Example] = deque()
-    total, since = 0.0, 0
+    total = 0.0
     for i in range(requests):
         review = make_review(rng)
         context = text_features(review.text)
-        pmf = apply_floor(serving.probabilities(context, actions), floor)
-        index = sample_index(pmf, f"{seed}-{i}", version)
+        pmf = apply_floor(loop.serving.probabilities(context, actions), floor)
+        index = sample_index(pmf, f"{seed}-{i}", loop.serving_version)
         reward = 1.0 if classifiers[index].correct(review.text) else 0.0
         total += reward
         pending.append(Example(context, actions, index, pmf[index], reward))
         while len(pending) > delay:
-            example = pending.popleft()
-            candidate = apply_floor(learner.probabilities(example), floor)
-            current = apply_floor(serving.probabilities(example.context, actions), floor)
-            reward_hat = learner.reward_estimates(example)
-            window.add(
-                reward=example.reward,
-                logged_prob=example.logged_prob,
-                candidate_prob=candidate[example.chosen],
-                current_prob=current[example.chosen],
-                reward_hat_logged=reward_hat[example.chosen],
-                candidate_reward_hat=expected(reward_hat, candidate),
-                current_reward_hat=expected(reward_hat, current),
-            )
-            learner.learn(example)
-            since += 1
-            if since >= spec.policy.update.every_events:
-                since = 0
-                warm = version == 0 and learner.n_examples < spec.policy.update.warmup_events
-                if not warm and judge(spec.policy.gate, window.estimates(), len(window)).publish:
-                    version += 1
-                    serving = build_policy(spec, learner.model_bytes(), version)
-                    window.clear()
-    return total / requests, version
+            loop.observe(pending.popleft())
+            if loop.due(0.0):
+                outcome = loop.update()
+                if outcome.publish and outcome.model is not None:
+                    version = loop.serving_version + 1
+                    loop.published(build_policy(spec, outcome.model, version), version)
+    return total / requests, loop.serving_version
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("policies", nargs="*", default=["{}"], help="JSON merged into the spec's policy section")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "policies", nargs="*", default=["{}"], help="JSON merged into the spec's policy section"
+    )
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--delay", type=int, default=400)
@@ -97,7 +84,10 @@ def main() -> None:
     for raw in args.policies:
         policy = orjson.loads(raw)
         for scenario in ("seed", "contextual"):
-            runs = [simulate(scenario, policy, requests=args.requests, seed=s, delay=args.delay) for s in range(args.seeds)]
+            runs = [
+                simulate(scenario, policy, requests=args.requests, seed=s, delay=args.delay)
+                for s in range(args.seeds)
+            ]
             rewards = [r for r, _ in runs]
             print(
                 f"{raw} {scenario}: mean {sum(rewards) / len(rewards):.4f} min {min(rewards):.4f} | "

@@ -45,7 +45,10 @@ async def main(publishes: int) -> None:
     spec = parse_spec(
         {
             "name": EXPERIMENT,
-            "arms": [{"name": "a", "url": "http://127.0.0.1:9"}, {"name": "b", "url": "http://127.0.0.1:9"}],
+            "arms": [
+                {"name": "a", "url": "http://127.0.0.1:9"},
+                {"name": "b", "url": "http://127.0.0.1:9"},
+            ],
             "context": {"text": "features[0]"},
         }
     )
@@ -59,11 +62,30 @@ async def main(publishes: int) -> None:
     await ExperimentStore(redis).put(spec)
     registry = PolicyRegistry(redis)
     port = 18000 + os.getpid() % 1000
-    env = {**os.environ, "BANDITGATE_REDIS_URL": url, "BANDITGATE_EXPERIMENTS": EXPERIMENT, "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "BANDITGATE_REDIS_URL": url,
+        "BANDITGATE_EXPERIMENTS": EXPERIMENT,
+        "PYTHONPATH": str(ROOT),
+    }
     router = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "router.app:create_app", "--port", str(port),
-         "--loop", "uvloop", "--http", "httptools", "--log-level", "warning"],
-        env=env, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "router.app:create_app",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        cwd=ROOT,
     )
     latencies: list[float] = []
     try:
@@ -74,7 +96,9 @@ async def main(publishes: int) -> None:
                     async with http.get(f"http://127.0.0.1:{port}/health/ready") as response:
                         if response.status != 200:
                             return None
-                        return int((await response.json())["experiments"][EXPERIMENT]["policy_version"])
+                        return int(
+                            (await response.json())["experiments"][EXPERIMENT]["policy_version"]
+                        )
                 except aiohttp.ClientError:
                     return None
 
@@ -95,11 +119,15 @@ async def main(publishes: int) -> None:
             embedded.close()
     latencies.sort()
     print(f"{publishes} publishes: publish -> router serving the new version")
-    print(f"p50 {statistics.median(latencies):.1f} ms, p90 {latencies[int(0.9 * (len(latencies) - 1))]:.1f} ms, "
-          f"max {latencies[-1]:.1f} ms (polling every 2 ms)")
+    print(
+        f"p50 {statistics.median(latencies):.1f} ms, p90 {latencies[int(0.9 * (len(latencies) - 1))]:.1f} ms, "
+        f"max {latencies[-1]:.1f} ms (polling every 2 ms)"
+    )
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--publishes", type=int, default=30)
     asyncio.run(main(parser.parse_args().publishes))

@@ -3,11 +3,12 @@
 Per experiment (one active trainer each, by a lock with expiry):
 
 1. Read the joined stream with the consumer group `trainer`.
-2. Score each example with the learner and the serving policy *before* learning
-   from it (progressive validation), then learn.
-3. Every `policy.update.every_events` examples or `every_s` seconds, evaluate the
-   candidate against the serving policy (IPS, SNIPS, DR with 95% intervals) and
-   publish it if the gate passes. Every verdict is recorded with its numbers.
+2. Hand each example to the experiment's `TrainingLoop` (trainer/loop.py): the
+   challenger (a frozen snapshot of the learner) and the serving policy score it
+   before the learner learns it.
+3. Every `policy.update.every_events` examples or `every_s` seconds, the gate
+   judges the challenger (IPS, SNIPS, DR with 95% intervals) and it is published
+   if it passes. Every verdict is recorded with its numbers.
 4. Checkpoint: the learner's full state and the acknowledgement of every example
    it contains are written in one transaction, so a crash re-delivers exactly the
    examples the saved state has not seen. Nothing is learned twice or skipped.
@@ -26,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 import orjson
 from redis.exceptions import ResponseError
@@ -34,14 +35,14 @@ from redis.exceptions import ResponseError
 from banditgate import keys
 from banditgate.errors import InvalidPolicy
 from banditgate.events import decode_joined
-from banditgate.policy import Policy, apply_floor, build_policy
+from banditgate.policy import build_policy
 from banditgate.redis import Redis, StreamEntries, xreadgroup_entries
 from banditgate.registry import PolicyRegistry
 from banditgate.settings import CoreSettings
 from banditgate.spec import ExperimentSpec
 from banditgate.store import ExperimentStore
-from trainer.gate import EvaluationWindow, Verdict, judge
-from trainer.learner import Learner, expected, new_learner, serving_probabilities, to_example
+from trainer.learner import Learner, new_learner, to_example
+from trainer.loop import TrainingLoop
 
 log = logging.getLogger(__name__)
 
@@ -75,19 +76,22 @@ return 0
 
 @dataclass
 class ExperimentTraining:
-    spec: ExperimentSpec
-    learner: Learner
-    serving: Policy
-    serving_version: int
-    window: EvaluationWindow = field(default_factory=EvaluationWindow)
+    loop: TrainingLoop
     unacked: list[bytes] = field(default_factory=list)
-    since_candidate: int = 0
-    last_candidate: float = 0.0
+    last_update: float = 0.0
     last_checkpoint: float = 0.0
     read_pending: bool = True
     pending_cursor: str = "0"
     last_id: str = ""
     last_joined_ms: int = 0
+
+    @property
+    def spec(self) -> ExperimentSpec:
+        return self.loop.spec
+
+    @property
+    def learner(self) -> Learner:
+        return self.loop.learner
 
 
 class Trainer:
@@ -169,7 +173,7 @@ class Trainer:
     async def _training(self, name: str, spec: ExperimentSpec) -> ExperimentTraining:
         training = self.training.get(name)
         if training is not None and training.spec.policy.learner == spec.policy.learner:
-            training.spec = spec
+            training.loop.spec = spec
             return training
         try:
             await self.redis.xgroup_create(keys.joined(name), GROUP, id="0", mkstream=True)
@@ -191,7 +195,7 @@ class Trainer:
             learner = new_learner(spec, model=model)
         now = self.clock()
         training = ExperimentTraining(
-            spec, learner, serving, version, last_candidate=now, last_checkpoint=now
+            TrainingLoop(spec, learner, serving, version), last_update=now, last_checkpoint=now
         )
         self.training[name] = training
         log.info(
@@ -210,14 +214,10 @@ class Trainer:
             self._learn_one(training, fields)
             training.unacked.append(entry_id)
             training.last_id = entry_id.decode()
-        training.since_candidate += len(entries)
         now = self.clock()
-        update = spec.policy.update
-        due = training.since_candidate >= update.every_events or (
-            training.since_candidate > 0 and now - training.last_candidate >= update.every_s
-        )
-        if due:
-            await self._candidate(name, training)
+        if training.loop.due(now - training.last_update):
+            training.last_update = now
+            await self._update(name, training)
             await self._checkpoint(name, training)
         elif len(training.unacked) >= CHECKPOINT_EVERY or (
             training.unacked and now - training.last_checkpoint >= CHECKPOINT_S
@@ -252,95 +252,54 @@ class Trainer:
         example = to_example(joined, training.spec)
         if example is None:
             return
-        floor = training.spec.policy.min_arm_share
-        learner = training.learner
-        candidate_pmf = apply_floor(learner.probabilities(example), floor)
-        current_pmf = serving_probabilities(training.serving, example, floor)
-        reward_hat = learner.reward_estimates(example)
-        chosen = example.chosen
-        training.window.add(
-            reward=example.reward,
-            logged_prob=example.logged_prob,
-            candidate_prob=candidate_pmf[chosen],
-            current_prob=current_pmf[chosen],
-            reward_hat_logged=reward_hat[chosen],
-            candidate_reward_hat=expected(reward_hat, candidate_pmf),
-            current_reward_hat=expected(reward_hat, current_pmf),
-        )
-        learner.learn(example)
+        training.loop.observe(example)
         training.last_joined_ms = max(training.last_joined_ms, joined["joined_ts_ms"])
 
     async def _follow_serving(self, name: str, training: ExperimentTraining) -> None:
-        """Evaluate against what routers actually serve (a rollback or manual publish changes it)."""
+        """Judge against what routers actually serve (a rollback or manual publish changes it)."""
         version = await self.registry.current_version(name) or 0
-        if version == training.serving_version:
+        if version == training.loop.serving_version:
             return
         record = await self.registry.get(name, version)
         if record.learner != training.spec.policy.learner:
             return
         model = await self.registry.model(name, version)
-        training.serving = await asyncio.to_thread(build_policy, training.spec, model, version)
-        training.serving_version = version
-        training.window.clear()
+        policy = await asyncio.to_thread(build_policy, training.spec, model, version)
+        training.loop.serving_changed(policy, version)
 
-    async def _candidate(self, name: str, training: ExperimentTraining) -> None:
+    async def _update(self, name: str, training: ExperimentTraining) -> None:
         spec = training.spec
-        n = len(training.window)
-        numbers = training.window.estimates()
-        verdict = judge(spec.policy.gate, numbers, n)
-        warmup = spec.policy.update.warmup_events
-        if training.serving_version == 0 and training.learner.n_examples < warmup:
-            # Explore first: the first learned policy waits for enough unbiased data, so
-            # early noise cannot lock traffic onto the wrong arm (see BENCHMARKS.md).
-            verdict = Verdict(
-                False,
-                f"warming up: {training.learner.n_examples} of {warmup} examples before a first policy",
-            )
-        publishable = spec.mode == "bandit"
-        record: dict[str, Any] = {
-            "ts_ms": int(self.clock() * 1000),
-            "n": n,
-            "examples_seen": training.learner.n_examples,
-            "current_version": training.serving_version,
-            "rule": spec.policy.gate.model_dump(),
-            "numbers": numbers,
-            "reason": verdict.reason
-            if publishable
-            else f"mode {spec.mode!r} does not publish; {verdict.reason}",
-        }
-        training.since_candidate = 0
-        training.last_candidate = self.clock()
-        if verdict.publish and publishable:
-            model = training.learner.model_bytes()
+        outcome = await asyncio.to_thread(training.loop.update, spec.mode == "bandit")
+        record = {"ts_ms": int(self.clock() * 1000), **outcome.record}
+        if outcome.publish and outcome.model is not None:
             published = await self.registry.publish(
                 name,
-                model,
+                outcome.model,
                 learner=spec.policy.learner,
-                parent=training.serving_version or None,
-                n_examples=training.learner.n_examples,
+                parent=training.loop.serving_version or None,
+                n_examples=record.get("challenger_examples", training.learner.n_examples),
                 source="trainer",
-                ope=numbers,
+                ope=record.get("numbers", {}),
                 arms=spec.arm_names,
-                note=verdict.reason,
+                note=record.get("reason", ""),
                 trained_through=training.last_id,
                 last_joined_ms=training.last_joined_ms,
             )
-            training.serving = await asyncio.to_thread(build_policy, spec, model, published.version)
-            training.serving_version = published.version
-            training.window.clear()
-            record.update(decision="published", version=published.version)
+            policy = await asyncio.to_thread(build_policy, spec, outcome.model, published.version)
+            await asyncio.to_thread(training.loop.published, policy, published.version)
+            record["version"] = published.version
             self.published += 1
             log.info(
-                "experiment %s: published policy %d (%s)", name, published.version, verdict.reason
+                "experiment %s: published policy %d (%s)", name, published.version, record["reason"]
             )
-        else:
-            record["decision"] = "rejected"
+        elif record.get("decision") == "rejected":
             self.rejected += 1
             log.info("experiment %s: candidate rejected (%s)", name, record["reason"])
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.lpush(keys.candidates(name), orjson.dumps(record))
-            pipe.ltrim(keys.candidates(name), 0, CANDIDATES_KEPT - 1)
-            await pipe.execute()
+        if record.get("decision") in ("published", "rejected"):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.lpush(keys.candidates(name), orjson.dumps(record))
+                pipe.ltrim(keys.candidates(name), 0, CANDIDATES_KEPT - 1)
+                await pipe.execute()
 
     async def _checkpoint(self, name: str, training: ExperimentTraining) -> None:
         state = await asyncio.to_thread(training.learner.state_bytes)
