@@ -364,7 +364,9 @@ async def run_demo(
                 else None,
                 # Rewards learned by a policy that then served traffic (the rest were in
                 # rejected candidates or arrived after the last publish).
-                "reward_to_policy_coverage": len(latencies) / len(joined_all) if joined_all else 0.0,
+                "reward_to_policy_coverage": len(latencies) / len(joined_all)
+                if joined_all
+                else 0.0,
                 "joined": joined_count,
                 "elapsed_s": round(elapsed, 2),
                 "requests_per_s": round(len(served) / elapsed, 1) if elapsed else None,

@@ -51,7 +51,9 @@ async def test_the_trainer_learns_the_better_arm_and_publishes_through_the_gate(
     versions = await registry.versions(name)
     assert versions, "no version published"
     latest = versions[-1]
-    assert latest.source == "trainer" and latest.n_examples >= 1000  # a snapshot, judged on later data
+    assert (
+        latest.source == "trainer" and latest.n_examples >= 1000
+    )  # a snapshot, judged on later data
     assert latest.ope["candidate"]["dr"]["n"] > 0 and latest.trained_through
     policy = build_policy(spec, await registry.model(name, latest.version), latest.version)
     pmf = policy.probabilities({}, ActionSet.from_spec(spec))
