@@ -39,6 +39,9 @@ from typing import Any
 import aiohttp
 import orjson
 
+# The project root before bench/ on the path: bench/router.py must not shadow the router package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 EXPERIMENTS = ("plain", "shadow", "shadow-slow")
 
 
