@@ -81,7 +81,9 @@ class HttpBackend:
         max_connections: int = 0,
     ) -> None:
         self.timeout_s = timeout_s
-        self.client = HttpClient(connect_timeout_s=connect_timeout_s)
+        self.client = HttpClient(
+            connect_timeout_s=connect_timeout_s, max_connections_per_host=max_connections
+        )
 
     async def start(self) -> None:
         return None

@@ -175,6 +175,7 @@ class HttpClient:
         idle_timeout_s: float = 4.0,
         max_idle_per_host: int = 256,
         max_response_bytes: int = 256 * 1024 * 1024,
+        max_connections_per_host: int = 0,
     ) -> None:
         # Idle connections are dropped before common server keep-alive limits
         # (uvicorn closes after 5 s), so a reused connection is rarely a dead one.
@@ -186,6 +187,10 @@ class HttpClient:
             collections.defaultdict(collections.deque)
         )
         self._ssl: ssl.SSLContext | None = None
+        # 0: no cap. Otherwise requests beyond the cap wait for a connection (and
+        # their timeout keeps running), so a slow backend is not flooded.
+        self.max_connections_per_host = max_connections_per_host
+        self._limits: dict[tuple[str, str, int], asyncio.Semaphore] = {}
         self.opened = 0
 
     async def close(self) -> None:
@@ -204,6 +209,31 @@ class HttpClient:
         timeout_s: float,
     ) -> Response:
         target, path = parse_target(url)
+        if not self.max_connections_per_host:
+            return await self._request(method, target, path, headers, body, timeout_s)
+        limit = self._limits.get(target.key)
+        if limit is None:
+            limit = self._limits[target.key] = asyncio.Semaphore(self.max_connections_per_host)
+        try:
+            await asyncio.wait_for(limit.acquire(), timeout_s)
+        except TimeoutError:
+            raise ClientTimeout(
+                f"no free connection to {target.host}:{target.port} in time"
+            ) from None
+        try:
+            return await self._request(method, target, path, headers, body, timeout_s)
+        finally:
+            limit.release()
+
+    async def _request(
+        self,
+        method: str,
+        target: Target,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeout_s: float,
+    ) -> Response:
         head = self._head(method, path, target, headers, body)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s

@@ -188,3 +188,32 @@ async def test_header_values_cannot_split_the_request_and_head_has_no_body() -> 
         await client.close()
     assert b"x-ok: 1" in heads[0] and b"Injected" not in heads[0]
     assert head.status == 200 and head.body == b""
+
+
+async def test_the_connection_cap_queues_requests_instead_of_flooding_a_backend() -> None:
+    active = 0
+    peak = 0
+
+    async def slow(request: web.Request, body: bytes) -> web.StreamResponse:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.05)
+        active -= 1
+        return web.Response(body=b"ok")
+
+    async with run_backend(Backend(reply=slow)) as backend:
+        client = HttpClient(max_connections_per_host=3)
+        responses = await asyncio.gather(
+            *(client.request("POST", f"{backend.url}/x", {}, b"", timeout_s=10) for _ in range(12))
+        )
+        with pytest.raises(ClientTimeout, match="no free connection"):
+            await asyncio.gather(
+                *(
+                    client.request("POST", f"{backend.url}/x", {}, b"", timeout_s=0.08)
+                    for _ in range(12)
+                )
+            )
+        await client.close()
+    assert [r.body for r in responses] == [b"ok"] * 12
+    assert peak == 3 and client.opened <= 6

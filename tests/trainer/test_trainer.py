@@ -155,3 +155,21 @@ async def test_only_the_lock_holder_trains(redis, name):
     await one.close()
     assert await two.run_once() >= 0 and name in two.training
     await two.close()
+
+
+async def test_thompson_learner_learns_through_the_trainer(redis, name):
+    spec = spec_for(name, learner="thompson")
+    await ExperimentStore(redis).put(spec)
+    await write_joined(redis, name, uniform_log(name, 1200, {"a": 0.2, "b": 0.8}, seed=9))
+    trainer = Trainer(redis=redis, clock=Clock(), experiments=[name], batch=200)
+    await drain(trainer)
+    await trainer.close()
+    registry = PolicyRegistry(redis)
+    latest = (await registry.versions(name))[-1]
+    assert latest.learner == "thompson"
+    counts = orjson.loads(await registry.model(name, latest.version))
+    assert counts["alpha"]["b"] > counts["alpha"]["a"] and counts["beta"]["a"] > counts["beta"]["b"]
+    pmf = build_policy(
+        spec, await registry.model(name, latest.version), latest.version
+    ).probabilities({}, ActionSet.from_spec(spec))
+    assert pmf[1] > 0.95
