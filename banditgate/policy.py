@@ -114,11 +114,14 @@ def workspace_to_bytes(workspace: vowpalwabbit.Workspace) -> bytes:
 
 
 class VWPolicy:
+    """A VW model as served: its pmf with the spec's floor applied, cached per context."""
+
     learner = "vw"
 
-    def __init__(self, workspace: vowpalwabbit.Workspace, version: int) -> None:
+    def __init__(self, workspace: vowpalwabbit.Workspace, version: int, floor: float = 0.0) -> None:
         self.workspace = workspace
         self.version = version
+        self.floor = floor
         self._cache: dict[Any, list[float]] = {}
 
     def probabilities(self, context: ContextFeatures, actions: ActionSet) -> list[float]:
@@ -131,16 +134,14 @@ class VWPolicy:
         except TypeError:  # a list-valued feature: not hashable, not cached
             key, pmf = None, None
         if pmf is None:
-            pmf = self.workspace.predict([shared_line(context), *actions.lines])
+            pmf = apply_floor(
+                self.workspace.predict([shared_line(context), *actions.lines]), self.floor
+            )
             if key is not None:
                 if len(self._cache) >= PMF_CACHE_SIZE:
                     self._cache.clear()
                 self._cache[key] = pmf
         return pmf
-
-    def probabilities_for_lines(self, lines: list[str]) -> list[float]:
-        result: list[float] = self.workspace.predict(lines)
-        return result
 
 
 class StaticPolicy:
@@ -195,9 +196,10 @@ class ThompsonPolicy:
     learner = "thompson"
     draws = 4000
 
-    def __init__(self, counts: BetaCounts, version: int = 0) -> None:
+    def __init__(self, counts: BetaCounts, version: int = 0, floor: float = 0.0) -> None:
         self.counts = counts
         self.version = version
+        self.floor = floor
         self._cache: dict[tuple[str, ...], list[float]] = {}
 
     def probabilities(self, context: ContextFeatures, actions: ActionSet) -> list[float]:
@@ -213,7 +215,9 @@ class ThompsonPolicy:
         beta = np.array([self.counts.beta.get(n, 1.0) for n in names])
         samples = rng.beta(alpha, beta, size=(self.draws, len(names)))
         wins = np.bincount(samples.argmax(axis=1), minlength=len(names))
-        return normalise(list((wins + 0.5) / (self.draws + 0.5 * len(names))))
+        return apply_floor(
+            normalise(list((wins + 0.5) / (self.draws + 0.5 * len(names)))), self.floor
+        )
 
 
 def normalise(weights: Sequence[float]) -> list[float]:
@@ -260,7 +264,11 @@ def default_weights(spec: ExperimentSpec) -> dict[str, float]:
 
 
 def build_policy(spec: ExperimentSpec, model: bytes | None, version: int) -> Policy:
-    """The policy for `spec` from a registry model (None: the cold-start policy)."""
+    """The policy for `spec` from a registry model (None: the cold-start policy).
+
+    Learned policies carry the spec's `min_arm_share` floor: what they return is
+    what routers log, and what the trainer evaluates.
+    """
     learner = spec.policy.learner
     if learner == "static":
         weights = default_weights(spec)
@@ -272,9 +280,9 @@ def build_policy(spec: ExperimentSpec, model: bytes | None, version: int) -> Pol
         return StaticPolicy(weights, version)
     if learner == "thompson":
         counts = BetaCounts.from_bytes(model) if model is not None else BetaCounts()
-        return ThompsonPolicy(counts, version)
+        return ThompsonPolicy(counts, version, spec.policy.min_arm_share)
     workspace = new_workspace(spec.policy) if model is None else workspace_from_bytes(model)
-    return VWPolicy(workspace, version)
+    return VWPolicy(workspace, version, spec.policy.min_arm_share)
 
 
 def validate_model(spec: ExperimentSpec, model: bytes) -> Policy:

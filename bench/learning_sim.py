@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from banditgate.demo.reviews import SCENARIOS, make_review
 from banditgate.featurize import text_features
-from banditgate.policy import ActionSet, apply_floor, build_policy, sample_index
+from banditgate.policy import ActionSet, build_policy, sample_index
 from banditgate.spec import parse_spec
 from trainer.learner import Example, new_learner
 from trainer.loop import TrainingLoop
@@ -48,14 +48,13 @@ def simulate(
     rng = random.Random(seed)
     classifiers = SCENARIOS[scenario]
     actions = ActionSet.from_spec(spec)
-    floor = spec.policy.min_arm_share
     loop = TrainingLoop(spec, new_learner(spec), build_policy(spec, None, 0), 0)
     pending: deque[Example] = deque()
     total = 0.0
     for i in range(requests):
         review = make_review(rng)
         context = text_features(review.text)
-        pmf = apply_floor(loop.serving.probabilities(context, actions), floor)
+        pmf = loop.serving.probabilities(context, actions)
         index = sample_index(pmf, f"{seed}-{i}", loop.serving_version)
         reward = 1.0 if classifiers[index].correct(review.text) else 0.0
         total += reward

@@ -22,7 +22,6 @@ from router.runtime import ExperimentState
 class Allocation:
     pmf: list[float]
     version: int
-    learned: bool
     # Sticky keys: sample with this, independently of the version, instead of the event id.
     # A key then keeps its arm across weight changes unless its point leaves the arm's band.
     seed_key: str | None = None
@@ -67,7 +66,7 @@ def _ab_rule(
             continue
         matched = value == rule.equals if rule.equals is not None else value in (rule.in_ or ())
         if matched and rule.arm in actions.names:
-            return Allocation(one_hot(actions, rule.arm), version, learned=False)
+            return Allocation(one_hot(actions, rule.arm), version)
     return None
 
 
@@ -105,15 +104,14 @@ def allocate(
             if ruled is not None:
                 return ruled
         key = sticky_key(state, headers, body) if spec.mode == "ab" else None
-        return Allocation(static.probabilities(context, actions), static.version, False, key)
+        return Allocation(static.probabilities(context, actions), static.version, key)
     if spec.mode == "bandit":
         policy = state.policy
-        pmf = policy.probabilities(context, actions)
-        return Allocation(pmf, policy.version, policy.learner != "static")
+        return Allocation(policy.probabilities(context, actions), policy.version)
     if spec.mode == "canary" and spec.canary is not None:
-        return Allocation(one_hot(actions, spec.canary.baseline), 0, False)
+        return Allocation(one_hot(actions, spec.canary.baseline), 0)
     if spec.mode == "bluegreen" and spec.bluegreen is not None:
-        return Allocation(one_hot(actions, spec.bluegreen.active), 0, False)
+        return Allocation(one_hot(actions, spec.bluegreen.active), 0)
     if spec.mode == "shadow" and spec.shadow is not None:
-        return Allocation(one_hot(actions, spec.shadow.primary), 0, False)
-    return Allocation([1.0 / len(actions.names)] * len(actions.names), 0, False)
+        return Allocation(one_hot(actions, spec.shadow.primary), 0)
+    return Allocation([1.0 / len(actions.names)] * len(actions.names), 0)

@@ -12,7 +12,7 @@ import orjson
 from banditgate.errors import BackendError, InvalidInput, MalformedJSON, UnknownVariant
 from banditgate.events import ArmCall, Decision, new_event_id
 from banditgate.featurize import ContextFeatures, action_lines, text_features
-from banditgate.policy import ActionSet, apply_floor, sample_index
+from banditgate.policy import ActionSet, sample_index
 from router.allocation import allocate
 from router.backends import Backend, BackendResponse, forward_headers
 from router.decision_log import DecisionLog
@@ -130,8 +130,6 @@ class Router:
             )
         allocation = allocate(state, context, actions, headers or {}, body)
         pmf = allocation.pmf
-        if allocation.learned and state.spec.policy.min_arm_share > 0:
-            pmf = apply_floor(pmf, state.spec.policy.min_arm_share)
         if allocation.seed_key is not None:
             index = sample_index(pmf, allocation.seed_key, 0)
         else:

@@ -18,9 +18,7 @@ from banditgate.featurize import action_line, example_lines
 from banditgate.policy import (
     ActionSet,
     BetaCounts,
-    Policy,
     ThompsonPolicy,
-    apply_floor,
     new_workspace,
     workspace_from_bytes,
     workspace_to_bytes,
@@ -244,14 +242,6 @@ def new_learner(
             return VWLearner.from_model(spec.policy, model)
         return VWLearner(spec.policy)
     raise InvalidPolicy(f"the {learner!r} learner does not learn")
-
-
-def serving_probabilities(policy: Policy, example: Example, floor: float) -> list[float]:
-    """What the router would log for this example under `policy` (floor included)."""
-    pmf = policy.probabilities(example.context, example.actions)
-    if policy.learner != "static" and floor > 0:
-        pmf = apply_floor(pmf, floor)
-    return list(pmf)
 
 
 def expected(values: Sequence[float], pmf: Sequence[float]) -> float:

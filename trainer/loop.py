@@ -26,7 +26,7 @@ from typing import Any
 from banditgate.policy import Policy, build_policy
 from banditgate.spec import ExperimentSpec
 from trainer.gate import EvaluationWindow, judge
-from trainer.learner import Example, Learner, expected, serving_probabilities
+from trainer.learner import Example, Learner, expected
 
 MAX_EVIDENCE_FACTOR = 20
 
@@ -62,9 +62,9 @@ class TrainingLoop:
     def observe(self, example: Example) -> None:
         """Score the example with the challenger and the serving policy, then learn it."""
         if self.challenger is not None:
-            floor = self.spec.policy.min_arm_share
-            challenger = serving_probabilities(self.challenger.policy, example, floor)
-            current = serving_probabilities(self.serving, example, floor)
+            # Both as served (the floor is part of a learned policy), as routers log them.
+            challenger = self.challenger.policy.probabilities(example.context, example.actions)
+            current = self.serving.probabilities(example.context, example.actions)
             reward_hat = self.learner.reward_estimates(example)
             chosen = example.chosen
             self.window.add(
