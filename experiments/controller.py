@@ -18,6 +18,7 @@ import uuid
 from pydantic import Field
 
 from banditgate import keys
+from banditgate.locks import OwnerLocks
 from banditgate.redis import Redis
 from banditgate.settings import CoreSettings
 from banditgate.spec import ExperimentSpec
@@ -27,26 +28,6 @@ from experiments.rollout import Plan, RolloutState, due, evaluate, expire, recon
 from experiments.rollout_store import Clock, RolloutStore
 
 log = logging.getLogger(__name__)
-
-# Take the lock if free, or extend it if ours: one round trip, no race between the two.
-_ACQUIRE = """
-local holder = redis.call('GET', KEYS[1])
-if holder == false then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 class ControllerSettings(CoreSettings):
@@ -77,8 +58,7 @@ class Controller:
         self.specs = ExperimentStore(redis)
         self.rollouts = RolloutStore(redis, clock=clock)
         self.held: set[str] = set()
-        self._acquire = redis.register_script(_ACQUIRE)
-        self._release = redis.register_script(_RELEASE)
+        self.locks = OwnerLocks(redis, owner=self.owner, ttl_ms=self.lock_ttl_ms)
 
     async def run_once(self) -> dict[str, str]:
         """One tick over every rollout experiment: experiment -> its phase, or "locked"."""
@@ -138,9 +118,7 @@ class Controller:
         return state
 
     async def lock(self, name: str) -> bool:
-        held = bool(
-            await self._acquire(keys=[keys.rollout_lock(name)], args=[self.owner, self.lock_ttl_ms])
-        )
+        held = await self.locks.hold(keys.rollout_lock(name))
         if held:
             self.held.add(name)
         else:
@@ -149,7 +127,7 @@ class Controller:
 
     async def release(self, name: str) -> None:
         self.held.discard(name)
-        await self._release(keys=[keys.rollout_lock(name)], args=[self.owner])
+        await self.locks.release(keys.rollout_lock(name))
 
     async def close(self) -> None:
         """Hand every lock back, so another controller takes over without waiting for expiry."""

@@ -35,6 +35,7 @@ from redis.exceptions import ResponseError
 from banditgate import keys
 from banditgate.errors import InvalidPolicy
 from banditgate.events import decode_joined
+from banditgate.locks import OwnerLocks
 from banditgate.policy import build_policy
 from banditgate.redis import Redis, StreamEntries, xreadgroup_entries
 from banditgate.registry import PolicyRegistry
@@ -52,26 +53,6 @@ CHECKPOINT_EVERY = 5_000
 CHECKPOINT_S = 30.0
 LOCK_TTL_MS = 15_000
 CANDIDATES_KEPT = 500
-
-
-_ACQUIRE = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 @dataclass
@@ -112,8 +93,7 @@ class Trainer:
         self.store = ExperimentStore(redis)
         self.registry = PolicyRegistry(redis)
         self.training: dict[str, ExperimentTraining] = {}
-        self._acquire = redis.register_script(_ACQUIRE)
-        self._release_script = redis.register_script(_RELEASE)
+        self.locks = OwnerLocks(redis, owner=self.owner, ttl_ms=LOCK_TTL_MS)
         self.published = 0
         self.rejected = 0
 
@@ -162,13 +142,11 @@ class Trainer:
         return processed
 
     async def _hold_lock(self, name: str) -> bool:
-        """Take the experiment's lock, or renew it if we hold it (atomically)."""
-        return bool(
-            await self._acquire(keys=[keys.trainer_lock(name)], args=[self.owner, LOCK_TTL_MS])
-        )
+        """Take the experiment's lock, or renew it if we hold it."""
+        return await self.locks.hold(keys.trainer_lock(name))
 
     async def _release(self, name: str) -> None:
-        await self._release_script(keys=[keys.trainer_lock(name)], args=[self.owner])
+        await self.locks.release(keys.trainer_lock(name))
 
     async def _training(self, name: str, spec: ExperimentSpec) -> ExperimentTraining:
         training = self.training.get(name)
