@@ -76,6 +76,34 @@ def resolve_redis_url(settings: CoreSettings) -> tuple[str, EmbeddedRedis | None
     return embedded.url, embedded
 
 
+class RedisHandle:
+    """A component's Redis client: the injected one, or one it opens at startup and closes."""
+
+    def __init__(self, url: str | None, redis: Redis | None, *, owner: str) -> None:
+        self.url = url
+        self.owner = owner
+        self._client = redis
+        self._owned = redis is None
+
+    @property
+    def client(self) -> Redis:
+        if self._client is None:
+            raise RuntimeError(f"{self.owner}.startup() was not called")
+        return self._client
+
+    def open(self) -> Redis:
+        if self._client is None:
+            if not self.url:
+                raise RuntimeError("BANDITGATE_REDIS_URL is not set")
+            self._client = connect(self.url)
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None and self._owned:
+            await self._client.aclose()
+            self._client = None
+
+
 def connect(url: str, **kwargs: Any) -> Redis:
     options: dict[str, Any] = {"health_check_interval": 30}
     if not url.startswith("unix://"):

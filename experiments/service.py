@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from banditgate.http import BearerKeys, load_keys
-from banditgate.redis import Redis, connect
+from banditgate.redis import Redis, RedisHandle
 from banditgate.registry import PolicyRegistry
 from banditgate.store import ExperimentStore
 from experiments.ledger import StatsBook
@@ -17,16 +17,13 @@ from experiments.settings import ControlSettings
 class ControlService:
     def __init__(self, settings: ControlSettings, *, redis: Redis | None = None) -> None:
         self.settings = settings
-        self._owns_redis = redis is None
-        self._redis = redis
+        self._redis = RedisHandle(settings.redis_url, redis, owner="ControlService")
         self.admin = BearerKeys(load_keys(settings.admin_keys, settings.admin_keys_file), "admin")
         self._stats: StatsBook | None = None
 
     @property
     def redis(self) -> Redis:
-        if self._redis is None:
-            raise RuntimeError("ControlService.startup() was not called")
-        return self._redis
+        return self._redis.client
 
     @property
     def store(self) -> ExperimentStore:
@@ -44,15 +41,10 @@ class ControlService:
         return self._stats
 
     async def startup(self) -> None:
-        if self._redis is None:
-            if not self.settings.redis_url:
-                raise RuntimeError("BANDITGATE_REDIS_URL is not set")
-            self._redis = connect(self.settings.redis_url)
+        self._redis.open()
 
     async def shutdown(self) -> None:
-        if self._redis is not None and self._owns_redis:
-            await self._redis.aclose()
-            self._redis = None
+        await self._redis.close()
         self._stats = None
 
 

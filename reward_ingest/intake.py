@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from banditgate import keys
 from banditgate.errors import BanditgateError, InvalidInput, NotReady, UnknownExperiment
 from banditgate.events import Reward, reward_fields
-from banditgate.redis import Redis, connect
+from banditgate.redis import Redis, RedisHandle
 from banditgate.spec import ExperimentSpec
 from banditgate.store import ExperimentStore
 from reward_ingest.event_index import lookup
@@ -149,15 +149,12 @@ class RewardIntake:
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self._owns_redis = redis is None
-        self._redis = redis
+        self._redis = RedisHandle(settings.redis_url, redis, owner="RewardIntake")
         self._specs: SpecCache | None = SpecCache(redis) if redis is not None else None
 
     @property
     def redis(self) -> Redis:
-        if self._redis is None:
-            raise RuntimeError("RewardIntake.startup() was not called")
-        return self._redis
+        return self._redis.client
 
     @property
     def specs(self) -> SpecCache:
@@ -166,16 +163,11 @@ class RewardIntake:
         return self._specs
 
     async def startup(self) -> None:
-        if self._redis is None:
-            if not self.settings.redis_url:
-                raise RuntimeError("BANDITGATE_REDIS_URL is not set")
-            self._redis = connect(self.settings.redis_url)
+        self._redis.open()
 
     async def shutdown(self) -> None:
-        if self._redis is not None and self._owns_redis:
-            await self._redis.aclose()
-            self._redis = None
-            self._specs = None
+        await self._redis.close()
+        self._specs = None
 
     async def submit(
         self,
