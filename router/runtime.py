@@ -113,7 +113,10 @@ class Runtime:
         async with self._lock:
             names = [n for n in await self.store.names() if self.serves(n)]
             for name in names:
-                await self._reload(name, spec_changed=True)
+                try:
+                    await self._reload(name, spec_changed=True)
+                except Exception:  # one unreadable experiment must not stop the others
+                    log.exception("loading experiment %s failed; it is not served", name)
             for name in list(self.experiments):
                 if name not in names:
                     self.experiments.pop(name, None)

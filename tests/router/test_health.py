@@ -67,3 +67,26 @@ async def test_a_bad_model_in_the_registry_leaves_routers_on_the_version_they_ha
                     assert response.status == 200
                     assert (await response.json())["policy_version"] == 1
         assert app.runtime.experiments[name].loaded_version == 1
+
+
+async def test_an_unreadable_stored_spec_does_not_stop_the_others(start_router, redis, name):
+    from banditgate import keys
+
+    broken = f"{name}-broken"
+    await redis.sadd(keys.EXPERIMENTS, broken)
+    await redis.set(keys.spec(broken), b'{"name": "written by a newer version", "arms": 7}')
+    async with run_backend() as backend:
+        url, app = await start_router(
+            make_spec(name, [("a", backend.url)]), experiments=[name, broken]
+        )
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{url}/endpoints/{name}/invocations", json={"features": ["ok"]}
+            ) as response:
+                assert response.status == 200
+            async with http.get(f"{url}/health/ready") as response:
+                assert response.status == 503
+                assert broken in (await response.json())["error"]["message"]
+    assert app.runtime is not None and set(app.runtime.experiments) == {name}
+    assert app.runtime.ready  # the resync finished despite the broken spec
+    await redis.srem(keys.EXPERIMENTS, broken)
