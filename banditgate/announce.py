@@ -26,13 +26,20 @@ async def announce(redis: Redis, experiment: str, kind: str, **extra: Any) -> No
     await redis.publish(keys.ANNOUNCE_CHANNEL, message(experiment, kind, **extra))
 
 
-async def listen(redis: Redis, handler: Handler, *, ready: asyncio.Event | None = None) -> None:
-    """Call `handler(msg)` per announcement; `handler(None)` after (re)subscribing, to resync."""
+async def listen(
+    redis: Redis,
+    handler: Handler,
+    *,
+    ready: asyncio.Event | None = None,
+    channel: str = keys.ANNOUNCE_CHANNEL,
+) -> None:
+    """Call `handler(msg)` per JSON object published on `channel` (announcements by default),
+    and `handler(None)` after each (re)subscription, to resync what was missed."""
     backoff = 0.1
     while True:
         pubsub = redis.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(keys.ANNOUNCE_CHANNEL)
+            await pubsub.subscribe(channel)
             # Anything announced while we were not subscribed is recovered by a full resync.
             await handler(None)
             if ready is not None:
@@ -45,14 +52,18 @@ async def listen(redis: Redis, handler: Handler, *, ready: asyncio.Event | None 
                 try:
                     payload = orjson.loads(raw["data"])
                 except orjson.JSONDecodeError:
-                    log.warning("ignoring malformed announcement %r", raw["data"][:200])
+                    log.warning(
+                        "ignoring a malformed message on %s: %r", channel, raw["data"][:200]
+                    )
                     continue
                 if isinstance(payload, dict):
                     await handler(payload)
         except asyncio.CancelledError:
             raise
         except (RedisError, OSError) as exc:
-            log.warning("announcement subscription lost (%s); retrying in %.1fs", exc, backoff)
+            log.warning("subscription to %s lost (%s); retrying in %.1fs", channel, exc, backoff)
+            if ready is not None:
+                ready.clear()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
         finally:

@@ -8,7 +8,6 @@ first exports everything joined so far, then closes and publishes its files, the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -18,6 +17,7 @@ from typing import Any
 import orjson
 
 from banditgate import keys
+from banditgate.announce import listen
 from banditgate.redis import Redis
 
 log = logging.getLogger(__name__)
@@ -69,33 +69,12 @@ async def listen_for_flush(
     redis: Redis, requests: asyncio.Queue[dict[str, Any]], ready: asyncio.Event
 ) -> None:
     """Put each flush request on `requests` (until cancelled)."""
-    backoff = 0.1
-    while True:
-        pubsub = redis.pubsub(ignore_subscribe_messages=True)
-        try:
-            await pubsub.subscribe(keys.EXPORT_FLUSH_CHANNEL)
-            ready.set()
-            backoff = 0.1
-            while True:
-                message = await pubsub.get_message(timeout=1.0)
-                if message is None or message.get("type") != "message":
-                    continue
-                try:
-                    payload = orjson.loads(message["data"])
-                except orjson.JSONDecodeError:
-                    continue
-                if isinstance(payload, dict) and isinstance(payload.get("request"), str):
-                    requests.put_nowait(payload)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("export flush listener: %s; resubscribing in %.1fs", exc, backoff)
-            ready.clear()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
-        finally:
-            with contextlib.suppress(Exception):  # closing a broken connection
-                await pubsub.aclose()
+
+    async def enqueue(payload: dict[str, Any] | None) -> None:
+        if payload is not None and isinstance(payload.get("request"), str):
+            requests.put_nowait(payload)
+
+    await listen(redis, enqueue, ready=ready, channel=keys.EXPORT_FLUSH_CHANNEL)
 
 
 async def reply(redis: Redis, request: str, answer: dict[str, Any]) -> None:
