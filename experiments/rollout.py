@@ -161,6 +161,23 @@ def _moved(
     return new
 
 
+def _wait_for_traffic(state: RolloutState, now: float, plan: Plan, why: str) -> RolloutState:
+    """Too little traffic is not a failure: pause (or stay paused) and look again next interval."""
+    message = f"{why}; paused until there is enough"
+    if state.phase == "Paused":
+        return _quietly(state, message=message, due_s=now + plan.interval_s)
+    return _moved(
+        state,
+        now,
+        "Paused",
+        state.weights,
+        message,
+        paused_by="traffic",
+        paused_from="Progressing",
+        due_s=now + plan.interval_s,
+    )
+
+
 def _quietly(state: RolloutState, **changes: Any) -> RolloutState:
     new = copy.deepcopy(state)
     for name, value in changes.items():
@@ -279,19 +296,7 @@ def _evaluate_canary(
             paused_from=None,
         )
     if verdict.outcome == "insufficient":
-        message = f"{label}: {verdict.reason}; paused until there is enough"
-        if state.phase == "Paused":
-            return _quietly(state, message=message, due_s=now + plan.interval_s)
-        return _moved(
-            state,
-            now,
-            "Paused",
-            state.weights,
-            message,
-            paused_by="traffic",
-            paused_from="Progressing",
-            due_s=now + plan.interval_s,
-        )
+        return _wait_for_traffic(state, now, plan, f"{label}: {verdict.reason}")
     reference = observed.to_dict() if observed.requests >= g.min_samples else state.reference
     if step + 1 < steps:
         nxt = step + 1
@@ -360,19 +365,7 @@ def _evaluate_bake(
             due_s=min(now + plan.interval_s, bake_end),
         )
     if verdict.outcome == "insufficient":
-        message = f"bake over but {verdict.reason}; paused until there is enough"
-        if state.phase == "Paused":
-            return _quietly(state, message=message, due_s=now + plan.interval_s)
-        return _moved(
-            state,
-            now,
-            "Paused",
-            state.weights,
-            message,
-            paused_by="traffic",
-            paused_from="Progressing",
-            due_s=now + plan.interval_s,
-        )
+        return _wait_for_traffic(state, now, plan, f"bake over but {verdict.reason}")
     return _promote_bluegreen(
         state, plan, now, f"bake of {plan.bake_s:g}s passed ({verdict.reason})"
     )
