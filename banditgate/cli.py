@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -258,11 +257,6 @@ def validate(file: Files) -> None:
     specs = read_specs(file)
     for spec in specs:
         console.print(f"[green]ok[/] {spec.name} ({spec.mode}, {len(spec.arms)} arms)")
-
-
-def dump_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
 
 
 _register_package_commands()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -80,7 +79,3 @@ class BearerKeys:
             if forbidden_on_wrong:
                 raise Forbidden(f"{self.realm}: the key is not valid")
             raise Unauthorized(f"{self.realm}: the key is not valid")
-
-
-def error_body(error: BanditgateError) -> dict[str, Any]:
-    return error.to_dict()

@@ -140,10 +140,6 @@ def rollout_lock(experiment: str) -> str:
     return f"{_tag(experiment)}:rollout:lock"
 
 
-def arm_stats(experiment: str) -> str:
-    return f"{_tag(experiment)}:armstats"
-
-
 def shadow_results(experiment: str) -> str:
     return f"{_tag(experiment)}:shadow"
 

@@ -19,7 +19,7 @@ import orjson
 import vowpalwabbit
 
 from banditgate.errors import InvalidPolicy
-from banditgate.featurize import ContextFeatures, arm_action_lines, example_lines, shared_line
+from banditgate.featurize import ContextFeatures, arm_action_lines, shared_line
 from banditgate.spec import ExperimentSpec, PolicySpec
 
 PMF_CACHE_SIZE = 8192
@@ -340,7 +340,3 @@ def _has_weight(workspace: vowpalwabbit.Workspace, index: int) -> bool:
             return True
         multiplier *= 2
     return False
-
-
-def probe_lines(spec: ExperimentSpec) -> list[str]:
-    return example_lines({}, arm_action_lines(spec.arms))

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -159,9 +158,3 @@ def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 20.0)
 def close_embedded(embedded: EmbeddedRedis | None) -> None:
     if embedded is not None:
         embedded.close()
-
-
-def data_path(settings: CoreSettings, *parts: str) -> Path:
-    path = settings.data_dir.joinpath(*parts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
