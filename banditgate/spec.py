@@ -147,7 +147,7 @@ class PolicySpec(_Strict):
         ge=1,
         description="Cap on 1/p when learning: a rarely logged action cannot jerk the model.",
     )
-    learning_rate: float = Field(default=0.1, gt=0, le=10, description="VW -l.")
+    learning_rate: float = Field(default=0.01, gt=0, le=10, description="VW -l.")
     vw_args: str = Field(default="", description="Extra VW arguments, appended as given.")
 
     @field_validator("interactions")

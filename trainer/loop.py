@@ -8,9 +8,10 @@ improving meanwhile). At each update the gate judges the challenger on that
 evidence:
 
 - it passes: the challenger is published, and a new snapshot becomes the challenger;
-- it is significantly worse than the serving policy (the interval of the
-  difference lies below -margin), or undecided after `MAX_EVIDENCE_FACTOR` x the
-  gate's minimum: it is replaced by a fresh snapshot;
+- it is significantly worse than the serving policy (the whole interval of the
+  difference lies below 0: it can only pass by chance), or undecided after
+  `MAX_EVIDENCE_FACTOR` x the gate's minimum: it is replaced by a fresh snapshot,
+  which has learned from everything the old one was judged on;
 - otherwise it keeps collecting evidence.
 
 The worker (`trainer/worker.py`) and the screening simulation
@@ -28,7 +29,7 @@ from banditgate.spec import ExperimentSpec
 from trainer.gate import EvaluationWindow, judge
 from trainer.learner import Example, Learner, expected
 
-MAX_EVIDENCE_FACTOR = 20
+MAX_EVIDENCE_FACTOR = 5
 
 
 @dataclass
@@ -140,9 +141,7 @@ class TrainingLoop:
         gate = self.spec.policy.gate
         diff = numbers.get("difference", {}).get(gate.estimator) or {}
         hi = diff.get("hi")
-        clearly_worse = (
-            n >= gate.min_examples and hi is not None and math.isfinite(hi) and hi < -gate.margin
-        )
+        clearly_worse = n >= gate.min_examples and hi is not None and math.isfinite(hi) and hi < 0
         return clearly_worse or n >= MAX_EVIDENCE_FACTOR * max(gate.min_examples, 1)
 
     def _take_snapshot(self) -> None:
