@@ -50,6 +50,7 @@ from reward_ingest.streams import (
     ensure_group,
     retire_consumer,
     sleep_unless_stopped,
+    xautoclaim_pages,
 )
 
 log = logging.getLogger(__name__)
@@ -210,22 +211,17 @@ class Exporter:
     async def _claim(self, name: str) -> int:
         stream = keys.joined(name)
         rows = 0
-        start: bytes | str = "0-0"
-        while True:
-            start, entries = (
-                await self.redis.xautoclaim(
-                    stream,
-                    keys.EXPORTER_GROUP,
-                    self.consumer,
-                    self.settings.export_claim_idle_ms,
-                    start,
-                    count=_READ_COUNT,
-                )
-            )[:2]
+        async for entries in xautoclaim_pages(
+            self.redis,
+            stream,
+            keys.EXPORTER_GROUP,
+            self.consumer,
+            min_idle_ms=self.settings.export_claim_idle_ms,
+            count=_READ_COUNT,
+        ):
             mine = {id_ for file in self.open.values() for id_ in file.message_ids}
             rows += await self._add(name, [entry for entry in entries if entry[0] not in mine])
-            if start in (b"0-0", "0-0"):
-                return rows
+        return rows
 
     async def _add(self, name: str, entries: list[Entry]) -> int:
         spec = self.specs.get(name)

@@ -29,7 +29,7 @@ from banditgate.spec import RewardSpec
 from banditgate.store import ExperimentStore
 from reward_ingest.event_index import lookup
 from reward_ingest.settings import IngestSettings
-from reward_ingest.streams import Entry, by_stream, ensure_group, id_ms
+from reward_ingest.streams import Entry, by_stream, ensure_group, id_ms, xautoclaim_pages
 
 log = logging.getLogger(__name__)
 
@@ -98,20 +98,15 @@ class UnroutedResolver:
             keys.RESOLVER_GROUP, self.consumer, {keys.UNROUTED_REWARDS: ">"}, count=_READ_COUNT
         )
         settled += await self._settle(by_stream(response).get(keys.UNROUTED_REWARDS, []))
-        start: Any = "0-0"
-        while True:
-            claimed = await self.redis.xautoclaim(
-                keys.UNROUTED_REWARDS,
-                keys.RESOLVER_GROUP,
-                self.consumer,
-                self.settings.unrouted_retry_ms,
-                start,
-                count=_READ_COUNT,
-            )
-            start, entries = claimed[0], claimed[1]
+        async for entries in xautoclaim_pages(
+            self.redis,
+            keys.UNROUTED_REWARDS,
+            keys.RESOLVER_GROUP,
+            self.consumer,
+            min_idle_ms=self.settings.unrouted_retry_ms,
+            count=_READ_COUNT,
+        ):
             settled += await self._settle(entries)
-            if start in (b"0-0", "0-0"):
-                break
         return settled
 
     async def _settle(self, entries: list[Entry]) -> int:

@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar, cast
 
 from redis.exceptions import ResponseError
 
@@ -28,6 +28,19 @@ async def ensure_group(redis: Redis, stream: str, group: str) -> None:
     except ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
+
+
+async def xautoclaim_pages(
+    redis: Redis, stream: str, group: str, consumer: str, *, min_idle_ms: int, count: int
+) -> AsyncIterator[list[Entry]]:
+    """XAUTOCLAIM through the whole pending list, a page at a time (a page may be empty)."""
+    start: bytes | str = "0-0"
+    while True:
+        reply = await redis.xautoclaim(stream, group, consumer, min_idle_ms, start, count=count)
+        start = reply[0]
+        yield cast(list[Entry], reply[1])
+        if start in (b"0-0", "0-0"):
+            return
 
 
 def by_stream(response: Any) -> dict[str, list[Entry]]:

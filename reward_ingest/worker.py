@@ -48,6 +48,7 @@ from reward_ingest.streams import (
     retire_consumer,
     sleep_unless_stopped,
     unless_stopped,
+    xautoclaim_pages,
 )
 
 log = logging.getLogger(__name__)
@@ -323,22 +324,17 @@ class Joiner:
         """Take over entries a silent consumer left pending for longer than `join_claim_idle_ms`."""
         handled = 0
         for stream, count in self._batches(name):
-            start: bytes | str = "0-0"
-            while True:
-                claimed = await self.redis.xautoclaim(
-                    stream,
-                    keys.JOINER_GROUP,
-                    self.consumer,
-                    self.settings.join_claim_idle_ms,
-                    start,
-                    count=count,
-                )
-                start, entries = claimed[0], claimed[1]
+            async for entries in xautoclaim_pages(
+                self.redis,
+                stream,
+                keys.JOINER_GROUP,
+                self.consumer,
+                min_idle_ms=self.settings.join_claim_idle_ms,
+                count=count,
+            ):
                 if entries:
                     await self.apply(name, self._as_read(name, stream, entries), close=False)
                     handled += len(entries)
-                if start in (b"0-0", "0-0"):
-                    break
         return handled
 
     def _batches(self, name: str) -> tuple[tuple[str, int], tuple[str, int]]:
