@@ -22,7 +22,8 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy banditgate router reward_ingest trainer experiments
+	$(BIN)/mypy banditgate banditgate_app router reward_ingest trainer experiments
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python bench/router.py

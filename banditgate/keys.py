@@ -144,5 +144,10 @@ def shadow_results(experiment: str) -> str:
     return f"{_tag(experiment)}:shadow"
 
 
+def worker_heartbeat(host: str, worker: str) -> str:
+    """Renewed while a background worker runs on `host`; expires when it stops or dies."""
+    return f"bg:workers:{host}:{worker}"
+
+
 def experiment_keys_pattern(experiment: str) -> str:
     return f"{_tag(experiment)}:*"

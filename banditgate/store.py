@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Sequence
 from typing import Any, cast
 
 import orjson
@@ -12,6 +14,8 @@ from banditgate.announce import message
 from banditgate.errors import UnknownExperiment
 from banditgate.redis import Redis
 from banditgate.spec import ExperimentSpec, parse_spec
+
+log = logging.getLogger(__name__)
 
 
 def spec_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[dict[str, Any]]:
@@ -177,3 +181,12 @@ class ExperimentStore:
     async def get_override(self, name: str) -> dict[str, Any] | None:
         raw = await self.redis.get(keys.weights(name))
         return orjson.loads(raw) if raw is not None else None
+
+
+async def apply_specs(redis: Redis, specs: Sequence[ExperimentSpec], *, reason: str) -> None:
+    """Store each spec (a new version only where it changed), logging what happened."""
+    store = ExperimentStore(redis)
+    for spec in specs:
+        entry = await store.put(spec, reason=reason)
+        state = "unchanged" if entry.get("unchanged") else "applied"
+        log.info("experiment %s %s (spec version %s)", spec.name, state, entry["version"])

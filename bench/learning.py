@@ -24,7 +24,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from banditgate.demo.run import DemoOptions, run_demo
+from banditgate_app.demo.run import DemoOptions, run_demo
 
 
 def main() -> None:

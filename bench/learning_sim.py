@@ -23,10 +23,10 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from banditgate.demo.reviews import SCENARIOS, make_review
 from banditgate.featurize import text_features
 from banditgate.policy import ActionSet, build_policy, sample_index
 from banditgate.spec import parse_spec
+from banditgate_app.demo.reviews import SCENARIOS, make_review
 from trainer.learner import Example, new_learner
 from trainer.loop import TrainingLoop
 

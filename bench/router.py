@@ -31,11 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from banditgate import keys  # noqa: E402
-from banditgate.demo.reviews import review_pool  # noqa: E402
 from banditgate.events import decode_decision_batch  # noqa: E402
 from banditgate.redis import EmbeddedRedis, connect  # noqa: E402
 from banditgate.spec import parse_spec  # noqa: E402
 from banditgate.store import ExperimentStore  # noqa: E402
+from banditgate_app.demo.reviews import review_pool  # noqa: E402
 
 EXPERIMENT = "bench-router"
 

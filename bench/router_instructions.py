@@ -45,8 +45,8 @@ EXPERIMENT, free_port, prepare, wait_port = (
     _bench_router.wait_port,
 )
 
-from banditgate.demo.reviews import review_pool  # noqa: E402
 from banditgate.redis import EmbeddedRedis  # noqa: E402
+from banditgate_app.demo.reviews import review_pool  # noqa: E402
 
 
 async def drive(port: int, path: str, count: int, concurrency: int = 8) -> None:

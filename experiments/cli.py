@@ -1,4 +1,4 @@
-"""`banditgate exp ...` (talks to the control plane's HTTP API) and `banditgate control`."""
+"""`banditgate exp ...`: experiments through the control plane's HTTP API."""
 
 from __future__ import annotations
 
@@ -436,48 +436,6 @@ def delete(
     console.print(f"experiment/{name} deleted")
 
 
-def control(
-    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8081,
-    workers: Annotated[int, typer.Option(min=1, help="HTTP worker processes.")] = 1,
-    file: Annotated[
-        list[Path] | None, typer.Option("--file", "-f", help="Specs to apply first.")
-    ] = None,
-) -> None:
-    """Only the control plane: experiments API, dashboards and /metrics."""
-    import asyncio
-
-    import uvicorn
-
-    from banditgate.redis import resolve_redis_url
-    from banditgate.serve import apply_specs, close_embedded, configure_logging, exit_on_sigterm
-    from banditgate.settings import CoreSettings
-
-    configure_logging()
-    exit_on_sigterm()
-    specs = []
-    for path in file or []:
-        try:
-            specs.extend(load_specs(path))
-        except InvalidSpec as exc:
-            fail(exc.message, code=2)
-    url, embedded = resolve_redis_url(CoreSettings())
-    try:
-        if specs:
-            asyncio.run(apply_specs(url, specs, reason="control -f"))
-        uvicorn.run(
-            "experiments.app:create_control_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            access_log=False,
-            timeout_graceful_shutdown=15,
-        )
-    finally:
-        close_embedded(embedded)
-
-
 def register(app: typer.Typer) -> None:
     exp = typer.Typer(
         no_args_is_help=True,
@@ -495,4 +453,3 @@ def register(app: typer.Typer) -> None:
     exp.command()(end)
     exp.command()(delete)
     app.add_typer(exp, name="exp")
-    app.command()(control)

@@ -22,7 +22,6 @@ JSON is 400, a batch over `max_batch` is 413, a missing or wrong reward key is 4
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -43,7 +42,6 @@ from banditgate.errors import (
 )
 from banditgate.http import BearerKeys, install_error_handlers, load_keys
 from banditgate.redis import Redis
-from banditgate.tasks import TaskGroup
 from reward_ingest.intake import IntakeResult, Problem, RewardIntake
 from reward_ingest.settings import IngestSettings
 
@@ -116,28 +114,17 @@ def build(settings: IngestSettings, *, redis: Redis | None = None) -> tuple[APIR
 
 
 def create_ingest_app(
-    settings: IngestSettings | None = None, *, redis: Redis | None = None, workers: bool = False
+    settings: IngestSettings | None = None, *, redis: Redis | None = None
 ) -> FastAPI:
-    """The reward webhook alone; with `workers`, the joiner and exporter run in the same process."""
-    settings = settings or IngestSettings()
-    routes, ingest = build(settings, redis=redis)
+    """The reward webhook alone (`banditgate ingest`); the joiner runs under `banditgate workers`."""
+    routes, ingest = build(settings or IngestSettings(), redis=redis)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await ingest.startup()
-        stop = asyncio.Event()
-        group = TaskGroup("ingest")
-        if workers:
-            from reward_ingest import export_worker, worker
-
-            group.spawn(worker.run(ingest.redis, stop=stop, settings=settings), "joiner")
-            group.spawn(export_worker.run(ingest.redis, stop=stop, settings=settings), "exporter")
         try:
             yield
         finally:
-            stop.set()
-            await group.wait_all(timeout=30)
-            await group.cancel_all()
             await ingest.shutdown()
 
     app = FastAPI(title="banditgate rewards", lifespan=lifespan)
@@ -145,11 +132,6 @@ def create_ingest_app(
     install_error_handlers(app)
     app.include_router(routes)
     return app
-
-
-def create_standalone_app() -> FastAPI:
-    """`banditgate ingest`: webhook, joiner and exporter (uvicorn factory)."""
-    return create_ingest_app(IngestSettings(), workers=True)
 
 
 def parse_rewards(body: bytes, content_type: str) -> tuple[list[Any], bool, list[Problem]]:

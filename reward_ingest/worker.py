@@ -8,7 +8,7 @@ by a joiner that died are taken over (XAUTOCLAIM) after `join_claim_idle_ms`. Se
 joiner processes can run side by side: the script applies a message only if it can still
 acknowledge it, so nothing is applied twice.
 
-Run alone with `python -m reward_ingest.worker` (or `banditgate ingest`, `banditgate serve`).
+It runs under `banditgate workers` (and `banditgate serve`).
 """
 
 from __future__ import annotations
@@ -490,34 +490,3 @@ class _Position:
 async def run(redis: Redis, *, stop: asyncio.Event, settings: IngestSettings | None = None) -> None:
     """The joiner for every served experiment, until `stop` is set."""
     await Joiner(redis=redis, settings=settings).run(stop)
-
-
-def main() -> None:
-    import signal
-
-    from banditgate.redis import connect, resolve_redis_url
-    from banditgate.serve import close_embedded, configure_logging
-
-    configure_logging()
-    settings = IngestSettings()
-    url, embedded = resolve_redis_url(settings)
-
-    async def go() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        redis = connect(url)
-        try:
-            await run(redis, stop=stop, settings=settings)
-        finally:
-            await redis.aclose()
-
-    try:
-        asyncio.run(go())
-    finally:
-        close_embedded(embedded)
-
-
-if __name__ == "__main__":
-    main()

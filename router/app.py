@@ -1,8 +1,9 @@
 """HTTP for the data plane, as a plain ASGI app: the hot path skips framework validation.
 
 Routes: SageMaker InvokeEndpoint, Open Inference Protocol v2, a pass-through
-proxy, decision-only rank, health. Anything else goes to `fallback` (the
-reward webhook and control plane when composed by `banditgate serve`).
+proxy, decision-only rank, health. `handle()` answers a request if it is one of
+these and says whether it did, so a host app (`banditgate serve`) can pass the
+rest on; called as an ASGI app on its own, anything else is a 404.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
@@ -35,11 +36,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON = b"application/json"
-
-
-class Component(Protocol):
-    async def startup(self) -> None: ...
-    async def shutdown(self) -> None: ...
 
 
 async def send_response(
@@ -108,14 +104,10 @@ class RouterApp:
         settings: RouterSettings,
         *,
         redis: Redis | None = None,
-        fallback: ASGIApp | None = None,
-        components: list[Component] | None = None,
     ) -> None:
         self.settings = settings
         self._owns_redis = redis is None
         self.redis: Redis | None = redis
-        self.fallback = fallback
-        self.components = components or []
         self.backend = HttpBackend(
             timeout_s=settings.backend_timeout_s,
             connect_timeout_s=settings.backend_connect_timeout_s,
@@ -162,16 +154,9 @@ class RouterApp:
         # Serve only once every experiment's policy is loaded; a later resync is in the background.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(synced.wait(), timeout=30)
-        for component in self.components:
-            await component.startup()
         self.started = True
 
     async def shutdown(self) -> None:
-        for component in reversed(self.components):
-            try:
-                await component.shutdown()
-            except Exception:
-                log.exception("component shutdown failed")
         await self.tasks.cancel_all()
         if self.log is not None:
             await self.log.stop()
@@ -203,20 +188,17 @@ class RouterApp:
             await self._lifespan(receive, send)
             return
         if kind != "http":
-            if self.fallback is not None:
-                await self.fallback(scope, receive, send)
             return
-        path: str = scope["path"]
+        if not await self.handle(scope, receive, send):
+            await send_error(send, BanditgateError(f"no route for {scope['path']}", status=404))
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Answer an HTTP request if it is a data-plane route; False leaves it untouched."""
         try:
-            handled = await self._dispatch(path, scope, receive, send)
+            return await self._dispatch(scope["path"], scope, receive, send)
         except BanditgateError as error:
             await send_error(send, error)
-            return
-        if not handled:
-            if self.fallback is not None:
-                await self.fallback(scope, receive, send)
-            else:
-                await send_error(send, BanditgateError(f"no route for {path}", status=404))
+            return True
 
     async def _dispatch(self, path: str, scope: Scope, receive: Receive, send: Send) -> bool:
         parts = path.split("/")
@@ -344,13 +326,5 @@ class RouterApp:
         await send_response(send, 200, orjson.dumps(body))
 
 
-def create_app(
-    settings: RouterSettings | None = None,
-    *,
-    redis: Redis | None = None,
-    fallback: ASGIApp | None = None,
-    components: list[Component] | None = None,
-) -> RouterApp:
-    return RouterApp(
-        settings or RouterSettings(), redis=redis, fallback=fallback, components=components
-    )
+def create_app(settings: RouterSettings | None = None, *, redis: Redis | None = None) -> RouterApp:
+    return RouterApp(settings or RouterSettings(), redis=redis)

@@ -1,4 +1,4 @@
-"""Commands this package adds to `banditgate`: the trainer worker and warm starts."""
+"""Commands this package adds to `banditgate`: warm starts."""
 
 from __future__ import annotations
 
@@ -7,30 +7,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
+from banditgate.console import console, fail, with_redis
+from banditgate.errors import BanditgateError
+from banditgate.policy import validate_model
+from banditgate.registry import PolicyRegistry
+from banditgate.store import ExperimentStore
+from trainer.warmstart import train_from
 
 
 def register(app: typer.Typer) -> None:
-    app.command("trainer")(trainer)
     app.command("train")(train)
-
-
-def trainer() -> None:
-    """Only the trainer: learn from joined examples, gate, publish (run several; one acts per experiment)."""
-    from banditgate.redis import resolve_redis_url
-    from banditgate.serve import close_embedded, configure_logging
-    from banditgate.settings import CoreSettings
-    from banditgate.workers import run_workers
-
-    configure_logging()
-    url, embedded = resolve_redis_url(CoreSettings())
-    try:
-        asyncio.run(run_workers(url, only={"trainer"}))
-    finally:
-        close_embedded(embedded)
 
 
 def train(
@@ -42,12 +30,6 @@ def train(
     out: Annotated[Path | None, typer.Option(help="Also write the model to this file.")] = None,
 ) -> None:
     """Build a first policy from historical logs (warm start)."""
-    from banditgate.cli import fail, with_redis
-    from banditgate.errors import BanditgateError
-    from banditgate.policy import validate_model
-    from banditgate.registry import PolicyRegistry
-    from banditgate.store import ExperimentStore
-    from trainer.warmstart import train_from
 
     async def run(redis: Any) -> Any:
         spec = await ExperimentStore(redis).get(experiment)

@@ -58,7 +58,7 @@ def train_from(path: Path, spec: ExperimentSpec) -> WarmStart:
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    import pyarrow.dataset as ds
+    import pyarrow.dataset as ds  # the CLI imports this module; Parquet only on a warm start
 
     try:
         dataset = ds.dataset(str(path), format="parquet", partitioning="hive")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 from typer.testing import CliRunner
 
-from banditgate.cli import app
+from banditgate_app.cli import app
 
 runner = CliRunner()
 

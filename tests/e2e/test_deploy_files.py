@@ -8,8 +8,8 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from banditgate.cli import app
 from banditgate.spec import load_specs
+from banditgate_app.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()

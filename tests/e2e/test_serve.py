@@ -54,7 +54,7 @@ async def test_serve_with_two_workers_swaps_a_published_policy_in_every_worker(
             [
                 sys.executable,
                 "-m",
-                "banditgate.cli",
+                "banditgate_app.cli",
                 "serve",
                 "-f",
                 str(spec_file),

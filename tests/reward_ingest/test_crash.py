@@ -47,7 +47,7 @@ def spawn_joiner(
         "BANDITGATE_LOG_LEVEL": "WARNING",
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "reward_ingest.worker"],
+        [sys.executable, "-m", "banditgate_app.cli", "workers", "--only", "joiner"],
         env=env,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,

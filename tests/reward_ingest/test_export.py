@@ -249,7 +249,7 @@ async def test_export_flush_command_reaches_a_running_exporter(
         }
         done = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "banditgate.cli", "export", "flush", "--experiment", name],
+            [sys.executable, "-m", "banditgate_app.cli", "export", "flush", "--experiment", name],
             env=env,
             cwd=ROOT,
             capture_output=True,
@@ -269,7 +269,7 @@ async def test_export_flush_with_no_exporter(redis_url, tmp_path):
     env = {**os.environ, "BANDITGATE_REDIS_URL": redis_url, "BANDITGATE_DATA_DIR": str(tmp_path)}
     done = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "banditgate.cli", "export", "flush"],
+        [sys.executable, "-m", "banditgate_app.cli", "export", "flush"],
         env=env,
         cwd=ROOT,
         capture_output=True,

@@ -9,12 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
-from banditgate.cli import app
 from banditgate.featurize import action_namespace, namespaces
 from banditgate.policy import ActionSet, build_policy
 from banditgate.registry import PolicyRegistry
 from banditgate.spec import parse_spec
 from banditgate.store import ExperimentStore
+from banditgate_app.cli import app
 
 runner = CliRunner()
 

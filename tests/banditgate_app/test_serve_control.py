@@ -8,7 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from banditgate.redis import Redis
-from banditgate.serve import create_serve_app
+from banditgate_app.apps import serve_app
 from tests.experiments.conftest import ADMIN_KEY, decision, spec_doc, write_decisions
 from tests.support import serve_asgi
 
@@ -19,7 +19,7 @@ async def test_control_routes_answer_through_the_router(
     monkeypatch.setenv("BANDITGATE_REDIS_URL", redis_url)
     monkeypatch.setenv("BANDITGATE_ADMIN_KEYS", ADMIN_KEY)
     monkeypatch.setenv("BANDITGATE_EXPERIMENTS", name)
-    app = create_serve_app(with_ingest=False)
+    app = serve_app(with_ingest=False)
     auth = {"authorization": f"Bearer {ADMIN_KEY}", "content-type": "application/json"}
     async with serve_asgi(app) as url, aiohttp.ClientSession() as http:
         async with http.post(

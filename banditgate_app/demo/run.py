@@ -30,12 +30,12 @@ import orjson
 import yaml
 
 from banditgate import keys
-from banditgate.demo.analysis import Served, reward_to_policy, summarise, timeline
-from banditgate.demo.backend import serve_classifier
-from banditgate.demo.reviews import SCENARIOS, make_review
 from banditgate.events import decode_decision_batch
 from banditgate.redis import EmbeddedRedis, Redis, connect, xrange_entries
 from banditgate.registry import PolicyRegistry
+from banditgate_app.demo.analysis import Served, reward_to_policy, summarise, timeline
+from banditgate_app.demo.backend import serve_classifier
+from banditgate_app.demo.reviews import SCENARIOS, make_review
 
 Progress = Callable[[int, float, int], None]
 
@@ -108,7 +108,7 @@ async def banditgate_server(
         [
             sys.executable,
             "-m",
-            "banditgate.cli",
+            "banditgate_app.cli",
             "serve",
             "-f",
             str(spec_path),

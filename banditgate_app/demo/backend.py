@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import orjson
 from aiohttp import web
 
-from banditgate.demo.reviews import Classifier
+from banditgate_app.demo.reviews import Classifier
 
 
 def classifier_app(classifier: Classifier) -> web.Application:

@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from banditgate.demo.report import render, write
-from banditgate.demo.run import DemoOptions, run_demo
+from banditgate_app.demo.report import render, write
+from banditgate_app.demo.run import DemoOptions, run_demo
 
 console = Console()
 

@@ -1,0 +1,103 @@
+"""Process bootstrap shared by every command: logging, signals, Redis, uvicorn, children."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from banditgate.redis import EmbeddedRedis, resolve_redis_url
+from banditgate.settings import CoreSettings
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def configure_logging(settings: CoreSettings | None = None) -> None:
+    level = (settings or CoreSettings()).log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM unwind the stack (SystemExit), so `finally` blocks stop what we started.
+
+    uvicorn handles SIGTERM itself, shuts down gracefully, restores the previous
+    handler and raises the signal again; with the default handler that kills the
+    process before cleanup runs. With this one, the re-raised signal exits cleanly.
+    """
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+@contextlib.contextmanager
+def redis_url(settings: CoreSettings | None = None) -> Iterator[str]:
+    """The configured Redis URL, or an embedded server's, stopped on the way out."""
+    url, embedded = resolve_redis_url(settings or CoreSettings())
+    try:
+        yield url
+    finally:
+        close_embedded(embedded)
+
+
+def close_embedded(embedded: EmbeddedRedis | None) -> None:
+    if embedded is not None:
+        embedded.close()
+
+
+def run_uvicorn(
+    factory: str,
+    *,
+    host: str,
+    port: int,
+    workers: int = 1,
+    graceful_shutdown_s: int = 15,
+) -> None:
+    """Serve `module:function` (an app factory) with the options every command shares."""
+    import uvicorn  # only the HTTP commands pay for it (CLI start-up)
+
+    uvicorn.run(
+        factory,
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=graceful_shutdown_s,
+        timeout_keep_alive=5,
+    )
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel sends SIGTERM when the parent dies (Linux)."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn_child(args: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`python -m ...` as a child that does not outlive this process, even when it is SIGKILLed."""
+    preexec = _die_with_parent if sys.platform.startswith("linux") else None
+    return subprocess.Popen([sys.executable, *args], env=env, preexec_fn=preexec)
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 20.0) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

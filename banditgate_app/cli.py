@@ -1,0 +1,336 @@
+"""The `banditgate` command: every process kind starts here, and each package adds its commands."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from banditgate.console import console, fail, read_specs, with_redis
+from banditgate.policy import validate_model
+from banditgate.process import (
+    configure_logging,
+    exit_on_sigterm,
+    redis_url,
+    run_uvicorn,
+    spawn_child,
+    stop_process,
+)
+from banditgate.redis import connect
+from banditgate.registry import PolicyRegistry
+from banditgate.settings import CoreSettings
+from banditgate.spec import ExperimentSpec
+from banditgate.store import ExperimentStore, apply_specs
+from banditgate.supervisor import Supervisor, check_heartbeats
+from banditgate_app import workers as worker_registry
+from banditgate_app.demo.cli import demo
+from experiments.cli import register as register_experiments
+from reward_ingest.cli import register as register_ingest
+from trainer.cli import register as register_trainer
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Route traffic to the model that earns it."
+)
+policy_app = typer.Typer(no_args_is_help=True, help="Policy versions in the registry.")
+app.add_typer(policy_app, name="policy")
+register_ingest(app)
+register_trainer(app)
+register_experiments(app)
+app.command("demo")(demo)
+
+Files = Annotated[list[Path], typer.Option("--file", "-f", help="Experiment spec (YAML or JSON).")]
+OptionalFiles = Annotated[
+    list[Path] | None, typer.Option("--file", "-f", help="Experiment specs to apply first.")
+]
+Host = Annotated[str, typer.Option(help="Interface to bind.")]
+Port = Annotated[int, typer.Option(help="Port to listen on.")]
+HttpWorkers = Annotated[int, typer.Option(min=1, help="HTTP worker processes on the port.")]
+
+
+def _apply(url: str, specs: list[ExperimentSpec], reason: str) -> None:
+    async def run() -> None:
+        redis = connect(url)
+        try:
+            await apply_specs(redis, specs, reason=reason)
+        finally:
+            await redis.aclose()
+
+    if specs:
+        asyncio.run(run())
+
+
+def _http_process(
+    factory: str, files: list[Path] | None, reason: str, *, host: str, port: int, workers: int
+) -> None:
+    """Apply specs, then serve `factory` until SIGTERM; an embedded Redis lives as long."""
+    configure_logging()
+    specs = read_specs(files or [])
+    exit_on_sigterm()
+    with redis_url() as url:
+        _apply(url, specs, reason)
+        run_uvicorn(factory, host=host, port=port, workers=workers)
+
+
+class WorkersChild:
+    """`banditgate workers` as a child of `serve`: restarted with backoff if it dies."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._backoff = 1.0
+        self._started = 0.0
+
+    def start(self) -> None:
+        env = {**os.environ, "BANDITGATE_WORKERS_CHILD": "1"}
+        self.process = spawn_child(["-m", "banditgate_app.cli", "workers"], env)
+        self._started = time.monotonic()
+
+    def watch(self, stopping: Any) -> None:
+        while not stopping.is_set():
+            process = self.process
+            if process is not None and process.poll() is not None and not stopping.is_set():
+                if time.monotonic() - self._started > 60:
+                    self._backoff = 1.0
+                console.print(
+                    f"background workers exited with {process.returncode}; "
+                    f"restarting in {self._backoff:.0f}s",
+                    markup=False,
+                )
+                if stopping.wait(self._backoff):
+                    return
+                self._backoff = min(self._backoff * 2, 60.0)
+                self.restarts += 1
+                self.start()
+            stopping.wait(0.5)
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+@app.command()
+def serve(
+    file: Files,
+    host: Host = "127.0.0.1",
+    port: Port = 8080,
+    workers: HttpWorkers = 1,
+    background: Annotated[
+        bool, typer.Option(help="Run joiner, exporter, trainer and controller too.")
+    ] = True,
+) -> None:
+    """Every component in one command: router, reward webhook, joiner, trainer, control plane."""
+    configure_logging()
+    specs = read_specs(file)
+    exit_on_sigterm()
+    with redis_url() as url:
+        _apply(url, specs, "serve -f")
+        child = WorkersChild()
+        stopping = threading.Event()
+        watcher = threading.Thread(target=child.watch, args=(stopping,), daemon=True)
+        try:
+            if background:
+                child.start()
+                watcher.start()
+            run_uvicorn("banditgate_app.apps:serve_app", host=host, port=port, workers=workers)
+        finally:
+            stopping.set()
+            child.stop()
+
+
+@app.command()
+def router(
+    host: Host = "127.0.0.1",
+    port: Port = 8080,
+    workers: HttpWorkers = 1,
+    file: OptionalFiles = None,
+) -> None:
+    """Only the data plane (scale out: several routers behind a load balancer)."""
+    _http_process(
+        "banditgate_app.apps:router_app", file, "router -f", host=host, port=port, workers=workers
+    )
+
+
+@app.command()
+def ingest(host: Host = "127.0.0.1", port: Port = 8081, workers: HttpWorkers = 1) -> None:
+    """Only the reward webhook (scale out: run several; the joiner runs under `workers`)."""
+    _http_process("banditgate_app.apps:ingest_app", None, "", host=host, port=port, workers=workers)
+
+
+@app.command()
+def control(
+    host: Host = "127.0.0.1",
+    port: Port = 8082,
+    workers: HttpWorkers = 1,
+    file: OptionalFiles = None,
+) -> None:
+    """Only the control plane: experiments API, dashboards and /metrics."""
+    _http_process(
+        "banditgate_app.apps:control_app", file, "control -f", host=host, port=port, workers=workers
+    )
+
+
+@app.command("workers")
+def workers_command(
+    only: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated subset of joiner, exporter, trainer, controller."),
+    ] = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Exit 0 if these workers have a fresh heartbeat on this host, else 1."
+        ),
+    ] = False,
+) -> None:
+    """Background workers without HTTP: joiner, exporter, trainer, rollout controller."""
+    chosen = {part.strip() for part in only.split(",") if part.strip()} if only else None
+    try:
+        selected = worker_registry.select(chosen)
+    except ValueError as exc:
+        fail(f"--only: {exc}")
+    if check:
+        _check_workers(list(selected))
+        return
+    _run_workers(selected)
+
+
+@app.command()
+def trainer() -> None:
+    """Only the trainer: learn from joined examples, gate, publish (run several; one acts per experiment)."""
+    _run_workers(worker_registry.select({"trainer"}))
+
+
+def _run_workers(selected: dict[str, Any]) -> None:
+    configure_logging()
+
+    async def run(url: str) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        redis = connect(url)
+        try:
+            await Supervisor(redis, selected).run(stop)
+        finally:
+            await redis.aclose()
+
+    with redis_url() as url:
+        asyncio.run(run(url))
+
+
+def _check_workers(names: list[str]) -> None:
+    if not CoreSettings().redis_url:
+        fail("--check reads heartbeats from Redis: set BANDITGATE_REDIS_URL", code=1)
+    beats = with_redis(lambda redis: check_heartbeats(redis, names))
+    dead = [name for name, beat in beats.items() if beat is None]
+    for name, beat in beats.items():
+        state = "dead" if beat is None else f"live (pid {beat['pid']}, {beat['crashes']} crashes)"
+        console.print(f"{name}: {state}", markup=False)
+    if dead:
+        raise typer.Exit(1)
+
+
+@policy_app.command("publish")
+def policy_publish(
+    model: Annotated[Path, typer.Argument(help="VW model file (or JSON for static/thompson).")],
+    experiment: Annotated[str, typer.Option("--experiment", "-e")],
+    note: Annotated[str, typer.Option(help="Free text kept with the version.")] = "",
+) -> None:
+    """Publish a model by hand; routers swap it in at once."""
+    try:
+        data = model.read_bytes()
+    except OSError as exc:
+        fail(f"cannot read {model}: {exc.strerror}")
+
+    async def run(redis: Any) -> Any:
+        spec = await ExperimentStore(redis).get(experiment)
+        validate_model(spec, data)
+        registry = PolicyRegistry(redis)
+        parent = await registry.current_version(experiment)
+        return await registry.publish(
+            experiment,
+            data,
+            learner=spec.policy.learner,
+            parent=parent,
+            source="manual",
+            arms=spec.arm_names,
+            note=note,
+        )
+
+    record = with_redis(run)
+    console.print(f"published [bold]{experiment}[/] policy version [bold]{record.version}[/]")
+
+
+@policy_app.command("list")
+def policy_list(experiment: Annotated[str, typer.Option("--experiment", "-e")]) -> None:
+    """Versions with their lineage and off-policy numbers."""
+
+    async def run(redis: Any) -> Any:
+        registry = PolicyRegistry(redis)
+        return await registry.versions(experiment), await registry.current_version(experiment)
+
+    versions, current = with_redis(run)
+    table = Table(title=f"{experiment} policies")
+    for column in ("version", "parent", "source", "examples", "created", "ope", ""):
+        table.add_column(column)
+
+    for record in versions:
+        created = dt.datetime.fromtimestamp(record.created_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+        ope = record.ope.get("candidate", {}).get("dr", {}) if record.ope else {}
+        ope_text = (
+            f"{ope.get('value', 0):.4f} [{ope.get('lo', 0):.4f}, {ope.get('hi', 0):.4f}]"
+            if ope
+            else ""
+        )
+        table.add_row(
+            str(record.version),
+            str(record.parent) if record.parent is not None else "-",
+            record.source,
+            str(record.n_examples),
+            created,
+            ope_text,
+            "current" if record.version == current else "",
+        )
+    console.print(table)
+
+
+@policy_app.command("activate")
+def policy_activate(
+    version: Annotated[int, typer.Argument()],
+    experiment: Annotated[str, typer.Option("--experiment", "-e")],
+) -> None:
+    """Serve an earlier (or any) version again: a rollback."""
+
+    async def run(redis: Any) -> Any:
+        return await PolicyRegistry(redis).activate(experiment, version, "activated from the CLI")
+
+    with_redis(run)
+    console.print(f"[bold]{experiment}[/] now serves policy version [bold]{version}[/]")
+
+
+@app.command()
+def validate(file: Files) -> None:
+    """Check experiment specs without applying them."""
+    specs = read_specs(file)
+    for spec in specs:
+        console.print(f"[green]ok[/] {spec.name} ({spec.mode}, {len(spec.arms)} arms)")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
