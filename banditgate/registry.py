@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
 import orjson
+from redis.exceptions import WatchError
 
 from banditgate import keys
 from banditgate.announce import message
-from banditgate.errors import UnknownPolicyVersion
+from banditgate.errors import Conflict, InvalidPolicy, UnknownPolicyVersion
+from banditgate.policy import validate_model
 from banditgate.redis import Redis
+from banditgate.spec import ExperimentSpec
+from banditgate.store import MAX_ATTEMPTS, ExperimentStore
 
 
 @dataclass
@@ -40,8 +45,14 @@ class PolicyVersion:
 
 
 class PolicyRegistry:
+    """Versioned models per experiment. Publishing and activating validate the model
+    against the stored spec (learner and arms) under the experiment's control lock, and
+    write in one transaction: a refused model leaves no trace, not even a version number.
+    """
+
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self.specs = ExperimentStore(redis)
 
     async def current_version(self, experiment: str) -> int | None:
         raw = await self.redis.get(keys.policy_current(experiment))
@@ -52,46 +63,65 @@ class PolicyRegistry:
         experiment: str,
         model: bytes,
         *,
-        learner: str,
+        learner: str | None = None,
         parent: int | None = None,
         n_examples: int = 0,
         source: str = "manual",
         ope: dict[str, Any] | None = None,
-        arms: list[str] | None = None,
         note: str = "",
         activate: bool = True,
         trained_through: str = "",
         last_joined_ms: int = 0,
     ) -> PolicyVersion:
-        version = int(await self.redis.incr(keys.policy_seq(experiment)))
-        record = PolicyVersion(
-            experiment=experiment,
-            version=version,
-            learner=learner,
-            parent=parent,
-            created_ms=int(time.time() * 1000),
-            n_examples=n_examples,
-            source=source,
-            ope=ope or {},
-            arms=arms or [],
-            note=note,
-            trained_through=trained_through,
-            last_joined_ms=last_joined_ms,
-        )
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.policy_model(experiment, version), model)
-            pipe.hset(keys.policy_versions(experiment), str(version), record.to_json())
-            if activate:
-                self._activate(pipe, experiment, version, f"published by {source}")
-            await pipe.execute()
-        return record
+        """Store `model` as the next version (and serve it, with `activate`).
+
+        `learner` is what the caller built the model for; it must be the spec's. The
+        version records the spec's learner and arms at the time of publishing.
+        """
+        async with self.specs.locked(experiment):
+            spec = await self.specs.get(experiment)
+            await _check(spec, model, learner)
+            for _ in range(MAX_ATTEMPTS):
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    try:
+                        await pipe.watch(keys.policy_seq(experiment))
+                        version = int(await pipe.get(keys.policy_seq(experiment)) or 0) + 1
+                        record = PolicyVersion(
+                            experiment=experiment,
+                            version=version,
+                            learner=spec.policy.learner,
+                            parent=parent,
+                            created_ms=int(time.time() * 1000),
+                            n_examples=n_examples,
+                            source=source,
+                            ope=ope or {},
+                            arms=spec.arm_names,
+                            note=note,
+                            trained_through=trained_through,
+                            last_joined_ms=last_joined_ms,
+                        )
+                        pipe.multi()
+                        pipe.set(keys.policy_seq(experiment), version)
+                        pipe.set(keys.policy_model(experiment, version), model)
+                        pipe.hset(keys.policy_versions(experiment), str(version), record.to_json())
+                        if activate:
+                            self._activate(pipe, experiment, version, f"published by {source}")
+                        await pipe.execute()
+                        return record
+                    except WatchError:
+                        continue
+        raise Conflict(f"policy versions of {experiment!r} kept changing while publishing; retry")
 
     async def activate(self, experiment: str, version: int, reason: str) -> PolicyVersion:
-        record = await self.get(experiment, version)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            self._activate(pipe, experiment, version, reason)
-            await pipe.execute()
-        return record
+        """Serve a stored version again, once its model still fits the experiment's spec."""
+        async with self.specs.locked(experiment):
+            spec = await self.specs.get(experiment)
+            record = await self.get(experiment, version)
+            await _check(spec, await self.model(experiment, version), None)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                self._activate(pipe, experiment, version, reason)
+                await pipe.execute()
+            return record
 
     def _activate(self, pipe: Any, experiment: str, version: int, reason: str) -> None:
         pipe.set(keys.policy_current(experiment), version)
@@ -131,3 +161,13 @@ class PolicyRegistry:
     async def history(self, experiment: str, limit: int = 100) -> list[dict[str, Any]]:
         raw = await self.redis.lrange(keys.policy_history(experiment), 0, limit - 1)
         return [orjson.loads(item) for item in raw]
+
+
+async def _check(spec: ExperimentSpec, model: bytes, learner: str | None) -> None:
+    """Raise InvalidPolicy unless `model` can serve this spec (built for its learner, if said)."""
+    if learner is not None and learner != spec.policy.learner:
+        raise InvalidPolicy(
+            f"experiment {spec.name!r} uses the {spec.policy.learner} learner, not {learner}",
+            field="learner",
+        )
+    await asyncio.to_thread(validate_model, spec, model)

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
 from typing import Any, cast
 
 import orjson
+from redis.exceptions import WatchError
 
 from banditgate import keys
 from banditgate.announce import message
-from banditgate.errors import UnknownExperiment
+from banditgate.errors import Conflict, UnknownExperiment
+from banditgate.locks import control_lock
 from banditgate.redis import Redis
 from banditgate.spec import ExperimentSpec, parse_spec
 
 log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 20
 
 
 def spec_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[dict[str, Any]]:
@@ -87,8 +92,19 @@ def override_record(
 
 
 class ExperimentStore:
+    """Specs, their version history and the weights override; every write holds the control lock.
+
+    A spec version is the length of the history list. `put` reads the stored spec and
+    the history length and writes the new version in one WATCH/MULTI transaction, so
+    two writers never get one number, even one that bypassed or outlived the lock.
+    """
+
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+
+    def locked(self, name: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold the experiment's control lock across a read-modify-write (re-entrant)."""
+        return control_lock(self.redis, name)
 
     async def names(self) -> list[str]:
         members = cast(set[bytes], await self.redis.smembers(keys.EXPERIMENTS))
@@ -113,29 +129,51 @@ class ExperimentStore:
                 specs[name] = spec
         return specs
 
+    async def version(self, name: str) -> int:
+        """The current spec version (0: never stored)."""
+        return int(await self.redis.llen(keys.spec_history(name)))
+
     async def put(self, spec: ExperimentSpec, *, reason: str = "apply") -> dict[str, Any]:
         """Create or replace; returns the history entry (version, changes)."""
+        async with self.locked(spec.name):
+            for _ in range(MAX_ATTEMPTS):
+                try:
+                    return await self._put(spec, reason)
+                except WatchError:
+                    continue
+        raise Conflict(f"experiment {spec.name!r} kept changing while being written; retry")
+
+    async def _put(self, spec: ExperimentSpec, reason: str) -> dict[str, Any]:
+        spec_key, history_key = keys.spec(spec.name), keys.spec_history(spec.name)
         new_doc = orjson.loads(spec.to_json())
-        old_raw = await self.redis.get(keys.spec(spec.name))
-        old_doc = orjson.loads(old_raw) if old_raw is not None else None
-        changes = spec_changes(old_doc, new_doc)
-        version = int(await self.redis.llen(keys.spec_history(spec.name))) + 1
-        entry = {
-            "version": version,
-            "ts_ms": int(time.time() * 1000),
-            "reason": reason,
-            "changes": changes,
-            "spec": new_doc,
-        }
-        if old_doc is not None and not changes:
-            entry["version"] = version - 1
-            entry["unchanged"] = True
-            return entry
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.spec(spec.name), spec.to_json())
+            await pipe.watch(spec_key, history_key)
+            old_raw = await pipe.get(spec_key)
+            current = int(await pipe.llen(history_key))
+            old_doc = orjson.loads(old_raw) if old_raw is not None else None
+            changes = spec_changes(old_doc, new_doc)
+            if old_doc is not None and not changes:
+                await pipe.unwatch()
+                return {
+                    "version": current,
+                    "ts_ms": int(time.time() * 1000),
+                    "reason": reason,
+                    "changes": [],
+                    "spec": new_doc,
+                    "unchanged": True,
+                }
+            entry = {
+                "version": current + 1,
+                "ts_ms": int(time.time() * 1000),
+                "reason": reason,
+                "changes": changes,
+                "spec": new_doc,
+            }
+            pipe.multi()
+            pipe.set(spec_key, spec.to_json())
             pipe.sadd(keys.EXPERIMENTS, spec.name)
-            pipe.rpush(keys.spec_history(spec.name), orjson.dumps(entry))
-            pipe.publish(keys.ANNOUNCE_CHANNEL, message(spec.name, "spec", version=version))
+            pipe.rpush(history_key, orjson.dumps(entry))
+            pipe.publish(keys.ANNOUNCE_CHANNEL, message(spec.name, "spec", version=current + 1))
             await pipe.execute()
         entry["created"] = old_doc is None
         return entry
@@ -145,17 +183,20 @@ class ExperimentStore:
         return [orjson.loads(item) for item in raw]
 
     async def delete(self, name: str) -> None:
-        if not await self.redis.exists(keys.spec(name)):
-            raise UnknownExperiment(name)
-        doomed = [
-            key async for key in self.redis.scan_iter(match=keys.experiment_keys_pattern(name))
-        ]
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.srem(keys.EXPERIMENTS, name)
-            if doomed:
-                pipe.delete(*doomed)
-            pipe.publish(keys.ANNOUNCE_CHANNEL, message(name, "deleted"))
-            await pipe.execute()
+        async with self.locked(name):
+            if not await self.redis.exists(keys.spec(name)):
+                raise UnknownExperiment(name)
+            doomed = [
+                key
+                async for key in self.redis.scan_iter(match=keys.experiment_keys_pattern(name))
+                if key.decode() != keys.control_lock(name)  # released on the way out
+            ]
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.srem(keys.EXPERIMENTS, name)
+                if doomed:
+                    pipe.delete(*doomed)
+                pipe.publish(keys.ANNOUNCE_CHANNEL, message(name, "deleted"))
+                await pipe.execute()
 
     async def set_override(
         self, name: str, weights: dict[str, float] | None, *, reason: str, **extra: Any
@@ -163,20 +204,31 @@ class ExperimentStore:
         """Static weights that take precedence over the mode's own allocation (None clears).
 
         `mode=` and `target=` in `extra` scope the weights (see `override_applies`).
+        The revision counts up from the stored one in one WATCH/MULTI transaction
+        (the rollout store writes the same key that way).
         """
         key = keys.weights(name)
-        if weights is None:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.delete(key)
-                pipe.publish(keys.ANNOUNCE_CHANNEL, message(name, "weights"))
-                await pipe.execute()
-            return None
-        record = override_record(await self.get_override(name), weights, reason=reason, **extra)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(key, orjson.dumps(record))
-            pipe.publish(keys.ANNOUNCE_CHANNEL, message(name, "weights"))
-            await pipe.execute()
-        return record
+        async with self.locked(name):
+            for _ in range(MAX_ATTEMPTS):
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    try:
+                        await pipe.watch(key)
+                        raw = await pipe.get(key)
+                        record = None
+                        if weights is not None:
+                            last = orjson.loads(raw) if raw is not None else None
+                            record = override_record(last, weights, reason=reason, **extra)
+                        pipe.multi()
+                        if record is None:
+                            pipe.delete(key)
+                        else:
+                            pipe.set(key, orjson.dumps(record))
+                        pipe.publish(keys.ANNOUNCE_CHANNEL, message(name, "weights"))
+                        await pipe.execute()
+                        return record
+                    except WatchError:
+                        continue
+        raise Conflict(f"the weights of {name!r} kept changing while being written; retry")
 
     async def get_override(self, name: str) -> dict[str, Any] | None:
         raw = await self.redis.get(keys.weights(name))

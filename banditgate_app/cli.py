@@ -262,7 +262,6 @@ def policy_publish(
             learner=spec.policy.learner,
             parent=parent,
             source="manual",
-            arms=spec.arm_names,
             note=note,
         )
 

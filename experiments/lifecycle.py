@@ -12,17 +12,13 @@ total stays the same, so percentages stay percentages.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import math
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-from redis.exceptions import LockError
 
 from banditgate import keys
 from banditgate.errors import (
@@ -32,7 +28,7 @@ from banditgate.errors import (
     InvalidSpec,
     UnknownExperiment,
 )
-from banditgate.policy import default_weights, normalise, validate_model
+from banditgate.policy import default_weights, normalise
 from banditgate.redis import Redis
 from banditgate.registry import PolicyRegistry, PolicyVersion
 from banditgate.spec import ExperimentSpec, parse_spec
@@ -40,7 +36,6 @@ from banditgate.store import ExperimentStore
 from experiments.ledger import StatsBook
 from experiments.stats import configured_weights
 
-LOCK_TIMEOUT_S = 10.0
 PAUSE_LOOKBACK_S = 300.0
 
 
@@ -197,31 +192,13 @@ class Lifecycle:
         self.registry = PolicyRegistry(redis)
         self.stats = stats
 
-    @asynccontextmanager
-    async def locked(self, name: str) -> AsyncIterator[None]:
-        lock = self.redis.lock(
-            keys.control_lock(name), timeout=LOCK_TIMEOUT_S, blocking_timeout=LOCK_TIMEOUT_S
-        )
-        try:
-            acquired = await lock.acquire()
-        except LockError:
-            acquired = False
-        if not acquired:
-            raise Conflict(f"experiment {name!r} is being changed by another call; retry")
-        try:
-            yield
-        finally:
-            # LockError: it expired under a very slow call; the next writer already holds it.
-            with contextlib.suppress(LockError):
-                await lock.release()
-
-    async def version(self, name: str) -> int:
-        return int(await self.redis.llen(keys.spec_history(name)))
+    def locked(self, name: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return self.store.locked(name)
 
     async def _check_version(self, name: str, if_match: int | None) -> None:
         if if_match is None:
             return
-        current = await self.version(name)
+        current = await self.store.version(name)
         if current != if_match:
             raise PreconditionFailed(
                 f"experiment {name!r} is at spec version {current}, not {if_match}; reload, retry"
@@ -444,16 +421,9 @@ class Lifecycle:
     async def activate_policy(
         self, name: str, version: int, reason: str | None = None
     ) -> dict[str, Any]:
-        """Serve `version` again (a rollback when it is older), after checking it fits the spec."""
-        async with self.locked(name):
-            spec = await self.store.get(name)
-            await self.registry.get(name, version)
-            model = await self.registry.model(name, version)
-            await asyncio.to_thread(validate_model, spec, model)
-            record = await self.registry.activate(
-                name, version, reason or f"api: activate {version}"
-            )
-            return {"current": version, "version": _policy_dict(record)}
+        """Serve `version` again (a rollback when it is older); the registry checks it fits."""
+        record = await self.registry.activate(name, version, reason or f"api: activate {version}")
+        return {"current": version, "version": _policy_dict(record)}
 
     # -- reading -------------------------------------------------------------------------------
 

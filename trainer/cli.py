@@ -46,7 +46,6 @@ def train(
                 n_examples=result.examples,
                 source="warmstart",
                 ope=result.numbers,
-                arms=spec.arm_names,
                 note=f"trained from {source}",
             )
         return result, version

@@ -258,7 +258,6 @@ class Trainer:
                 n_examples=record.get("challenger_examples", training.learner.n_examples),
                 source="trainer",
                 ope=record.get("numbers", {}),
-                arms=spec.arm_names,
                 note=record.get("reason", ""),
                 trained_through=training.last_id,
                 last_joined_ms=training.last_joined_ms,

@@ -36,7 +36,7 @@ async def test_arms_pause_end_and_resume_reach_the_router(
     doc = spec_doc(name, policy={"exploration": {"type": "epsilon", "epsilon": 0.1}})
     await control.call("POST", "/v1/experiments", doc)
     registry = PolicyRegistry(redis)
-    await registry.publish(name, trained_model(doc), learner="vw", arms=["a", "b"])
+    await registry.publish(name, trained_model(doc), learner="vw")
 
     router = create_app(RouterSettings(redis_url=redis_url, experiments=[name]))
     async with serve_asgi(router) as router_url, aiohttp.ClientSession() as http:

@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import aiohttp
 
+from banditgate import keys
+from banditgate.announce import announce
 from banditgate.registry import PolicyRegistry
+from banditgate.store import ExperimentStore
 from tests.support import make_spec, run_backend, wait_for
 
 
@@ -52,13 +55,17 @@ async def test_a_bad_model_in_the_registry_leaves_routers_on_the_version_they_ha
 
     async with run_backend() as a, run_backend() as b:
         spec = make_spec(name, [("a", a.url), ("b", b.url)])
+        await ExperimentStore(redis).put(spec)  # a policy is published for an experiment
         registry = PolicyRegistry(redis)
         await registry.publish(name, trained_model(spec, best="b"), learner="vw")
         url, app = await start_router(spec)
         assert app.runtime is not None
         await wait_for(lambda: _loaded(app, name, 1))
-        # Written past the CLI's and API's validation, as a corrupt store would.
-        await registry.publish(name, b"\x00not a model", learner="vw", source="corrupt")
+        # The registry refuses such a model; a corrupt store could still serve one.
+        await registry.publish(name, trained_model(spec, best="a"), learner="vw", activate=False)
+        await redis.set(keys.policy_model(name, 2), b"\x00not a model")
+        await redis.set(keys.policy_current(name), 2)
+        await announce(redis, name, "policy", version=2)
         async with aiohttp.ClientSession() as http:
             for _ in range(20):
                 async with http.post(
@@ -70,8 +77,6 @@ async def test_a_bad_model_in_the_registry_leaves_routers_on_the_version_they_ha
 
 
 async def test_an_unreadable_stored_spec_does_not_stop_the_others(start_router, redis, name):
-    from banditgate import keys
-
     broken = f"{name}-broken"
     await redis.sadd(keys.EXPERIMENTS, broken)
     await redis.set(keys.spec(broken), b'{"name": "written by a newer version", "arms": 7}')

@@ -15,6 +15,7 @@ from banditgate.policy import (
 )
 from banditgate.registry import PolicyRegistry
 from banditgate.spec import ExperimentSpec
+from banditgate.store import ExperimentStore
 from tests.router.conftest import logged_decisions
 from tests.support import Backend, make_spec, run_backend, wait_for
 
@@ -123,6 +124,7 @@ async def test_same_event_id_and_version_gives_the_same_arm(start_router, name):
 async def test_min_arm_share_floor_holds_on_a_confident_policy(start_router, redis, name):
     async with run_backend() as a, run_backend() as b:
         spec = make_spec(name, [("a", a.url), ("b", b.url)], policy={"min_arm_share": 0.1})
+        await ExperimentStore(redis).put(spec)  # a policy is published for an experiment
         await PolicyRegistry(redis).publish(name, trained_model(spec, best="b"), learner="vw")
         url, _ = await start_router(spec)
         async with aiohttp.ClientSession() as http:
