@@ -9,11 +9,14 @@ If-Match with it (412 when someone else changed the experiment first).
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 from typing import Annotated, Any
 
 import orjson
 import yaml
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from pydantic import BaseModel, Field
 
 from banditgate.errors import InvalidInput
 from experiments.ledger import join_counters
@@ -44,6 +47,33 @@ _PATCH_BODY = {
         },
     }
 }
+
+
+class PolicyUpload(BaseModel):
+    """A model published by hand (`banditgate policy publish`, `banditgate train --from`)."""
+
+    model: str = Field(
+        description="The model file in base64: a VW model (learner vw) or JSON counts "
+        "(thompson, static).",
+        min_length=1,
+    )
+    note: str = Field(default="", max_length=2000, description="Free text kept with the version.")
+    source: str = Field(
+        default="manual",
+        pattern=r"^[a-z][a-z0-9-]{0,31}$",
+        description="Where the model came from (manual, warmstart, ...).",
+    )
+    n_examples: int = Field(default=0, ge=0, description="Examples it learned from.")
+    ope: dict[str, Any] = Field(
+        default_factory=dict, description="Off-policy numbers to keep with the version."
+    )
+    activate: bool = Field(default=True, description="Serve it at once.")
+
+    def model_bytes(self) -> bytes:
+        try:
+            return base64.b64decode(self.model, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidInput("model: not valid base64", field="model") from None
 
 
 def get_lifecycle(service: Service) -> Lifecycle:
@@ -196,6 +226,21 @@ def routes() -> APIRouter:
     async def policies(name: Name, ops: Ops) -> dict[str, Any]:
         """Policy versions with lineage and off-policy numbers, the current one, and activations."""
         return {"name": name, **await ops.policies(name)}
+
+    @router.post("/{name}/policies", status_code=201, dependencies=[Admin])
+    async def publish_policy(name: Name, upload: PolicyUpload, ops: Ops) -> dict[str, Any]:
+        """Publish a model as the next policy version, after checking it fits the experiment's
+        learner and arms (422 if not); routers swap it in at once unless `activate` is false."""
+        published = await ops.publish_policy(
+            name,
+            upload.model_bytes(),
+            source=upload.source,
+            note=upload.note,
+            ope=upload.ope,
+            n_examples=upload.n_examples,
+            activate=upload.activate,
+        )
+        return {"name": name, **published}
 
     @router.post("/{name}/policies/{version}/activate", dependencies=[Admin])
     async def activate(name: Name, version: int, ops: Ops) -> dict[str, Any]:

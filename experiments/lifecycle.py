@@ -425,6 +425,36 @@ class Lifecycle:
         record = await self.registry.activate(name, version, reason or f"api: activate {version}")
         return {"current": version, "version": _policy_dict(record)}
 
+    async def publish_policy(
+        self,
+        name: str,
+        model: bytes,
+        *,
+        source: str = "manual",
+        note: str = "",
+        ope: dict[str, Any] | None = None,
+        n_examples: int = 0,
+        activate: bool = True,
+    ) -> dict[str, Any]:
+        """A model from outside the trainer (CLI, warm start, API): the one way in for it.
+
+        The registry validates it against the spec; checks that only a hand-published
+        model needs (it did not pass the trainer's off-policy gate) belong here.
+        """
+        async with self.locked(name):
+            record = await self.registry.publish(
+                name,
+                model,
+                parent=await self.registry.current_version(name),
+                n_examples=n_examples,
+                source=source,
+                ope=ope,
+                note=note,
+                activate=activate,
+            )
+            current = await self.registry.current_version(name)
+        return {"current": current, "version": _policy_dict(record)}
+
     # -- reading -------------------------------------------------------------------------------
 
     async def describe(self, name: str) -> dict[str, Any]:

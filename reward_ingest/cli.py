@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from banditgate.console import console, fail, with_redis
+from banditgate.export_flush import FlushOutcome, request_flush
 from banditgate.redis import Redis
-from reward_ingest.flush import FlushOutcome, request_flush
 
 export_app = typer.Typer(no_args_is_help=True, help="Parquet and DSJSON export of joined examples.")
 

@@ -35,12 +35,12 @@ from redis.exceptions import RedisError
 from banditgate import keys
 from banditgate.errors import BanditgateError
 from banditgate.events import decode_joined
+from banditgate.export_flush import listen_for_flush, reply
 from banditgate.redis import Redis
 from banditgate.spec import ExperimentSpec
 from banditgate.store import ExperimentStore
 from banditgate.tasks import TaskGroup
 from reward_ingest.export_files import IN_PROGRESS, ExportFile, leftovers, partition, publish
-from reward_ingest.flush import listen_for_flush, reply
 from reward_ingest.s3 import S3Uploader
 from reward_ingest.settings import IngestSettings
 from reward_ingest.streams import (

@@ -1,8 +1,11 @@
-"""`banditgate export flush`: ask running exporters to close their open files now.
+"""Export flush requests: ask the running exporters to close their open files now.
 
-The command publishes a request on `bg:export:flush` (PUBLISH answers how many exporters
-are listening) and waits for that many replies on a reply channel of its own. Each exporter
-first exports everything joined so far, then closes and publishes its files, then replies.
+Whoever asks (the control plane's `POST /v1/export/flush`, which `banditgate export
+flush` calls) publishes a request on `bg:export:flush` (PUBLISH answers how many
+exporters are listening) and waits for that many replies on a reply channel of its
+own. Each exporter first exports everything joined so far, then closes and publishes
+its files, then replies. Both sides live here, in the core, because the asking side
+is the control plane and the answering side the reward_ingest exporter.
 """
 
 from __future__ import annotations
@@ -35,6 +38,15 @@ class FlushOutcome:
     @property
     def files(self) -> int:
         return sum(int(reply.get("files", 0)) for reply in self.replies)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "exporters": self.exporters,
+            "answered": len(self.replies),
+            "files": self.files,
+            "complete": self.complete,
+            "replies": self.replies,
+        }
 
 
 def request_message(request: str, experiment: str | None) -> bytes:
