@@ -266,7 +266,7 @@ def policy_publish(
         )
 
     record = with_redis(run)
-    console.print(f"published [bold]{experiment}[/] policy version [bold]{record.version}[/]")
+    console.print(f"published {experiment} policy version {record.version}")
 
 
 @policy_app.command("list")
@@ -313,7 +313,7 @@ def policy_activate(
         return await PolicyRegistry(redis).activate(experiment, version, "activated from the CLI")
 
     with_redis(run)
-    console.print(f"[bold]{experiment}[/] now serves policy version [bold]{version}[/]")
+    console.print(f"{experiment} now serves policy version {version}")
 
 
 @app.command()
@@ -321,7 +321,7 @@ def validate(file: Files) -> None:
     """Check experiment specs without applying them."""
     specs = read_specs(file)
     for spec in specs:
-        console.print(f"[green]ok[/] {spec.name} ({spec.mode}, {len(spec.arms)} arms)")
+        console.print(f"ok {spec.name} ({spec.mode}, {len(spec.arms)} arms)")
 
 
 def main() -> None:

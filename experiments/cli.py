@@ -4,103 +4,32 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import orjson
 import typer
 import yaml
-from rich.console import Console
-from rich.table import Table
 
+from banditgate.client import DEFAULT_URL, quoted
+from banditgate.console import (
+    AdminKey,
+    AsJson,
+    Url,
+    call,
+    console,
+    control_client,
+    dump,
+    fail,
+    print_table,
+)
 from banditgate.errors import InvalidSpec
 from banditgate.spec import load_specs
 
-# Markup stays off: spec paths like arms[bert-1] and arm names are data, not styles.
-console = Console(markup=False, highlight=False)
-err = Console(stderr=True, markup=False, highlight=False)
-
-Url = Annotated[
-    str,
-    typer.Option("--url", envvar="BANDITGATE_URL", help="Control plane base URL."),
-]
-AdminKey = Annotated[
-    str | None,
-    typer.Option(
-        "--admin-key",
-        envvar="BANDITGATE_ADMIN_KEY",
-        help="Admin key for changes.",
-        show_default=False,
-    ),
-]
 Name = Annotated[str, typer.Argument(help="Experiment name.")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print the API's JSON instead of tables.")]
-DEFAULT_URL = "http://127.0.0.1:8080"
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, body: Any) -> None:
-        error = body.get("error", {}) if isinstance(body, dict) else {}
-        self.status = status
-        self.type = error.get("type", "HTTPError")
-        self.field = error.get("field")
-        self.message = error.get("message") or (body if isinstance(body, str) else f"HTTP {status}")
-        super().__init__(self.message)
-
-
-class ControlClient:
-    """A small JSON client for the control plane (stdlib only; a CLI call is one request or two)."""
-
-    def __init__(self, url: str, admin_key: str | None = None, timeout_s: float = 30.0) -> None:
-        self.url = url.rstrip("/")
-        self.admin_key = admin_key
-        self.timeout_s = timeout_s
-
-    def request(self, method: str, path: str, body: Any = None) -> Any:
-        headers = {"accept": "application/json"}
-        data = None
-        if body is not None:
-            data = orjson.dumps(body)
-            headers["content-type"] = "application/json"
-        if self.admin_key:
-            headers["authorization"] = f"Bearer {self.admin_key}"
-        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                raw = response.read()
-                return orjson.loads(raw) if raw else None
-        except urllib.error.HTTPError as exc:
-            raw = exc.read()
-            try:
-                parsed: Any = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                parsed = raw.decode(errors="replace")
-            raise ApiError(exc.code, parsed) from None
-
-    def get(self, path: str) -> Any:
-        return self.request("GET", path)
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"error: {message}", style="bold red")
-    raise typer.Exit(code)
-
-
-def call(client: ControlClient, method: str, path: str, body: Any = None) -> Any:
-    try:
-        return client.request(method, path, body)
-    except ApiError as exc:
-        where = f" (field {exc.field})" if exc.field else ""
-        fail(f"{exc.message}{where} [HTTP {exc.status} {exc.type}]")
-    except urllib.error.URLError as exc:
-        fail(f"cannot reach the control plane at {client.url}: {exc.reason}")
-
-
-def quoted(name: str) -> str:
-    return urllib.parse.quote(name, safe="")
+Wide = Annotated[
+    bool, typer.Option("--wide", help="One table however wide (default: fit the terminal).")
+]
 
 
 def parse_window(text: str | None) -> float | None:
@@ -146,10 +75,6 @@ def when(ms: int | None) -> str:
     return "-" if not ms else dt.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def dump(data: Any) -> None:
-    console.print_json(orjson.dumps(data).decode())
-
-
 # -- commands ------------------------------------------------------------------------------
 
 
@@ -165,10 +90,10 @@ def apply(
             specs.extend(load_specs(path))
         except InvalidSpec as exc:
             fail(exc.message, code=2)
-    client = ControlClient(url, admin_key)
+    api = control_client(url, admin_key)
     for spec in specs:
         entry = call(
-            client, "PUT", f"/v1/experiments/{quoted(spec.name)}", orjson.loads(spec.to_json())
+            api, "PUT", f"/v1/experiments/{quoted(spec.name)}", orjson.loads(spec.to_json())
         )
         if entry.get("unchanged"):
             console.print(f"experiment/{spec.name} unchanged (version {entry['version']})")
@@ -181,34 +106,35 @@ def apply(
             )
 
 
-def list_(url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+def list_(url: Url = DEFAULT_URL, as_json: AsJson = False, wide: Wide = False) -> None:
     """Every experiment with its mode, status and versions."""
-    data = call(ControlClient(url), "GET", "/v1/experiments")
+    data = call(control_client(url), "GET", "/v1/experiments")
     if as_json:
         dump(data)
         return
-    table = Table(title="experiments")
-    for column in ("name", "mode", "status", "arms", "spec", "policy", "updated"):
-        table.add_column(column)
+    rows = []
     for e in data["experiments"]:
         status = f"ended ({e['winner']})" if e["status"] == "ended" else e["status"]
-        table.add_row(
-            e["name"],
-            e["mode"],
-            status,
-            ", ".join(e["arms"]),
-            str(e["version"]),
-            fmt(e["policy_version"]),
-            when(e["updated_ms"]),
+        rows.append(
+            [
+                e["name"],
+                e["mode"],
+                status,
+                ", ".join(e["arms"]),
+                str(e["version"]),
+                fmt(e["policy_version"]),
+                when(e["updated_ms"]),
+            ]
         )
-    console.print(table)
+    columns = ["name", "mode", "status", "arms", "spec", "policy", "updated"]
+    print_table("experiments", columns, rows, wide=wide)
 
 
-def show(name: Name, url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+def show(name: Name, url: Url = DEFAULT_URL, as_json: AsJson = False, wide: Wide = False) -> None:
     """The spec, status, traffic override and version history of one experiment."""
-    client = ControlClient(url)
-    described = call(client, "GET", f"/v1/experiments/{quoted(name)}")
-    versions = call(client, "GET", f"/v1/experiments/{quoted(name)}/versions")["versions"]
+    api = control_client(url)
+    described = call(api, "GET", f"/v1/experiments/{quoted(name)}")
+    versions = call(api, "GET", f"/v1/experiments/{quoted(name)}/versions")["versions"]
     if as_json:
         dump({**described, "versions": versions})
         return
@@ -227,16 +153,17 @@ def show(name: Name, url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
             f"static weights: {weights} ({override.get('reason')}, {when(override.get('ts_ms'))})"
         )
     console.print()
-    console.print(
-        yaml.safe_dump(described["spec"], sort_keys=False).rstrip(), highlight=False, markup=False
-    )
-    table = Table(title="spec versions")
-    for column in ("version", "when", "why", "what changed"):
-        table.add_column(column)
-    for v in versions[-10:]:
-        changes = ", ".join(f"{c['op']} {c['path']}" for c in v.get("changes", []))
-        table.add_row(str(v["version"]), when(v["ts_ms"]), v.get("reason", ""), changes)
-    console.print(table)
+    console.print(yaml.safe_dump(described["spec"], sort_keys=False).rstrip())
+    rows = [
+        [
+            str(v["version"]),
+            when(v["ts_ms"]),
+            v.get("reason", ""),
+            ", ".join(f"{c['op']} {c['path']}" for c in v.get("changes", [])),
+        ]
+        for v in versions[-10:]
+    ]
+    print_table("spec versions", ["version", "when", "why", "what changed"], rows, wide=wide)
 
 
 def stats(
@@ -244,21 +171,21 @@ def stats(
     window: Annotated[str | None, typer.Option(help="Only the last 15m, 6h, 7d...")] = None,
     url: Url = DEFAULT_URL,
     as_json: AsJson = False,
+    wide: Wide = False,
 ) -> None:
     """Per-arm statistics, SRM check, regret and, for A/B tests, the sequential test."""
     seconds = parse_window(window)
     query = f"?window_s={seconds:g}" if seconds else ""
-    data = call(ControlClient(url), "GET", f"/v1/experiments/{quoted(name)}/stats{query}")
+    data = call(control_client(url), "GET", f"/v1/experiments/{quoted(name)}/stats{query}")
     if as_json:
         dump(data)
         return
     ips = data["prob_best_method"] == "normal_ips"
-    table = Table(title=f"{name} · {data['mode']} · {'last ' + window if window else 'all data'}")
+    title = f"{name} · {data['mode']} · {'last ' + window if window else 'all data'}"
     columns = ["arm", "decisions", "share", "action p", "sampled p", "joined", "rewarded"]
-    columns += ["mean reward", "95% CI"] + (["IPS value", "95% CI"] if ips else [])
+    columns += ["mean reward", "95% CI"] + (["IPS value", "IPS 95% CI"] if ips else [])
     columns += ["P(best)", "errors"]
-    for column in columns:
-        table.add_column(column, justify="left" if column == "arm" else "right")
+    rows = []
     for a in data["arms"]:
         row = [
             a["arm"],
@@ -274,8 +201,8 @@ def stats(
         if ips:
             row += [fmt(a["value"]), interval(a["value_ci"])]
         row += [pct(a["prob_best"]), str(a["errors"])]
-        table.add_row(*row)
-    console.print(table)
+        rows.append(row)
+    print_table(title, columns, rows, wide=wide, right=tuple(columns[1:]))
     srm = data["srm"]
     flagged = bool(srm.get("flagged"))
     detail = (
@@ -300,27 +227,31 @@ def stats(
     )
     sequential = data.get("sequential")
     if sequential and sequential.get("comparisons"):
-        seq = Table(title=f"sequential test (anytime-valid, alpha {sequential['alpha']:g})")
-        for column in ("comparison", "units", "effect", "CS", "lift", "p", "verdict"):
-            seq.add_column(
-                column, justify="left" if column in ("comparison", "verdict") else "right"
-            )
+        rows = []
         for c in sequential["comparisons"]:
             verdict = (
                 ("better" if c["effect"] > 0 else "worse") + f" than {c['control']}"
                 if c["significant"]
                 else "no difference shown yet"
             )
-            seq.add_row(
-                f"{c['arm']} vs {c['control']}",
-                str(c["units"]),
-                fmt(c["effect"]),
-                interval(c["ci"]),
-                pct(c["relative_lift"]),
-                fmt(c["p_value"], 3),
-                verdict,
+            rows.append(
+                [
+                    f"{c['arm']} vs {c['control']}",
+                    str(c["units"]),
+                    fmt(c["effect"]),
+                    interval(c["ci"]),
+                    pct(c["relative_lift"]),
+                    fmt(c["p_value"], 3),
+                    verdict,
+                ]
             )
-        console.print(seq)
+        print_table(
+            f"sequential test (anytime-valid, alpha {sequential['alpha']:g})",
+            ["comparison", "units", "effect", "CS", "lift", "p", "verdict"],
+            rows,
+            wide=wide,
+            right=("units", "effect", "CS", "lift", "p"),
+        )
 
 
 def weights(
@@ -330,10 +261,10 @@ def weights(
     admin_key: AdminKey = None,
 ) -> None:
     """Show the traffic split, or set static weights (arm=weight ...) through the rollout API."""
-    client = ControlClient(url, admin_key)
+    api = control_client(url, admin_key)
     if pairs:
         body = {"weights": parse_weights(pairs)}
-        result = call(client, "PUT", f"/v1/experiments/{quoted(name)}/weights", body)
+        result = call(api, "PUT", f"/v1/experiments/{quoted(name)}/weights", body)
         shown = (
             result.get("weights", body["weights"]) if isinstance(result, dict) else body["weights"]
         )
@@ -341,7 +272,7 @@ def weights(
             f"{name}: weights set to " + ", ".join(f"{a}={w:g}" for a, w in shown.items())
         )
         return
-    rollout = call(client, "GET", f"/v1/experiments/{quoted(name)}/rollout")
+    rollout = call(api, "GET", f"/v1/experiments/{quoted(name)}/rollout")
     console.print(f"{name}: phase {rollout.get('phase', '-')}")
     for arm, weight in (rollout.get("weights") or {}).items():
         console.print(f"  {arm}: {weight:g}")
@@ -350,7 +281,7 @@ def weights(
 def promote(name: Name, url: Url = DEFAULT_URL, admin_key: AdminKey = None) -> None:
     """Move a canary or blue/green rollout forward (to full traffic)."""
     result = call(
-        ControlClient(url, admin_key), "POST", f"/v1/experiments/{quoted(name)}/rollout/promote"
+        control_client(url, admin_key), "POST", f"/v1/experiments/{quoted(name)}/rollout/promote"
     )
     phase = result.get("phase", "-") if isinstance(result, dict) else "-"
     console.print(f"{name}: promoted (phase {phase})")
@@ -363,22 +294,22 @@ def rollback(
     admin_key: AdminKey = None,
 ) -> None:
     """Roll back: a rollout to its baseline, a bandit to its previous (or --to) policy version."""
-    client = ControlClient(url, admin_key)
+    api = control_client(url, admin_key)
     path = f"/v1/experiments/{quoted(name)}"
     if to is None:
-        mode = call(client, "GET", path)["spec"]["mode"]
+        mode = call(api, "GET", path)["spec"]["mode"]
         if mode in ("canary", "bluegreen"):
-            result = call(client, "POST", f"{path}/rollout/abort")
+            result = call(api, "POST", f"{path}/rollout/abort")
             phase = result.get("phase", "-") if isinstance(result, dict) else "-"
             console.print(f"{name}: rolled back to the baseline (phase {phase})")
             return
-        policies = call(client, "GET", f"{path}/policies")
+        policies = call(api, "GET", f"{path}/policies")
         current = policies["current"]
         earlier = [h["version"] for h in policies["history"] if h["version"] != current]
         if not earlier:
-            fail(f"{name} has no earlier policy version to roll back to")
+            fail(f"{name} has no earlier policy version to roll back to", code=1)
         to = earlier[0]
-    call(client, "POST", f"{path}/policies/{to}/activate")
+    call(api, "POST", f"{path}/policies/{to}/activate")
     console.print(f"{name}: now serving policy version {to}")
 
 
@@ -393,7 +324,7 @@ def pause(
     """Freeze traffic at static weights: the given ones, or the split served now."""
     body = {"weights": parse_weights(pairs)} if pairs else None
     result = call(
-        ControlClient(url, admin_key), "POST", f"/v1/experiments/{quoted(name)}/pause", body
+        control_client(url, admin_key), "POST", f"/v1/experiments/{quoted(name)}/pause", body
     )
     frozen = ", ".join(f"{a}={w:.4g}" for a, w in result["override"]["weights"].items())
     console.print(f"{name}: {result['status']} at {frozen}")
@@ -401,7 +332,7 @@ def pause(
 
 def resume(name: Name, url: Url = DEFAULT_URL, admin_key: AdminKey = None) -> None:
     """Undo pause or end."""
-    result = call(ControlClient(url, admin_key), "POST", f"/v1/experiments/{quoted(name)}/resume")
+    result = call(control_client(url, admin_key), "POST", f"/v1/experiments/{quoted(name)}/resume")
     override = result.get("override")
     tail = f" (weights from {override.get('reason')})" if override else ""
     console.print(f"{name}: running{tail}")
@@ -415,7 +346,7 @@ def end(
 ) -> None:
     """End the experiment: 100% of traffic to the winner (resume undoes it)."""
     call(
-        ControlClient(url, admin_key),
+        control_client(url, admin_key),
         "POST",
         f"/v1/experiments/{quoted(name)}/end",
         {"winner": winner},
@@ -432,7 +363,7 @@ def delete(
     """Delete an experiment with its streams, policies and history."""
     if not yes:
         typer.confirm(f"delete {name} and all of its data?", abort=True)
-    call(ControlClient(url, admin_key), "DELETE", f"/v1/experiments/{quoted(name)}")
+    call(control_client(url, admin_key), "DELETE", f"/v1/experiments/{quoted(name)}")
     console.print(f"experiment/{name} deleted")
 
 

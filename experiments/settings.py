@@ -3,15 +3,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import NoDecode
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from banditgate.settings import CoreSettings, split_list
 
 
 class ControlSettings(CoreSettings):
+    model_config = SettingsConfigDict(
+        **CoreSettings.model_config, validate_by_name=True, validate_by_alias=True
+    )
+
+    # BANDITGATE_ADMIN_KEYS is the name on both sides (the CLI sends its first key);
+    # BANDITGATE_ADMIN_KEY, the CLI's old name, is read too, so setting it never leaves
+    # the control plane open by mistake.
     admin_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
+        validation_alias=AliasChoices("BANDITGATE_ADMIN_KEYS", "BANDITGATE_ADMIN_KEY"),
         description="Bearer keys for calls that change state, comma-separated (none: open).",
     )
     admin_keys_file: Path | None = Field(

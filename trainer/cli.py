@@ -70,7 +70,7 @@ def train(
         )
     console.print(table)
     if version is not None:
-        console.print(f"published [bold]{experiment}[/] policy version [bold]{version.version}[/]")
+        console.print(f"published {experiment} policy version {version.version}")
 
 
 def _fmt(value: Any) -> str:

@@ -8,14 +8,13 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
+from banditgate.console import console, err
 from banditgate_app.demo.report import render, write
 from banditgate_app.demo.run import DemoOptions, run_demo
-
-console = Console()
 
 
 def demo(
@@ -38,8 +37,11 @@ def demo(
     """Run the whole loop on a built-in scenario: two review classifiers, real rewards, learning."""
     options = DemoOptions(requests=requests, scenario=scenario, seed=seed, concurrency=concurrency)
     console.print(
-        f"[bold]banditgate demo[/]: {scenario} scenario, {requests:,} requests, seed {seed}. "
-        "Two review classifiers; the reward is 1 when the predicted rating is right."
+        Text.assemble(
+            ("banditgate demo", "bold"),
+            f": {scenario} scenario, {requests:,} requests, seed {seed}. "
+            "Two review classifiers; the reward is 1 when the predicted rating is right.",
+        )
     )
     with Progress(
         TextColumn("[bold]routing"),
@@ -59,16 +61,16 @@ def demo(
         try:
             result = asyncio.run(run_demo(options, progress=update, status=progress.console.print))
         except (RuntimeError, ValueError) as exc:
-            console.print(f"[bold red]demo failed:[/] {exc}")
+            err.print(f"demo failed: {exc}", style="bold red")
             raise typer.Exit(1) from None
     summary = result["summary"]
     print_summary(summary)
     write(report, render(summary, result["timeline"], f"{scenario} scenario", _subtitle(summary)))
-    console.print(f"report: [bold]{report}[/]")
+    console.print(f"report: {report}")
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_bytes(orjson.dumps(_json(summary), option=orjson.OPT_INDENT_2))
-        console.print(f"json: [bold]{json_path}[/]")
+        console.print(f"json: {json_path}")
 
 
 def _subtitle(summary: dict[str, Any]) -> str:
@@ -96,7 +98,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     compare = Table(title="Average reward on the same traffic")
     compare.add_column("policy")
     compare.add_column("average reward", justify="right")
-    compare.add_row("[bold]banditgate[/]", f"[bold]{summary['avg_reward']:.4f}[/]")
+    compare.add_row("banditgate", f"{summary['avg_reward']:.4f}", style="bold")
     compare.add_row("uniform A/B split", f"{summary['ab_reward']:.4f}")
     compare.add_row(f"best fixed arm ({summary['best_arm']})", f"{summary['best_arm_reward']:.4f}")
     compare.add_row("per-context oracle", f"{summary['oracle_reward']:.4f}")

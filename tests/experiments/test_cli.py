@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 
 import orjson
@@ -200,3 +201,59 @@ async def test_unreachable_control_plane() -> None:
     result = await run(url, "exp", "list")
     assert result.exit_code == 1
     assert "cannot reach the control plane" in result.output
+
+
+async def run_at(control: Control, columns: int, *args: str) -> Result:
+    env = {"BANDITGATE_URL": control.url, "BANDITGATE_ADMIN_KEYS": ADMIN_KEY}
+    env["COLUMNS"] = str(columns)
+    return await asyncio.to_thread(CliRunner().invoke, cli_app(), list(args), env=env)
+
+
+async def test_list_stats_and_show_fit_80_columns(control: Control, redis: Redis) -> None:
+    name = f"reviews-with-a-long-name-{uuid.uuid4().hex}"  # 57 characters
+    doc = spec_doc(name, ("bert-base-uncased-1", "bert-large-2"), mode="ab")
+    await control.call("POST", "/v1/experiments", doc)
+    await control.call("PATCH", f"/v1/experiments/{name}", {"description": "two classifiers"})
+    arms = ("bert-base-uncased-1", "bert-large-2")
+    rows = [
+        decision(name, arm, [0.5, 0.5], arms=arms, mode="ab", event_id=str(i))
+        for i, arm in enumerate(["bert-base-uncased-1"] * 3 + ["bert-large-2"] * 3)
+    ]
+    await write_decisions(redis, name, rows)
+    for d, reward in zip(rows, [1, 1, 0, 0, 0, 1], strict=True):
+        await write_joined(redis, name, d, float(reward), rewarded=bool(reward))
+
+    for command in (["list"], ["stats", name], ["show", name]):
+        result = await run_at(control, 80, "exp", *command)
+        assert result.exit_code == 0, result.output
+        too_long = [line for line in result.output.splitlines() if len(line) > 80]
+        assert too_long == [], command
+        assert "…" not in result.output, command  # nothing cut short
+
+    listed = (await run_at(control, 80, "exp", "list")).output.splitlines()
+    assert f"name: {name}" in listed
+    details = listed[listed.index(f"name: {name}") + 1 :]
+    assert "mode: ab" in details[0] and "arms: bert-base-uncased-1, bert-large-2" in "".join(
+        details[:3]
+    )
+
+    stats = (await run_at(control, 80, "exp", "stats", name)).output
+    block = stats.split("arm: bert-base-uncased-1", 1)[1].split("arm: bert-large-2", 1)[0]
+    assert "share: 50.0%" in block and "mean reward: 0.6667" in block
+    assert "sample ratio: ok (configured_weights" in stats
+
+    wide = (await run_at(control, 80, "exp", "stats", name, "--wide")).output
+    row = next(line for line in wide.splitlines() if line.startswith("│ bert-base-uncased-1 "))
+    assert "50.0%" in row and "0.6667" in row and len(row) > 80
+
+
+async def test_the_admin_key_comes_from_the_servers_variable(
+    control: Control, name: str, tmp_path: Path
+) -> None:
+    path = write_spec(tmp_path / "spec.yaml", spec_doc(name))
+    env = {"BANDITGATE_URL": control.url, "BANDITGATE_ADMIN_KEYS": f"{ADMIN_KEY},another-key"}
+    result = await asyncio.to_thread(
+        CliRunner().invoke, cli_app(), ["exp", "apply", "-f", str(path)], env=env
+    )
+    assert result.exit_code == 0, result.output
+    assert f"experiment/{name} created (version 1)" in result.output
