@@ -8,10 +8,8 @@ copied and searched; tables fit the terminal (see `print_table`).
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn
 
 import orjson
 import typer
@@ -19,13 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from banditgate.client import ApiError, ControlClient, Unreachable, first_key
-from banditgate.errors import BanditgateError, InvalidSpec
-from banditgate.process import redis_url
-from banditgate.redis import Redis, connect
-from banditgate.settings import CoreSettings
+from banditgate.errors import InvalidSpec
 from banditgate.spec import ExperimentSpec, load_specs
-
-T = TypeVar("T")
 
 console = Console(markup=False, highlight=False, soft_wrap=True)
 err = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
@@ -68,23 +61,6 @@ def read_specs(files: list[Path]) -> list[ExperimentSpec]:
     if duplicates:
         fail(f"experiment names appear more than once: {duplicates}")
     return specs
-
-
-def with_redis(fn: Callable[[Redis], Awaitable[T]]) -> T:
-    """Run `fn(redis)` against the configured Redis (or an embedded one)."""
-
-    async def runner(url: str) -> T:
-        redis = connect(url)
-        try:
-            return await fn(redis)
-        finally:
-            await redis.aclose()
-
-    with redis_url(CoreSettings()) as url:
-        try:
-            return asyncio.run(runner(url))
-        except BanditgateError as exc:
-            fail(exc.message)
 
 
 def control_client(url: str, admin_key: str | None = None) -> ControlClient:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Any, cast
 
@@ -102,6 +103,17 @@ class RedisHandle:
         if self._client is not None and self._owned:
             await self._client.aclose()
             self._client = None
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, to say which Redis a command opened."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def connect(url: str, **kwargs: Any) -> Redis:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import os
 import signal
@@ -14,10 +15,20 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from banditgate.console import console, fail, read_specs, with_redis
-from banditgate.policy import validate_model
+from banditgate.client import DEFAULT_URL, quoted
+from banditgate.console import (
+    AdminKey,
+    AsJson,
+    Url,
+    call,
+    console,
+    control_client,
+    dump,
+    fail,
+    print_table,
+    read_specs,
+)
 from banditgate.process import (
     configure_logging,
     exit_on_sigterm,
@@ -26,11 +37,10 @@ from banditgate.process import (
     spawn_child,
     stop_process,
 )
-from banditgate.redis import connect
-from banditgate.registry import PolicyRegistry
+from banditgate.redis import connect, redacted
 from banditgate.settings import CoreSettings
 from banditgate.spec import ExperimentSpec
-from banditgate.store import ExperimentStore, apply_specs
+from banditgate.store import apply_specs
 from banditgate.supervisor import Supervisor, check_heartbeats
 from banditgate_app import workers as worker_registry
 from banditgate_app.demo.cli import demo
@@ -41,7 +51,10 @@ from trainer.cli import register as register_trainer
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Route traffic to the model that earns it."
 )
-policy_app = typer.Typer(no_args_is_help=True, help="Policy versions in the registry.")
+policy_app = typer.Typer(
+    no_args_is_help=True,
+    help="Policy versions in the registry, through the control plane's API (--url / BANDITGATE_URL).",
+)
 app.add_typer(policy_app, name="policy")
 register_ingest(app)
 register_trainer(app)
@@ -228,9 +241,19 @@ def _run_workers(selected: dict[str, Any]) -> None:
 
 
 def _check_workers(names: list[str]) -> None:
-    if not CoreSettings().redis_url:
+    url = CoreSettings().redis_url
+    if not url:
         fail("--check reads heartbeats from Redis: set BANDITGATE_REDIS_URL", code=1)
-    beats = with_redis(lambda redis: check_heartbeats(redis, names))
+
+    async def read() -> dict[str, Any]:
+        redis = connect(url)
+        try:
+            return await check_heartbeats(redis, names)
+        finally:
+            await redis.aclose()
+
+    console.print(f"heartbeats in {redacted(url)} (BANDITGATE_REDIS_URL)")
+    beats = asyncio.run(read())
     dead = [name for name, beat in beats.items() if beat is None]
     for name, beat in beats.items():
         state = "dead" if beat is None else f"live (pid {beat['pid']}, {beat['crashes']} crashes)"
@@ -244,75 +267,81 @@ def policy_publish(
     model: Annotated[Path, typer.Argument(help="VW model file (or JSON for static/thompson).")],
     experiment: Annotated[str, typer.Option("--experiment", "-e")],
     note: Annotated[str, typer.Option(help="Free text kept with the version.")] = "",
+    activate: Annotated[bool, typer.Option(help="Serve it at once.")] = True,
+    url: Url = DEFAULT_URL,
+    admin_key: AdminKey = None,
 ) -> None:
-    """Publish a model by hand; routers swap it in at once."""
+    """Publish a model by hand: checked against the experiment, then served by every router."""
     try:
         data = model.read_bytes()
     except OSError as exc:
         fail(f"cannot read {model}: {exc.strerror}")
-
-    async def run(redis: Any) -> Any:
-        spec = await ExperimentStore(redis).get(experiment)
-        validate_model(spec, data)
-        registry = PolicyRegistry(redis)
-        parent = await registry.current_version(experiment)
-        return await registry.publish(
-            experiment,
-            data,
-            learner=spec.policy.learner,
-            parent=parent,
-            source="manual",
-            note=note,
-        )
-
-    record = with_redis(run)
-    console.print(f"published {experiment} policy version {record.version}")
+    body = {
+        "model": base64.b64encode(data).decode(),
+        "note": note,
+        "source": "manual",
+        "activate": activate,
+    }
+    published = call(
+        control_client(url, admin_key),
+        "POST",
+        f"/v1/experiments/{quoted(experiment)}/policies",
+        body,
+    )
+    version = published["version"]["version"]
+    tail = "" if activate else f" (not serving it; `banditgate policy activate {version}` does)"
+    console.print(f"published {experiment} policy version {version}{tail}")
 
 
 @policy_app.command("list")
-def policy_list(experiment: Annotated[str, typer.Option("--experiment", "-e")]) -> None:
+def policy_list(
+    experiment: Annotated[str, typer.Option("--experiment", "-e")],
+    url: Url = DEFAULT_URL,
+    as_json: AsJson = False,
+    wide: Annotated[bool, typer.Option("--wide", help="One table however wide.")] = False,
+) -> None:
     """Versions with their lineage and off-policy numbers."""
-
-    async def run(redis: Any) -> Any:
-        registry = PolicyRegistry(redis)
-        return await registry.versions(experiment), await registry.current_version(experiment)
-
-    versions, current = with_redis(run)
-    table = Table(title=f"{experiment} policies")
-    for column in ("version", "parent", "source", "examples", "created", "ope", ""):
-        table.add_column(column)
-
-    for record in versions:
-        created = dt.datetime.fromtimestamp(record.created_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
-        ope = record.ope.get("candidate", {}).get("dr", {}) if record.ope else {}
+    data = call(control_client(url), "GET", f"/v1/experiments/{quoted(experiment)}/policies")
+    if as_json:
+        dump(data)
+        return
+    rows = []
+    for record in data["versions"]:
+        created = dt.datetime.fromtimestamp(record["created_ms"] / 1000)
+        ope = (record.get("ope") or {}).get("candidate", {}).get("dr", {})
         ope_text = (
             f"{ope.get('value', 0):.4f} [{ope.get('lo', 0):.4f}, {ope.get('hi', 0):.4f}]"
             if ope
             else ""
         )
-        table.add_row(
-            str(record.version),
-            str(record.parent) if record.parent is not None else "-",
-            record.source,
-            str(record.n_examples),
-            created,
-            ope_text,
-            "current" if record.version == current else "",
+        rows.append(
+            [
+                str(record["version"]),
+                str(record["parent"]) if record["parent"] is not None else "-",
+                record["source"],
+                str(record["n_examples"]),
+                created.strftime("%Y-%m-%d %H:%M:%S"),
+                ope_text,
+                "current" if record["version"] == data["current"] else "",
+            ]
         )
-    console.print(table)
+    columns = ["version", "parent", "source", "examples", "created", "DR [95% CI]", ""]
+    print_table(f"{experiment} policies", columns, rows, wide=wide)
 
 
 @policy_app.command("activate")
 def policy_activate(
     version: Annotated[int, typer.Argument()],
     experiment: Annotated[str, typer.Option("--experiment", "-e")],
+    url: Url = DEFAULT_URL,
+    admin_key: AdminKey = None,
 ) -> None:
-    """Serve an earlier (or any) version again: a rollback."""
-
-    async def run(redis: Any) -> Any:
-        return await PolicyRegistry(redis).activate(experiment, version, "activated from the CLI")
-
-    with_redis(run)
+    """Serve an earlier (or any) version again: a rollback. The model must still fit the spec."""
+    call(
+        control_client(url, admin_key),
+        "POST",
+        f"/v1/experiments/{quoted(experiment)}/policies/{version}/activate",
+    )
     console.print(f"{experiment} now serves policy version {version}")
 
 

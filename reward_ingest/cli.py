@@ -6,11 +6,14 @@ from typing import Annotated
 
 import typer
 
-from banditgate.console import console, fail, with_redis
-from banditgate.export_flush import FlushOutcome, request_flush
-from banditgate.redis import Redis
+from banditgate.client import DEFAULT_URL
+from banditgate.console import AdminKey, Url, call, console, control_client, fail
 
-export_app = typer.Typer(no_args_is_help=True, help="Parquet and DSJSON export of joined examples.")
+export_app = typer.Typer(
+    no_args_is_help=True,
+    help="Parquet and DSJSON export of joined examples, through the control plane's API "
+    "(--url / BANDITGATE_URL).",
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -22,21 +25,24 @@ def export_flush(
     experiment: Annotated[
         str | None, typer.Option("--experiment", "-e", help="Only this experiment's files.")
     ] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the exporters.")] = 30.0,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, max=300, help="Seconds to wait for the exporters.")
+    ] = 30.0,
+    url: Url = DEFAULT_URL,
+    admin_key: AdminKey = None,
 ) -> None:
     """Close the open export files now: everything joined so far lands in closed files."""
-
-    async def run(redis: Redis) -> FlushOutcome:
-        return await request_flush(redis, experiment=experiment, timeout_s=timeout)
-
-    outcome = with_redis(run)
-    if outcome.exporters == 0:
+    body = {"experiment": experiment, "timeout_s": timeout}
+    outcome = call(
+        control_client(url, admin_key), "POST", "/v1/export/flush", body, timeout_s=timeout + 30
+    )
+    if outcome["exporters"] == 0:
         console.print("no exporter is running; there are no open files to close")
         return
-    if not outcome.complete:
+    if not outcome["complete"]:
         fail(
-            f"{len(outcome.replies)} of {outcome.exporters} exporters answered within {timeout:g}s "
-            f"({outcome.files} files closed)",
+            f"{outcome['answered']} of {outcome['exporters']} exporters answered within "
+            f"{timeout:g}s ({outcome['files']} files closed)",
             code=1,
         )
-    console.print(f"{outcome.exporters} exporter(s) closed {outcome.files} file(s)")
+    console.print(f"{outcome['exporters']} exporter(s) closed {outcome['files']} file(s)")

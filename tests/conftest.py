@@ -5,10 +5,15 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import redis as redis_sync
+from pydantic import SecretStr
 
 from banditgate.redis import EmbeddedRedis, Redis, connect
+from experiments.app import create_control_app
+from experiments.settings import ControlSettings
+from tests.support import ADMIN_KEY, Control, serve_asgi
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +52,12 @@ def name() -> str:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+@pytest.fixture
+async def control(redis_url: str) -> AsyncIterator[Control]:
+    """The control plane on loopback, in the test's event loop, keyed with ADMIN_KEY."""
+    settings = ControlSettings(redis_url=redis_url, admin_keys=[SecretStr(ADMIN_KEY)])
+    app = create_control_app(settings)
+    async with serve_asgi(app) as url, aiohttp.ClientSession() as http:
+        yield Control(url, http, app)

@@ -9,11 +9,51 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import orjson
 import uvicorn
 from aiohttp import web
 
 from banditgate.spec import ExperimentSpec, parse_spec
+
+ADMIN_KEY = "test-admin-key"
+
+
+@dataclass
+class Control:
+    """A control plane served on loopback (the `control` fixture), and a client for it."""
+
+    url: str
+    http: aiohttp.ClientSession
+    app: Any
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        key: str | None = ADMIN_KEY,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+    ) -> tuple[int, Any]:
+        sent = dict(headers or {})
+        if key is not None:
+            sent["authorization"] = f"Bearer {key}"
+        data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
+        if data is not None:
+            sent.setdefault("content-type", "application/json")
+        async with self.http.request(method, self.url + path, data=data, headers=sent) as response:
+            text = await response.read()
+            content_type = response.headers.get("content-type", "")
+            parsed = orjson.loads(text) if text and "json" in content_type else text.decode()
+            return response.status, parsed
+
+    async def get(self, path: str) -> Any:
+        """GET without a key (reads are open); the status must be 200."""
+        status, body = await self.call("GET", path, key=None)
+        assert status == 200, body
+        return body
 
 
 @dataclass

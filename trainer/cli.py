@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
+import base64
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from banditgate.console import console, fail, with_redis
+from banditgate.client import DEFAULT_URL, quoted
+from banditgate.console import AdminKey, Url, call, console, control_client, fail, print_table
 from banditgate.errors import BanditgateError
 from banditgate.policy import validate_model
-from banditgate.registry import PolicyRegistry
-from banditgate.store import ExperimentStore
+from banditgate.spec import parse_spec
 from trainer.warmstart import train_from
 
 
@@ -28,49 +27,53 @@ def train(
     experiment: Annotated[str, typer.Option("--experiment", "-e")],
     publish: Annotated[bool, typer.Option(help="Publish the result as the serving policy.")] = True,
     out: Annotated[Path | None, typer.Option(help="Also write the model to this file.")] = None,
+    url: Url = DEFAULT_URL,
+    admin_key: AdminKey = None,
 ) -> None:
-    """Build a first policy from historical logs (warm start)."""
+    """Build a first policy from historical logs (warm start).
 
-    async def run(redis: Any) -> Any:
-        spec = await ExperimentStore(redis).get(experiment)
-        result = await asyncio.to_thread(train_from, source, spec)
-        validate_model(spec, result.model)
-        version = None
-        if publish:
-            registry = PolicyRegistry(redis)
-            version = await registry.publish(
-                experiment,
-                result.model,
-                learner=spec.policy.learner,
-                parent=await registry.current_version(experiment),
-                n_examples=result.examples,
-                source="warmstart",
-                ope=result.numbers,
-                note=f"trained from {source}",
-            )
-        return result, version
-
+    The spec comes from the control plane (--url / BANDITGATE_URL); training runs
+    here, on the local files; the model is published through the API.
+    """
+    api = control_client(url, admin_key)
+    path = f"/v1/experiments/{quoted(experiment)}"
+    spec = parse_spec(call(api, "GET", path)["spec"])
     try:
-        result, version = with_redis(run)
+        result = train_from(source, spec)
+        validate_model(spec, result.model)
     except BanditgateError as exc:
         fail(exc.message)
+    version = None
+    if publish:
+        body = {
+            "model": base64.b64encode(result.model).decode(),
+            "source": "warmstart",
+            "note": f"trained from {source}",
+            "n_examples": result.examples,
+            "ope": result.numbers,
+        }
+        version = call(api, "POST", f"{path}/policies", body)["version"]["version"]
     if out is not None:
         out.write_bytes(result.model)
-    table = Table(title=f"{experiment}: warm start from {result.examples} logged decisions")
-    for column in ("policy", "IPS", "SNIPS", "DR [95% CI]"):
-        table.add_column(column)
+    rows = []
     for label, key in (("new policy", "candidate"), ("logging policy", "logging_policy")):
         numbers = result.numbers[key]
         dr = numbers["dr"]
-        table.add_row(
-            label,
-            _fmt(numbers["ips"]["value"]),
-            _fmt(numbers["snips"]["value"]),
-            f"{_fmt(dr['value'])} [{_fmt(dr['lo'])}, {_fmt(dr['hi'])}]",
+        rows.append(
+            [
+                label,
+                _fmt(numbers["ips"]["value"]),
+                _fmt(numbers["snips"]["value"]),
+                f"{_fmt(dr['value'])} [{_fmt(dr['lo'])}, {_fmt(dr['hi'])}]",
+            ]
         )
-    console.print(table)
+    print_table(
+        f"{experiment}: warm start from {result.examples} logged decisions",
+        ["policy", "IPS", "SNIPS", "DR [95% CI]"],
+        rows,
+    )
     if version is not None:
-        console.print(f"published {experiment} policy version {version.version}")
+        console.print(f"published {experiment} policy version {version}")
 
 
 def _fmt(value: Any) -> str:

@@ -1,68 +1,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
-import pytest
-from pydantic import SecretStr
 
 from banditgate import keys
 from banditgate.events import Decision, decision_batch_fields
 from banditgate.redis import Redis
-from experiments.app import create_control_app
-from experiments.settings import ControlSettings
-from tests.support import serve_asgi
+from tests.support import ADMIN_KEY, Control
 
-ADMIN_KEY = "test-admin-key"
-
-
-@dataclass
-class Control:
-    """A control plane served on loopback, and a client for it."""
-
-    url: str
-    http: aiohttp.ClientSession
-    app: Any
-
-    async def call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        key: str | None = ADMIN_KEY,
-        headers: dict[str, str] | None = None,
-        raw: bytes | None = None,
-    ) -> tuple[int, Any]:
-        sent = dict(headers or {})
-        if key is not None:
-            sent["authorization"] = f"Bearer {key}"
-        data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
-        if data is not None:
-            sent.setdefault("content-type", "application/json")
-        async with self.http.request(method, self.url + path, data=data, headers=sent) as response:
-            text = await response.read()
-            content_type = response.headers.get("content-type", "")
-            parsed = orjson.loads(text) if text and "json" in content_type else text.decode()
-            return response.status, parsed
-
-    async def get(self, path: str) -> Any:
-        """GET without a key (reads are open); the status must be 200."""
-        status, body = await self.call("GET", path, key=None)
-        assert status == 200, body
-        return body
-
-
-@pytest.fixture
-async def control(redis_url: str) -> AsyncIterator[Control]:
-    settings = ControlSettings(redis_url=redis_url, admin_keys=[SecretStr(ADMIN_KEY)])
-    app = create_control_app(settings)
-    async with serve_asgi(app) as url, aiohttp.ClientSession() as http:
-        yield Control(url, http, app)
+__all__ = ["ADMIN_KEY", "Control"]
 
 
 def spec_doc(name: str, arms: tuple[str, ...] = ("a", "b"), **overrides: Any) -> dict[str, Any]:

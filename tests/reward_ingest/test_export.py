@@ -28,7 +28,7 @@ from reward_ingest.export_worker import Exporter
 from reward_ingest.settings import IngestSettings
 from reward_ingest.worker import Joiner
 from tests.reward_ingest.conftest import Clock, add_reward, decision, log_decisions
-from tests.support import wait_for
+from tests.support import ADMIN_KEY, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -227,7 +227,7 @@ async def test_dsjson_fields(redis, name, clock, settings):
 
 
 async def test_export_flush_command_reaches_a_running_exporter(
-    redis, redis_url, name, clock, settings
+    redis, control, name, clock, settings
 ):
     await joined_run(redis, name, clock, settings, n=10)
     slow = settings.model_copy(update={"export_max_age_s": 3600.0})
@@ -242,11 +242,7 @@ async def test_export_flush_command_reaches_a_running_exporter(
     try:
         await wait_for(open_files)
         assert parquet_files(root) == []
-        env = {
-            **os.environ,
-            "BANDITGATE_REDIS_URL": redis_url,
-            "BANDITGATE_DATA_DIR": str(settings.data_dir),
-        }
+        env = {**os.environ, "BANDITGATE_URL": control.url, "BANDITGATE_ADMIN_KEYS": ADMIN_KEY}
         done = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "banditgate_app.cli", "export", "flush", "--experiment", name],
@@ -265,8 +261,8 @@ async def test_export_flush_command_reaches_a_running_exporter(
         await asyncio.wait_for(task, timeout=10)
 
 
-async def test_export_flush_with_no_exporter(redis_url, tmp_path):
-    env = {**os.environ, "BANDITGATE_REDIS_URL": redis_url, "BANDITGATE_DATA_DIR": str(tmp_path)}
+async def test_export_flush_with_no_exporter(control):
+    env = {**os.environ, "BANDITGATE_URL": control.url, "BANDITGATE_ADMIN_KEYS": ADMIN_KEY}
     done = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "banditgate_app.cli", "export", "flush"],

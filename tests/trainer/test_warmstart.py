@@ -15,6 +15,7 @@ from banditgate.registry import PolicyRegistry
 from banditgate.spec import parse_spec
 from banditgate.store import ExperimentStore
 from banditgate_app.cli import app
+from tests.support import ADMIN_KEY, Control
 
 runner = CliRunner()
 
@@ -56,23 +57,24 @@ def logged_rows(n: int, seed: int = 0) -> list[dict]:  # type: ignore[type-arg]
     return rows
 
 
-async def invoke(redis_url: str, *args: str):  # type: ignore[no-untyped-def]
-    """The CLI runs its own event loop, so it runs in a thread here."""
-    return await asyncio.to_thread(
-        runner.invoke, app, list(args), env={"BANDITGATE_REDIS_URL": redis_url}
-    )
+async def invoke(control: Control | None, *args: str):  # type: ignore[no-untyped-def]
+    """The CLI in a thread, so the control plane it calls keeps answering on this loop."""
+    env = {
+        "BANDITGATE_URL": control.url if control else None,
+        "BANDITGATE_ADMIN_KEYS": ADMIN_KEY,
+        "COLUMNS": "80",
+    }
+    return await asyncio.to_thread(runner.invoke, app, list(args), env=env)
 
 
-async def test_warm_start_from_parquet_learns_the_contextual_policy(
-    redis, redis_url, name, tmp_path
-):
+async def test_warm_start_from_parquet_learns_the_contextual_policy(redis, control, name, tmp_path):
     spec = spec_for(name)
     await ExperimentStore(redis).put(spec)
     path = tmp_path / "export" / "date=2026-11-26" / "hour=03" / "part-0.parquet"
     path.parent.mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(logged_rows(3000)), path)
     result = await invoke(
-        redis_url, "train", "--from", str(tmp_path / "export"), "--experiment", name
+        control, "train", "--from", str(tmp_path / "export"), "--experiment", name
     )
     assert result.exit_code == 0, result.output
     assert "warm start from 3000 logged decisions" in result.output
@@ -86,7 +88,7 @@ async def test_warm_start_from_parquet_learns_the_contextual_policy(
     assert policy.probabilities({"t.len": "100"}, actions)[1] > 0.9
 
 
-async def test_warm_start_from_dsjson(redis, redis_url, name, tmp_path):
+async def test_warm_start_from_dsjson(redis, control, name, tmp_path):
     spec = spec_for(name)
     await ExperimentStore(redis).put(spec)
     lines = []
@@ -115,7 +117,7 @@ async def test_warm_start_from_dsjson(redis, redis_url, name, tmp_path):
         )
     (tmp_path / "log.json").write_text("\n".join(lines) + "\n")
     result = await invoke(
-        redis_url, "train", "--from", str(tmp_path / "log.json"), "--experiment", name
+        control, "train", "--from", str(tmp_path / "log.json"), "--experiment", name
     )
     assert result.exit_code == 0, result.output
     registry = PolicyRegistry(redis)
@@ -127,7 +129,7 @@ async def test_warm_start_from_dsjson(redis, redis_url, name, tmp_path):
 
 
 async def test_bad_warm_start_files_are_refused_with_the_row_and_reason(
-    redis, redis_url, name, tmp_path
+    redis, control, name, tmp_path
 ):
     await ExperimentStore(redis).put(spec_for(name))
     rows = logged_rows(10)
@@ -135,14 +137,14 @@ async def test_bad_warm_start_files_are_refused_with_the_row_and_reason(
     pq.write_table(
         pa.Table.from_pylist([{k: v for k, v in r.items() if k != "pmf"} for r in rows]), missing
     )
-    result = await invoke(redis_url, "train", "--from", str(missing), "--experiment", name)
+    result = await invoke(control, "train", "--from", str(missing), "--experiment", name)
     assert result.exit_code != 0 and "missing columns ['pmf']" in result.output
 
     rows[7]["pmf"] = [0.0, 1.0]
     rows[7]["chosen"] = "a"
     bad = tmp_path / "bad.parquet"
     pq.write_table(pa.Table.from_pylist(rows), bad)
-    result = await invoke(redis_url, "train", "--from", str(bad), "--experiment", name)
+    result = await invoke(control, "train", "--from", str(bad), "--experiment", name)
     assert result.exit_code != 0
     assert "row 7" in result.output and "outside (0, 1]" in result.output
 
@@ -150,7 +152,7 @@ async def test_bad_warm_start_files_are_refused_with_the_row_and_reason(
         '{"_label_cost": 0, "_label_probability": 1.5, "_labelIndex": 0, "p": [1], "c": {"_multi": [{}]}}\n'
     )
     result = await invoke(
-        redis_url, "train", "--from", str(tmp_path / "bad.json"), "--experiment", name
+        control, "train", "--from", str(tmp_path / "bad.json"), "--experiment", name
     )
     assert (
         result.exit_code != 0
@@ -160,22 +162,20 @@ async def test_bad_warm_start_files_are_refused_with_the_row_and_reason(
     assert await PolicyRegistry(redis).versions(name) == []
 
 
-async def test_policy_publish_cli_refuses_incompatible_models(
-    redis, redis_url, name, tmp_path: Path
-):
+async def test_policy_publish_cli_refuses_incompatible_models(redis, control, name, tmp_path: Path):
     await ExperimentStore(redis).put(spec_for(name))
     garbage = tmp_path / "garbage.vw"
     garbage.write_bytes(b"\x00\x01not a model")
-    result = await invoke(redis_url, "policy", "publish", str(garbage), "--experiment", name)
+    result = await invoke(control, "policy", "publish", str(garbage), "--experiment", name)
     assert result.exit_code != 0 and "not a loadable VW model" in result.output
     result = await invoke(
-        redis_url, "policy", "publish", str(garbage), "--experiment", "no-such-experiment"
+        control, "policy", "publish", str(garbage), "--experiment", "no-such-experiment"
     )
     assert result.exit_code != 0 and "no experiment named" in result.output
     assert await PolicyRegistry(redis).versions(name) == []
 
 
-async def test_policy_cli_publishes_lists_and_rolls_back(redis, redis_url, name, tmp_path: Path):
+async def test_policy_cli_publishes_lists_and_rolls_back(redis, control, name, tmp_path: Path):
     from trainer.learner import VWLearner
 
     spec = spec_for(name)
@@ -183,23 +183,24 @@ async def test_policy_cli_publishes_lists_and_rolls_back(redis, redis_url, name,
     model = tmp_path / "model.vw"
     model.write_bytes(VWLearner(spec.policy).model_bytes())
     for _ in range(2):
-        result = await invoke(redis_url, "policy", "publish", str(model), "--experiment", name)
+        result = await invoke(control, "policy", "publish", str(model), "--experiment", name)
         assert result.exit_code == 0, result.output
     registry = PolicyRegistry(redis)
     assert await registry.current_version(name) == 2
-    listed = await invoke(redis_url, "policy", "list", "--experiment", name)
+    listed = await invoke(control, "policy", "list", "--experiment", name)
     assert listed.exit_code == 0 and "current" in listed.output
-    rolled = await invoke(redis_url, "policy", "activate", "1", "--experiment", name)
+    assert max(len(line) for line in listed.output.splitlines()) <= 80
+    rolled = await invoke(control, "policy", "activate", "1", "--experiment", name)
     assert rolled.exit_code == 0, rolled.output
     assert await registry.current_version(name) == 1
-    missing = await invoke(redis_url, "policy", "activate", "9", "--experiment", name)
+    missing = await invoke(control, "policy", "activate", "9", "--experiment", name)
     assert missing.exit_code != 0 and "no policy version 9" in missing.output
 
 
-async def test_a_bad_spec_fails_the_cli_with_the_field_path(tmp_path: Path, redis_url):
+async def test_a_bad_spec_fails_the_cli_with_the_field_path(tmp_path: Path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: reviews\narms:\n  - {name: a, url: 'ftp://nope'}\n")
     for command in (["validate", "-f", str(bad)], ["serve", "-f", str(bad)]):
-        result = await invoke(redis_url, *command)
+        result = await invoke(None, *command)
         assert result.exit_code == 2, result.output
         assert "arms[0].url" in result.output and "http://" in result.output
