@@ -1,9 +1,10 @@
-"""Event schemas and their Redis stream encodings.
+"""Event schemas and their Redis stream encodings (field names from `banditgate.contracts`).
 
 The decisions stream holds batches: one entry per router flush, `n` decisions
-as one orjson array (the shadow-results stream is batched the same way). One XADD per batch instead of per decision keeps the
-router's logging cost at a few microseconds a request (see BENCHMARKS.md).
-Reward and joined streams hold one event per entry.
+as one orjson array (the shadow-results stream is batched the same way). One XADD
+per batch instead of per decision keeps the router's logging cost at a few
+microseconds a request (see BENCHMARKS.md). Reward and joined streams hold one
+event per entry; joined entries are written by the join script, in Lua.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 from typing import Any, NotRequired, TypedDict
 
 import orjson
+
+from banditgate.contracts import BatchField, JoinedField, RewardField
 
 
 class Decision(TypedDict):
@@ -73,21 +76,25 @@ def new_event_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+_COUNT, _RECORDS = BatchField.COUNT.value, BatchField.RECORDS.value
+_RECORDS_RAW = BatchField.RECORDS.raw
+
+
 def decision_batch_fields(decisions: list[Decision]) -> dict[str, bytes | int]:
-    return {"n": len(decisions), "b": orjson.dumps(decisions)}
+    return {_COUNT: len(decisions), _RECORDS: orjson.dumps(decisions)}
 
 
 def decode_decision_batch(fields: dict[bytes, bytes]) -> list[Decision]:
-    decisions: list[Decision] = orjson.loads(fields[b"b"])
+    decisions: list[Decision] = orjson.loads(fields[_RECORDS_RAW])
     return decisions
 
 
 def shadow_batch_fields(results: list[ShadowResult]) -> dict[str, bytes | int]:
-    return {"n": len(results), "b": orjson.dumps(results)}
+    return {_COUNT: len(results), _RECORDS: orjson.dumps(results)}
 
 
 def decode_shadow_batch(fields: dict[bytes, bytes]) -> list[ShadowResult]:
-    results: list[ShadowResult] = orjson.loads(fields[b"b"])
+    results: list[ShadowResult] = orjson.loads(fields[_RECORDS_RAW])
     return results
 
 
@@ -98,25 +105,48 @@ def event_index_bucket(ts_ms: int) -> int:
     return ts_ms // EVENT_INDEX_BUCKET_MS
 
 
+_ID, _VALUE, _TS = RewardField.EVENT_ID.value, RewardField.VALUE.value, RewardField.TS_MS.value
+_ID_RAW, _VALUE_RAW, _TS_RAW = (
+    RewardField.EVENT_ID.raw,
+    RewardField.VALUE.raw,
+    RewardField.TS_MS.raw,
+)
+
+
 def reward_fields(reward: Reward) -> dict[str, bytes | str | int | float]:
-    return {"id": reward["event_id"], "v": repr(float(reward["value"])), "ts": reward["ts_ms"]}
+    return {_ID: reward["event_id"], _VALUE: repr(float(reward["value"])), _TS: reward["ts_ms"]}
 
 
 def decode_reward(fields: dict[bytes, bytes]) -> Reward:
     return {
-        "event_id": fields[b"id"].decode(),
-        "value": float(fields[b"v"]),
-        "ts_ms": int(fields[b"ts"]),
+        "event_id": fields[_ID_RAW].decode(),
+        "value": float(fields[_VALUE_RAW]),
+        "ts_ms": int(fields[_TS_RAW]),
+    }
+
+
+_D, _R, _RW, _N, _JT = (field.value for field in JoinedField)
+_D_RAW, _R_RAW, _RW_RAW, _N_RAW, _JT_RAW = (field.raw for field in JoinedField)
+
+
+def joined_fields(joined: Joined) -> dict[str, bytes | str | int]:
+    """A joined entry as the join script writes it (for tools and tests that write one)."""
+    return {
+        _D: orjson.dumps(joined["decision"]),
+        _R: repr(float(joined["reward"])),
+        _RW: "1" if joined["rewarded"] else "0",
+        _N: joined["n_rewards"],
+        _JT: joined["joined_ts_ms"],
     }
 
 
 def decode_joined(fields: dict[bytes, bytes]) -> Joined:
     return {
-        "decision": orjson.loads(fields[b"d"]),
-        "reward": float(fields[b"r"]),
-        "rewarded": fields[b"rw"] == b"1",
-        "n_rewards": int(fields[b"n"]),
-        "joined_ts_ms": int(fields[b"jt"]),
+        "decision": orjson.loads(fields[_D_RAW]),
+        "reward": float(fields[_R_RAW]),
+        "rewarded": fields[_RW_RAW] == b"1",
+        "n_rewards": int(fields[_N_RAW]),
+        "joined_ts_ms": int(fields[_JT_RAW]),
     }
 
 

@@ -1,4 +1,7 @@
-"""Every Redis key and channel name. Per-experiment keys carry the name as a cluster hash tag."""
+"""Every Redis key and channel name. Per-experiment keys carry the name as a cluster hash tag.
+
+Field, counter and consumer-group names are in `banditgate.contracts`.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +12,6 @@ UNROUTED_REWARDS = "bg:{unrouted}:rewards"
 UNROUTED_COUNTERS = "bg:{unrouted}:counters"
 UNROUTED_ORPHANS = "bg:{unrouted}:orphans"
 EXPORT_FLUSH_CHANNEL = "bg:export:flush"
-
-# Consumer groups.
-JOINER_GROUP = "joiner"
-RESOLVER_GROUP = "resolver"
-EXPORTER_GROUP = "exporter"
 
 
 def _tag(experiment: str) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from banditgate.settings import CoreSettings
 
@@ -36,6 +37,21 @@ async def xreadgroup_entries(
     if not reply:
         return []
     return [(entry_id, fields or {}) for entry_id, fields in reply[0][1]]
+
+
+def stream_id_ms(entry_id: bytes | str) -> int:
+    """The millisecond part of a stream entry id (`<ms>-<seq>`)."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.split("-", 1)[0])
+
+
+async def ensure_group(redis: Redis, stream: str, group: str) -> None:
+    """Create the group at the start of the stream (so nothing logged before is skipped)."""
+    try:
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
 
 
 class EmbeddedRedis:

@@ -12,6 +12,7 @@ from redis.exceptions import WatchError
 
 from banditgate import keys
 from banditgate.announce import message
+from banditgate.contracts import Announced
 from banditgate.errors import Conflict, InvalidPolicy, UnknownPolicyVersion
 from banditgate.policy import validate_model
 from banditgate.redis import Redis
@@ -128,7 +129,7 @@ class PolicyRegistry:
         entry = {"ts_ms": int(time.time() * 1000), "version": version, "reason": reason}
         pipe.lpush(keys.policy_history(experiment), orjson.dumps(entry))
         pipe.ltrim(keys.policy_history(experiment), 0, 999)
-        pipe.publish(keys.ANNOUNCE_CHANNEL, message(experiment, "policy", version=version))
+        pipe.publish(keys.ANNOUNCE_CHANNEL, message(experiment, Announced.POLICY, version=version))
 
     async def get(self, experiment: str, version: int) -> PolicyVersion:
         raw = cast(

@@ -13,6 +13,7 @@ from redis.exceptions import WatchError
 
 from banditgate import keys
 from banditgate.announce import message
+from banditgate.contracts import Announced
 from banditgate.errors import Conflict, UnknownExperiment
 from banditgate.locks import control_lock
 from banditgate.redis import Redis
@@ -173,7 +174,9 @@ class ExperimentStore:
             pipe.set(spec_key, spec.to_json())
             pipe.sadd(keys.EXPERIMENTS, spec.name)
             pipe.rpush(history_key, orjson.dumps(entry))
-            pipe.publish(keys.ANNOUNCE_CHANNEL, message(spec.name, "spec", version=current + 1))
+            pipe.publish(
+                keys.ANNOUNCE_CHANNEL, message(spec.name, Announced.SPEC, version=current + 1)
+            )
             await pipe.execute()
         entry["created"] = old_doc is None
         return entry
@@ -195,7 +198,7 @@ class ExperimentStore:
                 pipe.srem(keys.EXPERIMENTS, name)
                 if doomed:
                     pipe.delete(*doomed)
-                pipe.publish(keys.ANNOUNCE_CHANNEL, message(name, "deleted"))
+                pipe.publish(keys.ANNOUNCE_CHANNEL, message(name, Announced.DELETED))
                 await pipe.execute()
 
     async def set_override(
@@ -223,7 +226,7 @@ class ExperimentStore:
                             pipe.delete(key)
                         else:
                             pipe.set(key, orjson.dumps(record))
-                        pipe.publish(keys.ANNOUNCE_CHANNEL, message(name, "weights"))
+                        pipe.publish(keys.ANNOUNCE_CHANNEL, message(name, Announced.WEIGHTS))
                         await pipe.execute()
                         return record
                     except WatchError:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import orjson
 
 from banditgate import keys
+from banditgate.contracts import BatchField, JoinedField
 from banditgate.redis import Redis
 from banditgate.spec import Guardrails
 
@@ -106,7 +107,7 @@ async def collect(
     wanted = set(arms) if arms is not None else None
     acc: dict[str, _Accumulator] = {}
     for fields in await _entries(redis, keys.decisions(experiment), since_ms, until_ms):
-        for decision in orjson.loads(fields[b"b"]):
+        for decision in orjson.loads(fields[BatchField.RECORDS.raw]):
             arm = decision["chosen"]
             if wanted is not None and arm not in wanted:
                 continue
@@ -116,12 +117,12 @@ async def collect(
             slot.latencies.append(float(decision.get("latency_ms", 0.0)))
     if rewards:
         for fields in await _entries(redis, keys.joined(experiment), since_ms, until_ms):
-            arm = orjson.loads(fields[b"d"])["chosen"]
+            arm = orjson.loads(fields[JoinedField.DECISION.raw])["chosen"]
             if wanted is not None and arm not in wanted:
                 continue
             slot = acc.setdefault(arm, _Accumulator())
             slot.rewards += 1
-            slot.reward_sum += float(fields[b"r"])
+            slot.reward_sum += float(fields[JoinedField.REWARD.raw])
     return {arm: slot.metrics() for arm, slot in acc.items()}
 
 

@@ -24,8 +24,9 @@ import numpy as np
 import orjson
 
 from banditgate import keys
+from banditgate.contracts import JoinCounter
 from banditgate.events import Decision, Joined, decode_decision_batch, decode_joined
-from banditgate.redis import Redis
+from banditgate.redis import Redis, stream_id_ms
 from banditgate.spec import ExperimentSpec
 from experiments.sequential import SequentialComparison, Units
 
@@ -413,11 +414,6 @@ def wall_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _stream_ms(entry_id: bytes | str) -> int:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return int(text.split("-", 1)[0])
-
-
 def configure_ledger(ledger: Ledger, spec: ExperimentSpec) -> None:
     """What feeding needs from the spec: the reward range and the control arm."""
     ledger.reward_bounds = (spec.reward.min, spec.reward.max)
@@ -491,7 +487,7 @@ def _feed_joined_entries(ledger: Ledger, entries: StreamEntries, now_ms: int) ->
         decoded: list[tuple[int, Joined]] = []
         for entry_id, fields_ in entries:
             try:
-                decoded.append((_stream_ms(entry_id), decode_joined(fields_)))
+                decoded.append((stream_id_ms(entry_id), decode_joined(fields_)))
             except (KeyError, ValueError, orjson.JSONDecodeError):
                 log.warning("%s: undecodable joined entry %r", ledger.name, entry_id)
         ledger.feed_joined(decoded, now_ms)
@@ -561,7 +557,7 @@ class StatsBook:
 async def join_counters(redis: Redis, name: str) -> dict[str, int]:
     """The joiner's counters; a field it has not written yet reads as 0."""
     raw = cast(dict[bytes, bytes], await redis.hgetall(keys.join_counters(name)))
-    counters = {k: 0 for k in JOIN_COUNTER_FIELDS}
+    counters = {counter.value: 0 for counter in JOIN_COUNTER_FIELDS}
     for key, value in raw.items():
         try:
             counters[key.decode()] = int(float(value))
@@ -570,12 +566,13 @@ async def join_counters(redis: Redis, name: str) -> dict[str, int]:
     return counters
 
 
+# Always reported, as 0 before the joiner first writes them.
 JOIN_COUNTER_FIELDS = (
-    "rewards_received",
-    "rewards_late",
-    "rewards_orphaned",
-    "rewards_duplicate",
-    "joined",
-    "joined_rewarded",
-    "joined_default",
+    JoinCounter.REWARDS_RECEIVED,
+    JoinCounter.REWARDS_LATE,
+    JoinCounter.REWARDS_ORPHANED,
+    JoinCounter.REWARDS_DUPLICATE,
+    JoinCounter.JOINED,
+    JoinCounter.JOINED_REWARDED,
+    JoinCounter.JOINED_DEFAULT,
 )

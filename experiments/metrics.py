@@ -33,7 +33,8 @@ from prometheus_client.core import (
 from redis.exceptions import ResponseError
 
 from banditgate import keys
-from banditgate.redis import Redis
+from banditgate.contracts import TRAINER_GROUP, JoinCounter
+from banditgate.redis import Redis, stream_id_ms
 from banditgate.spec import ExperimentSpec
 from experiments.ledger import LATENCY_BUCKETS_S, Ledger, join_counters, read_after
 from experiments.lifecycle import status_of
@@ -81,7 +82,7 @@ async def group_lags(redis: Redis, stream_key: str, stream: str, now_ms: int) ->
         lag = info.get("lag")
         if lag is None:  # Redis < 7 has no lag field: count, up to a cap
             lag = len(await read_after(redis, stream_key, last, LAG_COUNT_CAP))
-        oldest_ms = int(_text(after[0][0]).split("-")[0]) if after else None
+        oldest_ms = stream_id_ms(after[0][0]) if after else None
         out.append(
             GroupLag(
                 stream=stream,
@@ -192,7 +193,7 @@ def families(experiments: Iterable[ExperimentMetrics]) -> list[Metric]:
     )
     trainer = GaugeMetricFamily(
         "banditgate_trainer_lag_seconds",
-        "Joined-stream lag of the trainer's groups (names containing 'train', else all).",
+        "Joined-stream lag of the trainer's consumer group.",
         labels=e,
     )
     srm_flag = GaugeMetricFamily(
@@ -219,10 +220,10 @@ def families(experiments: Iterable[ExperimentMetrics]) -> list[Metric]:
             rewarded.add_metric(labels, life.rewarded)
             reward.add_metric(labels, life.joined, life.reward_sum)
         e_label = [m.name]
-        received.add_metric(e_label, m.counters.get("rewards_received", 0))
-        late.add_metric(e_label, m.counters.get("rewards_late", 0))
-        orphaned.add_metric(e_label, m.counters.get("rewards_orphaned", 0))
-        duplicate.add_metric(e_label, m.counters.get("rewards_duplicate", 0))
+        received.add_metric(e_label, m.counters.get(JoinCounter.REWARDS_RECEIVED, 0))
+        late.add_metric(e_label, m.counters.get(JoinCounter.REWARDS_LATE, 0))
+        orphaned.add_metric(e_label, m.counters.get(JoinCounter.REWARDS_ORPHANED, 0))
+        duplicate.add_metric(e_label, m.counters.get(JoinCounter.REWARDS_DUPLICATE, 0))
         policy.add_metric(e_label, m.policy_version or 0)
         info.add_metric([m.name, m.mode, m.status], 1)
         for stream, count in m.lengths.items():
@@ -235,10 +236,9 @@ def families(experiments: Iterable[ExperimentMetrics]) -> list[Metric]:
         on_decisions = [g.lag_seconds for g in m.groups if g.stream == "decisions"]
         if on_decisions:
             joiner.add_metric(e_label, max(on_decisions))
-        on_joined = [g for g in m.groups if g.stream == "joined"]
-        training = [g for g in on_joined if "train" in g.group] or on_joined
+        training = [g for g in m.groups if g.stream == "joined" and g.group == TRAINER_GROUP]
         if training:
-            trainer.add_metric(e_label, max(g.lag_seconds for g in training))
+            trainer.add_metric(e_label, training[0].lag_seconds)
         srm_flag.add_metric(e_label, 1.0 if m.srm.get("flagged") else 0.0)
         if m.srm.get("p_value") is not None:
             srm_p.add_metric(e_label, m.srm["p_value"])

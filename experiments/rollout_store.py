@@ -22,6 +22,7 @@ from redis.exceptions import WatchError
 
 from banditgate import keys
 from banditgate.announce import message
+from banditgate.contracts import Announced
 from banditgate.errors import Conflict, InvalidInput, UnknownExperiment
 from banditgate.policy import default_weights
 from banditgate.redis import Redis
@@ -112,7 +113,7 @@ class RolloutStore:
                             weights = desired.pop("weights")
                             record = override_record(override, weights, reason=reason, **desired)
                             pipe.set(weights_key, orjson.dumps(record))
-                        pipe.publish(keys.ANNOUNCE_CHANNEL, message(name, "weights"))
+                        pipe.publish(keys.ANNOUNCE_CHANNEL, message(name, Announced.WEIGHTS))
                     await pipe.execute()
                 except WatchError:
                     continue

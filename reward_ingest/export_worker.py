@@ -32,11 +32,12 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 
-from banditgate import keys
+from banditgate import contracts, keys
 from banditgate.errors import BanditgateError
 from banditgate.events import decode_joined
 from banditgate.export_flush import listen_for_flush, reply
-from banditgate.redis import Redis
+from banditgate.redis import Redis, ensure_group
+from banditgate.scripts import register
 from banditgate.spec import ExperimentSpec
 from banditgate.store import ExperimentStore
 from banditgate.tasks import TaskGroup
@@ -47,7 +48,6 @@ from reward_ingest.streams import (
     Entry,
     by_stream,
     default_consumer,
-    ensure_group,
     retire_consumer,
     sleep_unless_stopped,
     xautoclaim_pages,
@@ -59,20 +59,6 @@ _READ_COUNT = 5000
 _ROUND_ROWS = 50_000  # per experiment and round, so flush requests and stop are answered
 _ACK_CHUNK = 1000
 _UPLOAD_RETRY_S = 30.0
-
-_COMMIT = r"""
-local stream, committed = KEYS[1], KEYS[2]
-local group, file_id, record = ARGV[1], ARGV[2], ARGV[3]
-local acked = 0
-local i = 4
-while i <= #ARGV do
-  local j = math.min(i + 999, #ARGV)
-  acked = acked + redis.call('XACK', stream, group, unpack(ARGV, i, j))
-  i = j + 1
-end
-redis.call('HSET', committed, file_id, record)
-return acked
-"""
 
 
 class Exporter:
@@ -108,7 +94,7 @@ class Exporter:
             if self.settings.export_s3_url
             else None
         )
-        self._commit = redis.register_script(_COMMIT)
+        self._commit = register(redis, "reward_ingest", "export_commit.lua")
         self._ready: set[str] = set()
         self._recovered = False
         self._next_claim = 0.0
@@ -147,7 +133,7 @@ class Exporter:
         rows = 0
         for name in list(self.specs):
             if name not in self._ready:
-                await ensure_group(self.redis, keys.joined(name), keys.EXPORTER_GROUP)
+                await ensure_group(self.redis, keys.joined(name), contracts.EXPORTER_GROUP)
                 self._ready.add(name)
             if claim:
                 rows += await self._claim(name)
@@ -197,7 +183,7 @@ class Exporter:
         rows = 0
         while rows < _ROUND_ROWS:
             response = await self.redis.xreadgroup(
-                keys.EXPORTER_GROUP, self.consumer, {stream: ">"}, count=_READ_COUNT
+                contracts.EXPORTER_GROUP, self.consumer, {stream: ">"}, count=_READ_COUNT
             )
             entries = by_stream(response).get(stream, [])
             if not entries:
@@ -214,7 +200,7 @@ class Exporter:
         async for entries in xautoclaim_pages(
             self.redis,
             stream,
-            keys.EXPORTER_GROUP,
+            contracts.EXPORTER_GROUP,
             self.consumer,
             min_idle_ms=self.settings.export_claim_idle_ms,
             count=_READ_COUNT,
@@ -256,7 +242,7 @@ class Exporter:
         written = await asyncio.to_thread(write)
         if unusable:
             log.warning("exporter %s: %d unreadable joined entries skipped", name, len(unusable))
-            await self.redis.xack(keys.joined(name), keys.EXPORTER_GROUP, *unusable)
+            await self.redis.xack(keys.joined(name), contracts.EXPORTER_GROUP, *unusable)
         return written
 
     # -- closing ----------------------------------------------------------------------------
@@ -280,7 +266,7 @@ class Exporter:
         try:
             acked = await self._commit(
                 keys=[keys.joined(name), keys.export_committed(name)],
-                args=[keys.EXPORTER_GROUP, file.file_id, record, *file.message_ids],
+                args=[contracts.EXPORTER_GROUP, file.file_id, record, *file.message_ids],
             )
         except (RedisError, OSError):
             log.exception("exporter %s: commit failed; its rows will be exported again", name)
@@ -331,12 +317,12 @@ class Exporter:
     async def _reexport_own(self, name: str) -> None:
         """Entries this consumer read in a previous life but never committed."""
         stream = keys.joined(name)
-        await ensure_group(self.redis, stream, keys.EXPORTER_GROUP)
+        await ensure_group(self.redis, stream, contracts.EXPORTER_GROUP)
         self._ready.add(name)
         start: bytes | str = "0"
         while True:
             response = await self.redis.xreadgroup(
-                keys.EXPORTER_GROUP, self.consumer, {stream: start}, count=_READ_COUNT
+                contracts.EXPORTER_GROUP, self.consumer, {stream: start}, count=_READ_COUNT
             )
             entries = by_stream(response).get(stream, [])
             if not entries:
@@ -376,7 +362,7 @@ class Exporter:
             await self.close_all()
             for name in self.specs:
                 await retire_consumer(
-                    self.redis, keys.joined(name), keys.EXPORTER_GROUP, self.consumer
+                    self.redis, keys.joined(name), contracts.EXPORTER_GROUP, self.consumer
                 )
         finally:
             await group.cancel_all()

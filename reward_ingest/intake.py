@@ -23,6 +23,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from banditgate import keys
+from banditgate.contracts import JoinCounter, UnroutedCounter, check_event_id
 from banditgate.errors import BanditgateError, InvalidInput, NotReady, UnknownExperiment
 from banditgate.events import Reward, reward_fields
 from banditgate.redis import Redis, RedisHandle
@@ -33,7 +34,6 @@ from reward_ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
 
-MAX_EVENT_ID_CHARS = 256
 # A decision's index entry lives window + backward window + 10 minutes; look no further back.
 _INDEX_SLACK_MS = 600_000
 # A router clock slightly ahead of ours may have indexed a decision in the next bucket.
@@ -102,20 +102,6 @@ class SpecCache:
                     longest = max(longest, int((reward.window_s + reward.backward_window_s) * 1000))
             self._longest = (now, longest + _INDEX_SLACK_MS)
         return self._longest[1]
-
-
-def check_event_id(value: Any, where: str) -> str:
-    if (
-        not isinstance(value, str)
-        or not value
-        or len(value) > MAX_EVENT_ID_CHARS
-        or not value.isprintable()
-    ):
-        raise InvalidInput(
-            f"{where}: an event id is a string of 1 to {MAX_EVENT_ID_CHARS} printable characters",
-            field=where,
-        )
-    return value
 
 
 def check_value(value: Any, where: str) -> float:
@@ -267,9 +253,11 @@ class RewardIntake:
                         keys.UNROUTED_REWARDS, _fields(reward), maxlen=maxlen, approximate=True
                     )
                 if unrouted:
-                    pipe.hincrby(keys.UNROUTED_COUNTERS, "rewards_received", len(unrouted))
+                    pipe.hincrby(
+                        keys.UNROUTED_COUNTERS, UnroutedCounter.REWARDS_RECEIVED, len(unrouted)
+                    )
                 for name, count in invalid.items():
-                    pipe.hincrby(keys.join_counters(name), "rewards_invalid", count)
+                    pipe.hincrby(keys.join_counters(name), JoinCounter.REWARDS_INVALID, count)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("reward append failed: %s", exc)

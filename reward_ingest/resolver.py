@@ -10,8 +10,9 @@ the joiner applies a tagged reward once (see `join:moved`). A reward still unkno
 longest backward window of any experiment has passed is an orphan: counted in
 `bg:{unrouted}:counters` (`rewards_orphaned`) and kept in `bg:{unrouted}:orphans`.
 
-Counters in `bg:{unrouted}:counters`: rewards_received (by the webhook), rewards_resolved,
-rewards_orphaned, rewards_invalid (entries that could not be read).
+Counters in `bg:{unrouted}:counters` (`banditgate.contracts.UnroutedCounter`): rewards_received
+(by the webhook), rewards_resolved, rewards_orphaned, rewards_invalid (entries that could not be
+read). The acknowledgements and counts are one script, `resolver.lua`.
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from banditgate import keys
+from banditgate import contracts, keys
+from banditgate.contracts import RewardField, UnroutedCounter
 from banditgate.errors import BanditgateError
-from banditgate.redis import Redis
+from banditgate.redis import Redis, ensure_group, stream_id_ms
+from banditgate.scripts import lua_names, register
 from banditgate.spec import RewardSpec
 from banditgate.store import ExperimentStore
 from reward_ingest.event_index import lookup
 from reward_ingest.settings import IngestSettings
-from reward_ingest.streams import Entry, by_stream, ensure_group, id_ms, xautoclaim_pages
+from reward_ingest.streams import Entry, by_stream, xautoclaim_pages
 
 log = logging.getLogger(__name__)
 
@@ -39,35 +42,8 @@ _BEFORE_REWARD_MS = 600_000
 _AHEAD_MS = 60_000
 _READ_COUNT = 1000
 _SPEC_TTL_S = 1.0
-
-_SCRIPT = r"""
-local S, K, O = KEYS[1], KEYS[2], KEYS[3]
-local group, omax = ARGV[1], ARGV[2]
-local i = 3
-local resolved, orphaned, invalid = 0, 0, 0
-for _ = 1, tonumber(ARGV[i]) do
-  i = i + 1
-  resolved = resolved + redis.call('XACK', S, group, ARGV[i])
-end
-i = i + 1
-for _ = 1, tonumber(ARGV[i]) do
-  local msgid, id, v, ts = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  i = i + 4
-  if redis.call('XACK', S, group, msgid) == 1 then
-    orphaned = orphaned + 1
-    redis.call('XADD', O, 'MAXLEN', '~', omax, '*', 'id', id, 'v', v, 'ts', ts)
-  end
-end
-i = i + 1
-for _ = 1, tonumber(ARGV[i]) do
-  i = i + 1
-  invalid = invalid + redis.call('XACK', S, group, ARGV[i])
-end
-if resolved > 0 then redis.call('HINCRBY', K, 'rewards_resolved', resolved) end
-if orphaned > 0 then redis.call('HINCRBY', K, 'rewards_orphaned', orphaned) end
-if invalid > 0 then redis.call('HINCRBY', K, 'rewards_invalid', invalid) end
-return {resolved, orphaned, invalid}
-"""
+_NAMES = lua_names(reward=RewardField, counter=UnroutedCounter)
+_ID, _VALUE, _TS = RewardField.EVENT_ID.raw, RewardField.VALUE.raw, RewardField.TS_MS.raw
 
 
 class UnroutedResolver:
@@ -84,24 +60,24 @@ class UnroutedResolver:
         self.consumer = consumer
         self.clock = clock
         self.store = ExperimentStore(redis)
-        self._script = redis.register_script(_SCRIPT)
+        self._script = register(redis, "reward_ingest", "resolver.lua")
         self._group_ready = False
         self._cache: tuple[float, dict[str, Any]] | None = None
 
     async def run_once(self) -> int:
         """New unrouted rewards, then those due a retry; returns how many were settled."""
         if not self._group_ready:
-            await ensure_group(self.redis, keys.UNROUTED_REWARDS, keys.RESOLVER_GROUP)
+            await ensure_group(self.redis, keys.UNROUTED_REWARDS, contracts.RESOLVER_GROUP)
             self._group_ready = True
         settled = 0
         response = await self.redis.xreadgroup(
-            keys.RESOLVER_GROUP, self.consumer, {keys.UNROUTED_REWARDS: ">"}, count=_READ_COUNT
+            contracts.RESOLVER_GROUP, self.consumer, {keys.UNROUTED_REWARDS: ">"}, count=_READ_COUNT
         )
         settled += await self._settle(by_stream(response).get(keys.UNROUTED_REWARDS, []))
         async for entries in xautoclaim_pages(
             self.redis,
             keys.UNROUTED_REWARDS,
-            keys.RESOLVER_GROUP,
+            contracts.RESOLVER_GROUP,
             self.consumer,
             min_idle_ms=self.settings.unrouted_retry_ms,
             count=_READ_COUNT,
@@ -120,9 +96,9 @@ class UnroutedResolver:
                 continue
             try:
                 assert fields is not None
-                event_id = fields[b"id"].decode()
-                value = fields[b"v"]
-                ts_ms = int(fields[b"ts"])
+                event_id = fields[_ID].decode()
+                value = fields[_VALUE]
+                ts_ms = int(fields[_TS])
                 if not math.isfinite(float(value)):
                     raise ValueError(value)
             except (AssertionError, KeyError, ValueError, UnicodeDecodeError):
@@ -146,10 +122,10 @@ class UnroutedResolver:
                 experiment = found.get(event_id)
                 if experiment is not None and experiment in specs:
                     moved: dict[Any, Any] = {
-                        "id": event_id,
-                        "v": value,
-                        "ts": ts_ms,
-                        "u": message_id,
+                        RewardField.EVENT_ID: event_id,
+                        RewardField.VALUE: value,
+                        RewardField.TS_MS: ts_ms,
+                        RewardField.MOVED_FROM: message_id,
                     }
                     pipe.xadd(
                         keys.rewards(experiment),
@@ -158,14 +134,15 @@ class UnroutedResolver:
                         approximate=True,
                     )
                     resolved.append(message_id)
-                elif now_ms - max(ts_ms, id_ms(message_id)) >= hold_ms:
+                elif now_ms - max(ts_ms, stream_id_ms(message_id)) >= hold_ms:
                     orphans.append((message_id, event_id, value, ts_ms))
             if resolved:
                 await pipe.execute()
         if not (resolved or orphans or invalid):
             return 0
         args: list[Any] = [
-            keys.RESOLVER_GROUP,
+            _NAMES,
+            contracts.RESOLVER_GROUP,
             self.settings.join_audit_maxlen,
             len(resolved),
             *resolved,

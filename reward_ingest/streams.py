@@ -21,15 +21,6 @@ def default_consumer(role: str) -> str:
     return f"{role}-{socket.gethostname()}-{os.getpid()}"
 
 
-async def ensure_group(redis: Redis, stream: str, group: str) -> None:
-    """Create the group at the start of the stream (so nothing logged before is skipped)."""
-    try:
-        await redis.xgroup_create(stream, group, id="0", mkstream=True)
-    except ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
-
-
 async def xautoclaim_pages(
     redis: Redis, stream: str, group: str, consumer: str, *, min_idle_ms: int, count: int
 ) -> AsyncIterator[list[Entry]]:
@@ -60,11 +51,6 @@ def by_stream(response: Any) -> dict[str, list[Entry]]:
             entries = entries[0]  # RESP3 legacy wrapping
         out[key] = list(entries or [])
     return out
-
-
-def id_ms(message_id: bytes | str) -> int:
-    text = message_id.decode() if isinstance(message_id, bytes) else message_id
-    return int(text.split("-", 1)[0])
 
 
 async def unless_stopped(awaitable: Awaitable[T], stop: asyncio.Event) -> tuple[bool, T | None]:

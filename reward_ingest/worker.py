@@ -22,9 +22,9 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from banditgate import keys
+from banditgate import contracts, keys
 from banditgate.errors import BanditgateError
-from banditgate.redis import Redis
+from banditgate.redis import Redis, ensure_group, stream_id_ms
 from banditgate.spec import ExperimentSpec
 from banditgate.store import ExperimentStore
 from banditgate.tasks import TaskGroup
@@ -43,8 +43,6 @@ from reward_ingest.streams import (
     Entry,
     by_stream,
     default_consumer,
-    ensure_group,
-    id_ms,
     retire_consumer,
     sleep_unless_stopped,
     unless_stopped,
@@ -191,8 +189,8 @@ class Joiner:
 
     async def ensure_groups(self, name: str) -> None:
         if name not in self._ready:
-            await ensure_group(self.redis, keys.decisions(name), keys.JOINER_GROUP)
-            await ensure_group(self.redis, keys.rewards(name), keys.JOINER_GROUP)
+            await ensure_group(self.redis, keys.decisions(name), contracts.JOINER_GROUP)
+            await ensure_group(self.redis, keys.rewards(name), contracts.JOINER_GROUP)
             self._ready.add(name)
 
     async def read(
@@ -208,9 +206,13 @@ class Joiner:
             # a reward read before its decision takes the slower held-reward path.
             skip_rewards = position.decisions_behind and position.rewards_ms > position.decisions_ms
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.xreadgroup(keys.JOINER_GROUP, self.consumer, {dkey: ">"}, count=n_decisions)
+                pipe.xreadgroup(
+                    contracts.JOINER_GROUP, self.consumer, {dkey: ">"}, count=n_decisions
+                )
                 if not skip_rewards:
-                    pipe.xreadgroup(keys.JOINER_GROUP, self.consumer, {rkey: ">"}, count=n_rewards)
+                    pipe.xreadgroup(
+                        contracts.JOINER_GROUP, self.consumer, {rkey: ">"}, count=n_rewards
+                    )
                 answers = await pipe.execute()
             decisions = by_stream(answers[0]).get(dkey, [])
             if skip_rewards and len(decisions) < n_decisions:
@@ -218,7 +220,7 @@ class Joiner:
                 skip_rewards = False
                 answers.append(
                     await self.redis.xreadgroup(
-                        keys.JOINER_GROUP, self.consumer, {rkey: ">"}, count=n_rewards
+                        contracts.JOINER_GROUP, self.consumer, {rkey: ">"}, count=n_rewards
                     )
                 )
             rewards = [] if skip_rewards else by_stream(answers[1]).get(rkey, [])
@@ -231,7 +233,7 @@ class Joiner:
                 else position.advance("rewards", rewards, len(rewards) < n_rewards, started),
             )
         call = self.redis.xreadgroup(
-            keys.JOINER_GROUP,
+            contracts.JOINER_GROUP,
             self.consumer,
             {dkey: ">", rkey: ">"},
             count=n_decisions,
@@ -289,7 +291,7 @@ class Joiner:
             close_until = expire_until = _NEVER
         return self.script.prepare(
             name,
-            group=keys.JOINER_GROUP,
+            group=contracts.JOINER_GROUP,
             reward=reward,
             now_ms=now,
             close_until_ms=close_until,
@@ -310,7 +312,7 @@ class Joiner:
             start: bytes | str = "0"
             while True:
                 response = await self.redis.xreadgroup(
-                    keys.JOINER_GROUP, self.consumer, {stream: start}, count=count
+                    contracts.JOINER_GROUP, self.consumer, {stream: start}, count=count
                 )
                 entries = by_stream(response).get(stream, [])
                 if not entries:
@@ -327,7 +329,7 @@ class Joiner:
             async for entries in xautoclaim_pages(
                 self.redis,
                 stream,
-                keys.JOINER_GROUP,
+                contracts.JOINER_GROUP,
                 self.consumer,
                 min_idle_ms=self.settings.join_claim_idle_ms,
                 count=count,
@@ -442,7 +444,7 @@ class Joiner:
         try:
             await self.recover(name)
             for stream in (keys.decisions(name), keys.rewards(name)):
-                await retire_consumer(self.redis, stream, keys.JOINER_GROUP, self.consumer)
+                await retire_consumer(self.redis, stream, contracts.JOINER_GROUP, self.consumer)
         except (RedisError, OSError) as exc:
             log.warning(
                 "joiner %s: could not finish cleanly (%s); entries stay pending for takeover",
@@ -478,13 +480,13 @@ class _Position:
 
     def advance(self, stream: str, entries: list[Entry], complete: bool, started_ms: int) -> int:
         if entries:
-            setattr(self, f"{stream}_ms", id_ms(entries[-1][0]))
+            setattr(self, f"{stream}_ms", stream_id_ms(entries[-1][0]))
         if stream == "decisions":
             self.decisions_behind = not complete
         if complete:
             return started_ms
         # A full batch: entries after its last one may be unread, even in the same millisecond.
-        return id_ms(entries[-1][0]) - 1
+        return stream_id_ms(entries[-1][0]) - 1
 
 
 async def run(redis: Redis, *, stop: asyncio.Event, settings: IngestSettings | None = None) -> None:

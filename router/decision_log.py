@@ -19,19 +19,12 @@ from redis.exceptions import RedisError
 from banditgate import keys
 from banditgate.events import Decision, decision_batch_fields, event_index_bucket
 from banditgate.redis import Redis
+from banditgate.scripts import lua_source
 
 log = logging.getLogger(__name__)
 
-# Index one flush's event ids server-side: the client sends them as one argument
-# (redis-py packs each argument in Python, ~25k instructions per HSET field pair).
-# Event ids are printable, so a newline separates them safely. One key: cluster-safe.
-INDEX_SCRIPT = """
-for id in string.gmatch(ARGV[1], '[^\\n]+') do
-  redis.call('HSET', KEYS[1], id, ARGV[2])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
+# Indexes one flush's event ids in one call (see the script for why).
+INDEX_SCRIPT = lua_source("router", "event_index.lua")
 
 
 @dataclass

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from banditgate.contracts import MAX_ACTION_ID_CHARS, check_event_id
 from banditgate.errors import BackendError, InvalidInput, MalformedJSON, UnknownVariant
 from banditgate.events import ArmCall, Decision, new_event_id
 from banditgate.featurize import ContextFeatures, action_lines, text_features
@@ -19,7 +20,6 @@ from router.decision_log import DecisionLog
 from router.runtime import ExperimentState, Runtime
 from router.shadow import ShadowMirror
 
-MAX_EVENT_ID_CHARS = 256
 MAX_RANK_ACTIONS = 1000
 
 SAGEMAKER_PASSTHROUGH = frozenset(
@@ -70,16 +70,6 @@ class Outcome:
     event_id: str
     variant: str
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-
-
-def check_event_id(event_id: str, field_name: str) -> str:
-    if not event_id or len(event_id) > MAX_EVENT_ID_CHARS or not event_id.isprintable():
-        raise InvalidInput(
-            f"{field_name}: an event id is 1 to {MAX_EVENT_ID_CHARS} printable characters",
-            status=400,
-            field=field_name,
-        )
-    return event_id
 
 
 def parse_json(body: bytes, what: str = "request body") -> Any:
@@ -187,12 +177,12 @@ class Router:
         if call.protocol == "sagemaker":
             given = headers.get("x-amzn-sagemaker-inference-id")
             if given is not None:
-                return check_event_id(given, "X-Amzn-SageMaker-Inference-Id")
+                return check_event_id(given, "X-Amzn-SageMaker-Inference-Id", status=400)
         given = headers.get("x-banditgate-event-id")
         if given is not None:
-            return check_event_id(given, "X-Banditgate-Event-Id")
+            return check_event_id(given, "X-Banditgate-Event-Id", status=400)
         if call.protocol == "v2" and isinstance(body, dict) and isinstance(body.get("id"), str):
-            return check_event_id(body["id"], "id")
+            return check_event_id(body["id"], "id", status=400)
         return new_event_id()
 
     async def invoke(self, call: Invocation) -> Outcome:
@@ -305,10 +295,8 @@ class Router:
         event_id = payload.get("event_id")
         if event_id is None:
             event_id = new_event_id()
-        elif not isinstance(event_id, str):
-            raise InvalidInput("event_id: must be a string", field="event_id")
         else:
-            check_event_id(event_id, "event_id")
+            event_id = check_event_id(event_id, "event_id", status=400)
         actions = _rank_actions(payload.get("actions"))
         context = state.featurizer.from_rank(context_in)
         choice = self.choose(state, context, event_id, actions=actions, body=context_in)
@@ -342,9 +330,10 @@ def _rank_actions(raw: Any) -> ActionSet | None:
                 f"actions[{index}].id: a string or integer", field=f"actions[{index}].id"
             )
         name = str(action_id)
-        if not name or len(name) > MAX_EVENT_ID_CHARS:
+        if not name or len(name) > MAX_ACTION_ID_CHARS:
             raise InvalidInput(
-                f"actions[{index}].id: 1 to 256 characters", field=f"actions[{index}].id"
+                f"actions[{index}].id: 1 to {MAX_ACTION_ID_CHARS} characters",
+                field=f"actions[{index}].id",
             )
         if name in names:
             raise InvalidInput(

@@ -30,14 +30,14 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import orjson
-from redis.exceptions import ResponseError
 
 from banditgate import keys
+from banditgate.contracts import TRAINER_GROUP
 from banditgate.errors import InvalidPolicy
 from banditgate.events import decode_joined
 from banditgate.locks import OwnerLocks
 from banditgate.policy import build_policy
-from banditgate.redis import Redis, StreamEntries, xreadgroup_entries
+from banditgate.redis import Redis, StreamEntries, ensure_group, xreadgroup_entries
 from banditgate.registry import PolicyRegistry
 from banditgate.settings import CoreSettings
 from banditgate.spec import ExperimentSpec
@@ -47,7 +47,6 @@ from trainer.loop import TrainingLoop
 
 log = logging.getLogger(__name__)
 
-GROUP = "trainer"
 CONSUMER = "trainer"  # one lock holder per experiment: a shared name lets a new holder see the old one's pending entries
 CHECKPOINT_EVERY = 5_000
 CHECKPOINT_S = 30.0
@@ -153,11 +152,7 @@ class Trainer:
         if training is not None and training.spec.policy.learner == spec.policy.learner:
             training.loop.spec = spec
             return training
-        try:
-            await self.redis.xgroup_create(keys.joined(name), GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await ensure_group(self.redis, keys.joined(name), TRAINER_GROUP)
         version, model = await self.registry.load_current(name)
         if version and (await self.registry.get(name, version)).learner != spec.policy.learner:
             version, model = 0, None
@@ -208,7 +203,12 @@ class Trainer:
         if training.read_pending:
             # After a restart: what was delivered but never checkpointed comes first.
             entries = await xreadgroup_entries(
-                self.redis, GROUP, CONSUMER, stream, start=training.pending_cursor, count=self.batch
+                self.redis,
+                TRAINER_GROUP,
+                CONSUMER,
+                stream,
+                start=training.pending_cursor,
+                count=self.batch,
             )
             if len(entries) < self.batch:
                 training.read_pending = False
@@ -216,7 +216,7 @@ class Trainer:
                 training.pending_cursor = entries[-1][0].decode()
                 return entries  # a trimmed entry has no fields: it is acknowledged only
         return await xreadgroup_entries(
-            self.redis, GROUP, CONSUMER, stream, start=">", count=self.batch
+            self.redis, TRAINER_GROUP, CONSUMER, stream, start=">", count=self.batch
         )
 
     def _learn_one(self, training: ExperimentTraining, fields: dict[bytes, bytes]) -> None:
@@ -292,7 +292,7 @@ class Trainer:
                 },
             )
             if training.unacked:
-                pipe.xack(keys.joined(name), GROUP, *training.unacked)
+                pipe.xack(keys.joined(name), TRAINER_GROUP, *training.unacked)
             await pipe.execute()
         training.unacked = []
         training.last_checkpoint = self.clock()

@@ -30,6 +30,7 @@ import orjson
 import yaml
 
 from banditgate import keys
+from banditgate.contracts import JoinedField
 from banditgate.events import decode_decision_batch
 from banditgate.redis import EmbeddedRedis, Redis, connect, xrange_entries
 from banditgate.registry import PolicyRegistry
@@ -279,7 +280,7 @@ async def joined_entries(redis: Redis, name: str) -> list[tuple[str, int]]:
         if not entries:
             return out
         for entry_id, fields in entries:
-            out.append((entry_id.decode(), int(fields[b"jt"])))
+            out.append((entry_id.decode(), int(fields[JoinedField.JOINED_TS_MS.raw])))
         last = entries[-1][0].decode()
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from banditgate import keys
+from banditgate import contracts, keys
 from banditgate.redis import Redis
 from banditgate.store import ExperimentStore
 from banditgate.supervisor import Supervisor, check_heartbeats
@@ -109,7 +109,7 @@ async def test_ingest_and_workers_commands_run_webhook_joiner_and_exporter(
         _stop(background, http=False)
     (example,) = await joined_examples(redis, name)
     assert example["reward"] == 0.5
-    assert (await redis.xpending(keys.joined(name), keys.EXPORTER_GROUP))["pending"] == 0
+    assert (await redis.xpending(keys.joined(name), contracts.EXPORTER_GROUP))["pending"] == 0
 
 
 async def test_ingest_command_starts_an_embedded_redis(tmp_path: Path) -> None:

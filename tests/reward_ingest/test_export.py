@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import vowpalwabbit
 
-from banditgate import keys
+from banditgate import contracts, keys
 from banditgate.featurize import arm_action_lines, example_lines
 from banditgate.policy import ActionSet, VWPolicy, workspace_from_bytes, workspace_to_bytes
 from banditgate.spec import ExperimentSpec, parse_spec
@@ -166,7 +166,7 @@ async def test_parquet_readable_by_pandas_and_duckdb(redis, name, clock, setting
     # Nothing half-written is left, and every exported entry is acknowledged.
     assert not list(root.rglob("*.inprogress"))
     assert await redis.hlen(keys.export_committed(name)) == 0
-    assert (await redis.xpending(keys.joined(name), keys.EXPORTER_GROUP))["pending"] == 0
+    assert (await redis.xpending(keys.joined(name), contracts.EXPORTER_GROUP))["pending"] == 0
 
 
 async def test_dsjson_trains_stock_vw_exactly_like_the_router_features(

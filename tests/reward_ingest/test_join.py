@@ -8,10 +8,9 @@ import time
 import orjson
 import pytest
 
-from banditgate import keys
+from banditgate import contracts, keys
 from banditgate.events import decision_batch_fields
 from banditgate.store import ExperimentStore
-from reward_ingest.join_state import msgpack_strings
 from reward_ingest.settings import IngestSettings
 from reward_ingest.worker import Joiner
 from tests.reward_ingest.conftest import (
@@ -252,7 +251,7 @@ async def test_untrusted_stream_entries_are_counted_not_fatal(
     assert example["reward"] == 1.0
     c = await counters(redis, name)
     assert c["decisions_invalid"] == 4 and c["rewards_invalid"] == 4
-    assert await redis.xpending(keys.rewards(name), keys.JOINER_GROUP) == {
+    assert await redis.xpending(keys.rewards(name), contracts.JOINER_GROUP) == {
         "pending": 0,
         "min": None,
         "max": None,
@@ -326,7 +325,7 @@ async def test_windows_wait_for_rewards_another_joiner_holds(
     slow = make_joiner(consumer="slow")
     await slow.ensure_groups(name)
     held = await slow.redis.xreadgroup(
-        keys.JOINER_GROUP, "slow", {keys.rewards(name): ">"}, count=10
+        contracts.JOINER_GROUP, "slow", {keys.rewards(name): ">"}, count=10
     )
     assert held  # read, not yet applied (as if that joiner were mid-batch, or dead)
     clock.advance(5)
@@ -447,8 +446,8 @@ async def test_run_picks_up_new_experiments_and_stops_promptly(redis, redis_url,
     await asyncio.wait_for(task, timeout=5)
     # Stopping left nothing pending and took its consumer out of the groups.
     for stream in (keys.decisions(name), keys.rewards(name)):
-        assert (await redis.xpending(stream, keys.JOINER_GROUP))["pending"] == 0
-        consumers = await redis.xinfo_consumers(stream, keys.JOINER_GROUP)
+        assert (await redis.xpending(stream, contracts.JOINER_GROUP))["pending"] == 0
+        consumers = await redis.xinfo_consumers(stream, contracts.JOINER_GROUP)
         assert [c["name"] for c in consumers] == []
 
 
@@ -470,23 +469,6 @@ async def test_batches_stay_one_entry_per_router_flush(experiment, make_joiner, 
     clock.advance(2)
     await joiner.run_once()
     assert len(await joined_examples(redis, name)) == 2000
-
-
-async def test_script_arguments_survive_the_trip_to_lua(redis):
-    items = [
-        b"",
-        b"x" * 31,
-        b"y" * 32,
-        b"z" * 255,
-        b"w" * 256,
-        b"v" * 65_535,
-        b"u" * 65_536,
-        "é☃".encode(),
-    ]
-    back = await redis.eval(
-        "local t = cmsgpack.unpack(ARGV[1]); return t", 0, msgpack_strings(items)
-    )
-    assert back == items
 
 
 async def test_unicode_event_ids_and_large_decisions(experiment, make_joiner, redis, name, clock):
