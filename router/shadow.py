@@ -4,24 +4,22 @@ The client only ever sees the primary's answer; its decision (one-hot on the
 primary) carries the event id that rewards join to. Each mirrored call runs as
 its own task, at most `max_inflight` at once; past that, mirrors are dropped
 and counted rather than queued, so a slow or dead shadow costs the primary
-nothing but a dictionary lookup. Results go to an in-memory queue that a
-background task flushes to the experiment's shadow stream in batches, at most
-one write per `linger_s`.
+nothing but a dictionary lookup. Results go to the experiment's shadow stream
+through a batched writer (`router/stream_writer.py`), at most one write per
+`linger_s`; while Redis is away it holds up to `max_buffer` results, then drops
+the oldest and counts them.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import logging
 import time
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import orjson
-from redis.exceptions import RedisError
+from redis.asyncio.client import Pipeline
 
 from banditgate import keys
 from banditgate.errors import BackendError
@@ -30,6 +28,7 @@ from banditgate.redis import Redis
 from banditgate.spec import Arm, ShadowSpec
 from banditgate.tasks import TaskGroup
 from router.backends import Backend, BackendResponse
+from router.stream_writer import StreamWriter
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +63,36 @@ class ShadowPlan:
 @dataclass
 class MirrorStats:
     started: int = 0
-    dropped: int = 0
+    dropped: int = 0  # not started: `max_inflight` were running
     failed: int = 0
-    recorded: int = 0
-    flush_errors: int = 0
+
+
+class ShadowResults(StreamWriter[ShadowResult]):
+    what = "shadow results"
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        max_batch: int = 1000,
+        max_buffer: int = 100_000,
+        linger_s: float = 0.05,
+        stream_maxlen: int = 1_000_000,
+    ) -> None:
+        super().__init__(redis, max_batch=max_batch, max_buffer=max_buffer, linger_s=linger_s)
+        self.stream_maxlen = stream_maxlen
+
+    def write(self, pipe: Pipeline, batch: list[ShadowResult]) -> None:
+        by_experiment: dict[str, list[ShadowResult]] = {}
+        for result in batch:
+            by_experiment.setdefault(result["experiment"], []).append(result)
+        for experiment, results in by_experiment.items():
+            pipe.xadd(
+                keys.shadow_results(experiment),
+                shadow_batch_fields(results),  # type: ignore[arg-type]
+                maxlen=self.stream_maxlen,
+                approximate=True,
+            )
 
 
 def same_body(primary: bytes, shadow: bytes) -> bool:
@@ -96,23 +121,21 @@ class ShadowMirror:
         self.redis = redis
         self.max_inflight = max_inflight
         self.timeout_s = timeout_s
-        self.max_buffer = max_buffer
-        self.stream_maxlen = stream_maxlen
-        self.linger_s = linger_s
         self.stats = MirrorStats()
         self.calls = TaskGroup("shadow")
-        self._results: deque[ShadowResult] = deque()
-        self._wakeup = asyncio.Event()
-        self._flusher: asyncio.Task[None] | None = None
+        self.results = ShadowResults(
+            redis,
+            max_buffer=max_buffer,
+            linger_s=linger_s,
+            stream_maxlen=stream_maxlen,
+        )
 
     @property
     def inflight(self) -> int:
         return len(self.calls.tasks)
 
     def start(self) -> None:
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._run(), name="shadow-flusher")
-            self._flusher.add_done_callback(_log_failure)
+        self.results.start()
 
     def submit(
         self,
@@ -179,76 +202,10 @@ class ShadowMirror:
         }
         if primary_body is not None:
             result["same_body"] = response is not None and same_body(primary_body, response.body)
-        self._append(result)
-
-    def _append(self, result: ShadowResult) -> None:
-        if len(self._results) >= self.max_buffer:
-            self._results.popleft()
-            self.stats.dropped += 1
-        self._results.append(result)
-        self._wakeup.set()
-
-    async def _run(self) -> None:
-        backoff = 0.05
-        while True:
-            await self._wakeup.wait()
-            # Results are not urgent: gather a batch rather than write to Redis per mirror.
-            await asyncio.sleep(self.linger_s)
-            self._wakeup.clear()
-            while self._results:
-                if await self.flush_once():
-                    backoff = 0.05
-                else:
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
-
-    async def flush_once(self, max_batch: int = 1000) -> bool:
-        batch: list[ShadowResult] = []
-        while self._results and len(batch) < max_batch:
-            batch.append(self._results.popleft())
-        if not batch:
-            return True
-        by_experiment: dict[str, list[ShadowResult]] = {}
-        for result in batch:
-            by_experiment.setdefault(result["experiment"], []).append(result)
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for experiment, results in by_experiment.items():
-                    pipe.xadd(
-                        keys.shadow_results(experiment),
-                        shadow_batch_fields(results),  # type: ignore[arg-type]
-                        maxlen=self.stream_maxlen,
-                        approximate=True,
-                    )
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            self.stats.flush_errors += 1
-            log.warning("shadow result flush failed (%s); %d results requeued", exc, len(batch))
-            self._results.extendleft(reversed(batch))
-            return False
-        self.stats.recorded += len(batch)
-        return True
+        self.results.put(result)
 
     async def stop(self, grace_s: float = 2.0) -> None:
         """Give mirrors in flight `grace_s` to finish, cancel the rest, flush the results."""
         await self.calls.wait_all(timeout=grace_s)
         await self.calls.cancel_all()
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
-        deadline = time.monotonic() + grace_s
-        while self._results and time.monotonic() < deadline:
-            if not await self.flush_once():
-                await asyncio.sleep(0.1)
-        if self._results:
-            log.error("shutting down with %d shadow results not flushed", len(self._results))
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if task.cancelled():
-        return
-    exc = task.exception()
-    if exc is not None:
-        log.error("task %s failed", task.get_name(), exc_info=exc)
+        await self.results.stop(timeout_s=grace_s)
