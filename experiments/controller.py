@@ -22,7 +22,8 @@ from banditgate.locks import OwnerLocks
 from banditgate.redis import Redis
 from banditgate.settings import CoreSettings
 from banditgate.spec import ExperimentSpec
-from banditgate.store import ExperimentStore
+from banditgate.tasks import TaskGroup
+from banditgate.watcher import ExperimentWatcher
 from experiments import guardrails
 from experiments.rollout import Plan, RolloutState, due, evaluate, expire, reconcile
 from experiments.rollout_store import Clock, RolloutStore
@@ -54,8 +55,7 @@ class Controller:
         self.owner = owner or f"controller-{uuid.uuid4().hex[:12]}"
         self.lock_ttl_ms = int(lock_ttl_s * 1000)
         self.tick_s = tick_s
-        self.only = set(experiments) if experiments is not None else None
-        self.specs = ExperimentStore(redis)
+        self.watcher = ExperimentWatcher(redis, only=experiments)
         self.rollouts = RolloutStore(redis, clock=clock)
         self.held: set[str] = set()
         self.locks = OwnerLocks(redis, owner=self.owner, ttl_ms=self.lock_ttl_ms)
@@ -63,12 +63,10 @@ class Controller:
     async def run_once(self) -> dict[str, str]:
         """One tick over every rollout experiment: experiment -> its phase, or "locked"."""
         outcome: dict[str, str] = {}
-        specs = await self.specs.all()
+        specs = await self.watcher.current()
         for name in self.held - specs.keys():  # deleted experiments
             await self.release(name)
         for name, spec in specs.items():
-            if self.only is not None and name not in self.only:
-                continue
             if Plan.from_spec(spec) is None:
                 if name in self.held:
                     await self.release(name)
@@ -138,6 +136,8 @@ class Controller:
                 log.warning("could not release the rollout lock of %s", name, exc_info=True)
 
     async def run(self, stop: asyncio.Event) -> None:
+        watching = TaskGroup("controller")
+        watching.spawn(self.watcher.watch(), "announcements")
         try:
             while not stop.is_set():
                 try:
@@ -147,6 +147,7 @@ class Controller:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self.tick_s)
         finally:
+            await watching.cancel_all()
             await self.close()
 
 

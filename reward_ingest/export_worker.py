@@ -33,14 +33,13 @@ import orjson
 from redis.exceptions import RedisError
 
 from banditgate import contracts, keys
-from banditgate.errors import BanditgateError
 from banditgate.events import decode_joined
 from banditgate.export_flush import listen_for_flush, reply
 from banditgate.redis import Redis, ensure_group
 from banditgate.scripts import register
 from banditgate.spec import ExperimentSpec
-from banditgate.store import ExperimentStore
 from banditgate.tasks import TaskGroup
+from banditgate.watcher import ExperimentWatcher
 from reward_ingest.export_files import IN_PROGRESS, ExportFile, leftovers, partition, publish
 from reward_ingest.s3 import S3Uploader
 from reward_ingest.settings import IngestSettings
@@ -77,12 +76,12 @@ class Exporter:
         self.settings = settings or IngestSettings()
         self.consumer = consumer or default_consumer("exporter")
         self.owner = re.sub(r"[^A-Za-z0-9_-]", "_", self.consumer)
-        self.only = set(experiments) if experiments is not None else None
+        self.watcher = ExperimentWatcher(
+            redis, only=experiments if experiments is not None else self.settings.experiments
+        )
         self.clock = clock
         self.root = self.settings.data_dir / "export"
         self.host = socket.gethostname()
-        self.store = ExperimentStore(redis)
-        self.specs: dict[str, ExperimentSpec] = {}
         self.open: dict[tuple[str, str, str], ExportFile] = {}
         self.uploader = (
             S3Uploader(
@@ -101,24 +100,16 @@ class Exporter:
         self._next_upload_scan = 0.0
         self._read_up_to: dict[str, bytes] = {}
 
+    @property
+    def specs(self) -> dict[str, ExperimentSpec]:
+        return self.watcher.specs
+
     def serves(self, name: str) -> bool:
-        if self.only is not None:
-            return name in self.only
-        return self.settings.serves(name)
+        return self.watcher.serves(name)
 
     async def refresh(self) -> None:
-        specs: dict[str, ExperimentSpec] = {}
-        for name in await self.store.names():
-            if self.serves(name):
-                try:
-                    spec = await self.store.find(name)
-                except BanditgateError as exc:  # a stored spec this version cannot read
-                    log.error("exporter skips experiment %s: %s", name, exc.message)
-                    continue
-                if spec is not None:
-                    specs[name] = spec
-        self.specs = specs
-        self._ready &= set(specs)
+        """The experiments served now (see banditgate/watcher.py for how fresh)."""
+        self._ready &= set(await self.watcher.current())
 
     async def run_once(self) -> int:
         """Export what is joined (up to `_ROUND_ROWS` per experiment) and close files that are
@@ -344,6 +335,7 @@ class Exporter:
         listening = asyncio.Event()
         group = TaskGroup("exporter")
         group.spawn(listen_for_flush(self.redis, requests, listening), "flush-listener")
+        group.spawn(self.watcher.watch(), "announcements")
         backoff = 0.1
         try:
             while not stop.is_set():

@@ -28,7 +28,8 @@ from banditgate.errors import BanditgateError, InvalidInput, NotReady, UnknownEx
 from banditgate.events import Reward, reward_fields
 from banditgate.redis import Redis, RedisHandle
 from banditgate.spec import ExperimentSpec
-from banditgate.store import ExperimentStore
+from banditgate.tasks import TaskGroup
+from banditgate.watcher import ExperimentWatcher
 from reward_ingest.event_index import lookup
 from reward_ingest.settings import IngestSettings
 
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 _INDEX_SLACK_MS = 600_000
 # A router clock slightly ahead of ours may have indexed a decision in the next bucket.
 _CLOCK_AHEAD_MS = 60_000
-_SPEC_TTL_S = 1.0
 
 
 @dataclass
@@ -67,41 +67,6 @@ class _Item:
     event_id: str
     value: float
     experiment: str | None
-
-
-class SpecCache:
-    """Specs for range checks, re-read at most once a second per experiment."""
-
-    def __init__(self, redis: Redis, clock: Callable[[], float] = time.monotonic) -> None:
-        self.store = ExperimentStore(redis)
-        self.clock = clock
-        self._specs: dict[str, tuple[float, ExperimentSpec | None]] = {}
-        self._longest: tuple[float, int] = (-math.inf, 0)
-
-    async def get(self, name: str) -> ExperimentSpec | None:
-        now = self.clock()
-        cached = self._specs.get(name)
-        if cached is not None and now - cached[0] < _SPEC_TTL_S:
-            return cached[1]
-        try:
-            spec = await self.store.find(name)
-        except BanditgateError:  # a stored spec this version cannot read: as if unknown
-            spec = None
-        self._specs[name] = (now, spec)
-        return spec
-
-    async def lookback_ms(self) -> int:
-        """How far back an event index entry can still exist: the longest window, plus slack."""
-        now = self.clock()
-        if now - self._longest[0] >= _SPEC_TTL_S:
-            longest = 0
-            for name in await self.store.names():
-                spec = await self.get(name)
-                if spec is not None:
-                    reward = spec.reward
-                    longest = max(longest, int((reward.window_s + reward.backward_window_s) * 1000))
-            self._longest = (now, longest + _INDEX_SLACK_MS)
-        return self._longest[1]
 
 
 def check_value(value: Any, where: str) -> float:
@@ -136,24 +101,28 @@ class RewardIntake:
         self.settings = settings
         self.clock = clock
         self._redis = RedisHandle(settings.redis_url, redis, owner="RewardIntake")
-        self._specs: SpecCache | None = SpecCache(redis) if redis is not None else None
+        # Every experiment: the webhook takes rewards for all of them.
+        self._watcher = ExperimentWatcher(redis) if redis is not None else None
+        self._tasks = TaskGroup("reward-intake")
 
     @property
     def redis(self) -> Redis:
         return self._redis.client
 
     @property
-    def specs(self) -> SpecCache:
-        if self._specs is None:
-            self._specs = SpecCache(self.redis)
-        return self._specs
+    def specs(self) -> ExperimentWatcher:
+        if self._watcher is None:
+            self._watcher = ExperimentWatcher(self.redis)
+        return self._watcher
 
     async def startup(self) -> None:
         self._redis.open()
+        self._tasks.spawn(self.specs.watch(), "announcements")
 
     async def shutdown(self) -> None:
+        await self._tasks.cancel_all()
         await self._redis.close()
-        self._specs = None
+        self._watcher = None
 
     async def submit(
         self,
@@ -224,9 +193,20 @@ class RewardIntake:
             )
         return _Item(index, event_id, value, named or None)
 
+    async def lookback_ms(self) -> int:
+        """How far back an event index entry can still exist: the longest window, plus slack."""
+        longest = max(
+            (
+                int((spec.reward.window_s + spec.reward.backward_window_s) * 1000)
+                for spec in (await self.specs.current()).values()
+            ),
+            default=0,
+        )
+        return longest + _INDEX_SLACK_MS
+
     async def _lookup(self, event_ids: list[str], now_ms: int) -> dict[str, str]:
         try:
-            lookback = await self.specs.lookback_ms()
+            lookback = await self.lookback_ms()
             return await lookup(
                 self.redis,
                 event_ids,

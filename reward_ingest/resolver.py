@@ -25,11 +25,10 @@ from typing import Any
 
 from banditgate import contracts, keys
 from banditgate.contracts import RewardField, UnroutedCounter
-from banditgate.errors import BanditgateError
 from banditgate.redis import Redis, ensure_group, stream_id_ms
 from banditgate.scripts import lua_names, register
 from banditgate.spec import RewardSpec
-from banditgate.store import ExperimentStore
+from banditgate.watcher import ExperimentWatcher
 from reward_ingest.event_index import lookup
 from reward_ingest.settings import IngestSettings
 from reward_ingest.streams import Entry, by_stream, xautoclaim_pages
@@ -41,7 +40,6 @@ log = logging.getLogger(__name__)
 _BEFORE_REWARD_MS = 600_000
 _AHEAD_MS = 60_000
 _READ_COUNT = 1000
-_SPEC_TTL_S = 1.0
 _NAMES = lua_names(reward=RewardField, counter=UnroutedCounter)
 _ID, _VALUE, _TS = RewardField.EVENT_ID.raw, RewardField.VALUE.raw, RewardField.TS_MS.raw
 
@@ -59,10 +57,9 @@ class UnroutedResolver:
         self.settings = settings
         self.consumer = consumer
         self.clock = clock
-        self.store = ExperimentStore(redis)
+        self.watcher = ExperimentWatcher(redis)  # every experiment: a reward may be for any
         self._script = register(redis, "reward_ingest", "resolver.lua")
         self._group_ready = False
-        self._cache: tuple[float, dict[str, Any]] | None = None
 
     async def run_once(self) -> int:
         """New unrouted rewards, then those due a retry; returns how many were settled."""
@@ -105,7 +102,7 @@ class UnroutedResolver:
                 invalid.append(message_id)
                 continue
             readable.append((message_id, event_id, value, ts_ms))
-        specs = await self._specs()
+        specs = await self.watcher.current()
         found: dict[str, str] = {}
         if readable:
             found = await lookup(
@@ -157,20 +154,6 @@ class UnroutedResolver:
         if orphans or invalid:
             log.info("unrouted rewards: %d orphaned, %d unreadable", counts[1], counts[2])
         return len(resolved) + len(orphans) + len(invalid)
-
-    async def _specs(self) -> dict[str, Any]:
-        now = time.monotonic()
-        if self._cache is None or now - self._cache[0] > _SPEC_TTL_S:
-            specs: dict[str, Any] = {}
-            for name in await self.store.names():
-                try:
-                    spec = await self.store.find(name)
-                except BanditgateError:  # unreadable spec: its rewards wait, then orphan
-                    continue
-                if spec is not None:
-                    specs[name] = spec
-            self._cache = (now, specs)
-        return self._cache[1]
 
     @staticmethod
     def _hold_ms(specs: Any) -> int:

@@ -58,7 +58,9 @@ class IngestSettings(CoreSettings):
         default=1000, ge=1, description="Longest wait for new messages when idle."
     )
     join_refresh_s: float = Field(
-        default=2.0, gt=0, description="How often the experiment list is re-read."
+        default=2.0,
+        gt=0,
+        description="How often the joiner checks its experiment loops (changes are announced).",
     )
     join_audit_maxlen: int = Field(
         default=100_000,

@@ -14,6 +14,7 @@ It runs under `banditgate workers` (and `banditgate serve`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -23,11 +24,10 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from banditgate import contracts, keys
-from banditgate.errors import BanditgateError
 from banditgate.redis import Redis, ensure_group, stream_id_ms
 from banditgate.spec import ExperimentSpec
-from banditgate.store import ExperimentStore
 from banditgate.tasks import TaskGroup
+from banditgate.watcher import ExperimentWatcher
 from reward_ingest.join_state import (
     DecisionEntry,
     JoinScript,
@@ -74,7 +74,7 @@ class Read:
 
 
 class Joiner:
-    """Joins every experiment in the store (or the `experiments` filter; default: the settings')."""
+    """Joins every served experiment: the `experiments` filter, by default the settings'."""
 
     def __init__(
         self,
@@ -90,8 +90,12 @@ class Joiner:
         self.settings = settings or IngestSettings()
         self.consumer = consumer or self.settings.join_consumer or default_consumer("joiner")
         self.clock = clock
-        self.only = set(experiments) if experiments is not None else None
-        self.store = ExperimentStore(redis)
+        self.watcher = ExperimentWatcher(
+            redis,
+            only=experiments if experiments is not None else self.settings.experiments,
+            on_change=self._experiments_changed,
+        )
+        self._changed = asyncio.Event()
         self.script = JoinScript(redis)
         self.resolver = (
             UnroutedResolver(
@@ -100,33 +104,26 @@ class Joiner:
             if resolve_unrouted
             else None
         )
-        self.specs: dict[str, ExperimentSpec] = {}
         self._ready: set[str] = set()
         self._next_due: dict[str, float | None] = {}
         self._position: dict[str, _Position] = {}
 
+    @property
+    def specs(self) -> dict[str, ExperimentSpec]:
+        return self.watcher.specs
+
     def serves(self, name: str) -> bool:
-        if self.only is not None:
-            return name in self.only
-        return self.settings.serves(name)
+        return self.watcher.serves(name)
+
+    async def _experiments_changed(self, name: str | None, kind: str) -> None:
+        self._changed.set()
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
     async def refresh(self) -> dict[str, ExperimentSpec]:
-        """Re-read the experiments served: new ones are picked up, deleted ones dropped."""
-        specs: dict[str, ExperimentSpec] = {}
-        for name in await self.store.names():
-            if not self.serves(name):
-                continue
-            try:
-                spec = await self.store.find(name)
-            except BanditgateError as exc:  # a stored spec this version cannot read
-                log.error("joiner skips experiment %s: %s", name, exc.message)
-                continue
-            if spec is not None:
-                specs[name] = spec
-        self.specs = specs
+        """The experiments served now (see banditgate/watcher.py for how fresh)."""
+        specs = await self.watcher.current()
         self._ready &= set(specs)
         return specs
 
@@ -358,10 +355,14 @@ class Joiner:
     # -- long-running mode ------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Until `stop` is set: one loop per experiment, the resolver, and a periodic refresh."""
+        """Until `stop` is set: one loop per experiment, the resolver; a new experiment's loop
+        starts when its announcement arrives (and a dead loop within `join_refresh_s`)."""
         group = TaskGroup("joiner")
         loops: dict[str, asyncio.Task[None]] = {}
+        watchers = TaskGroup("joiner-announcements")
+        watchers.spawn(self.watcher.watch(), "experiments")
         if self.resolver is not None:
+            watchers.spawn(self.resolver.watcher.watch(), "resolver-experiments")
             group.spawn(self._resolve_loop(stop), "resolver")
         try:
             while not stop.is_set():
@@ -373,10 +374,16 @@ class Joiner:
                     task = loops.get(name)
                     if task is None or task.done():
                         loops[name] = group.spawn(self._experiment_loop(name, stop), name)
-                await sleep_unless_stopped(self.settings.join_refresh_s, stop)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        unless_stopped(self._changed.wait(), stop),
+                        timeout=self.settings.join_refresh_s,
+                    )
+                self._changed.clear()
             await group.wait_all(timeout=30)
         finally:
             await group.cancel_all()
+            await watchers.cancel_all()
 
     def _block_ms(self, name: str) -> int:
         block = self.settings.join_max_block_ms
@@ -393,6 +400,7 @@ class Joiner:
         idle = False
         backoff = 0.1
         recovered = False
+        gone = False
         while not stop.is_set() and name in self.specs:
             try:
                 await self.ensure_groups(name)
@@ -420,22 +428,21 @@ class Joiner:
                 break
             except (RedisError, OSError) as exc:
                 if "NOGROUP" in str(exc) and not await self._still_exists(name):
+                    gone = True
                     break  # deleted: recreating its groups would bring its keys back
                 self._ready.discard(name)
                 recovered = False  # a batch read but not applied is in our pending list
                 log.warning("joiner %s: %s; retrying in %.1fs", name, exc, backoff)
                 await sleep_unless_stopped(backoff, stop)
                 backoff = min(backoff * 2, 5.0)
-        await self._finish(name)
+        if not gone:
+            await self._finish(name)
 
     async def _still_exists(self, name: str) -> bool:
         try:
-            exists = bool(await self.redis.exists(keys.spec(name)))
+            return bool(await self.redis.exists(keys.spec(name)))
         except (RedisError, OSError):
             return True
-        if not exists:
-            self.specs.pop(name, None)
-        return exists
 
     async def _finish(self, name: str) -> None:
         """Stopping: apply what this consumer still holds, then leave the groups if empty-handed."""

@@ -16,7 +16,6 @@ from typing import Any
 
 import orjson
 
-from banditgate.announce import listen
 from banditgate.errors import BanditgateError, MalformedJSON, NotReady, PayloadTooLarge
 from banditgate.redis import Redis, connect
 from banditgate.tasks import TaskGroup
@@ -147,13 +146,10 @@ class RouterApp:
         )
         self.log.start()
         self.mirror.start()
-        synced = asyncio.Event()
-        self.tasks.spawn(
-            listen(self.redis, self.runtime.on_announcement, ready=synced), "announcements"
-        )
+        self.tasks.spawn(self.runtime.watcher.watch(), "announcements")
         # Serve only once every experiment's policy is loaded; a later resync is in the background.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(synced.wait(), timeout=30)
+            await asyncio.wait_for(self.runtime.watcher.watching.wait(), timeout=30)
         self.started = True
 
     async def shutdown(self) -> None:

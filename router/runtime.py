@@ -1,5 +1,8 @@
 """What a router knows about each experiment, kept current from Redis announcements.
 
+The experiment watcher (banditgate/watcher.py) keeps the served specs; on each change it
+reports, the runtime loads the policy and the weights override on top.
+
 A change builds a new state object (models load in a worker thread), then one
 dict assignment swaps it in: requests in flight finish on the state they read.
 """
@@ -11,13 +14,15 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from banditgate.contracts import Announced
 from banditgate.errors import UnknownExperiment
 from banditgate.featurize import Featurizer
 from banditgate.policy import ActionSet, Policy, StaticPolicy, build_policy, default_weights
 from banditgate.redis import Redis
 from banditgate.registry import PolicyRegistry
 from banditgate.spec import Arm, ExperimentSpec
-from banditgate.store import ExperimentStore, override_applies
+from banditgate.store import override_applies
+from banditgate.watcher import ExperimentWatcher
 from router.shadow import ShadowPlan
 
 log = logging.getLogger(__name__)
@@ -86,10 +91,12 @@ def build_state(
 
 
 class Runtime:
+    """The served experiments' states; specs come from the watcher, which calls `changed`."""
+
     def __init__(self, redis: Redis, *, only: list[str] | None = None) -> None:
         self.redis = redis
-        self.only = set(only) if only is not None else None
-        self.store = ExperimentStore(redis)
+        self.watcher = ExperimentWatcher(redis, only=only, on_change=self.changed)
+        self.store = self.watcher.store
         self.registry = PolicyRegistry(redis)
         self.experiments: dict[str, ExperimentState] = {}
         self.synced = asyncio.Event()
@@ -97,7 +104,7 @@ class Runtime:
         self._lock = asyncio.Lock()
 
     def serves(self, name: str) -> bool:
-        return self.only is None or name in self.only
+        return self.watcher.serves(name)
 
     def get(self, name: str) -> ExperimentState:
         state = self.experiments.get(name)
@@ -110,40 +117,37 @@ class Runtime:
         return self.synced.is_set()
 
     async def sync_all(self) -> None:
+        """Load every served experiment from the watcher's specs (after each resync)."""
         async with self._lock:
-            names = [n for n in await self.store.names() if self.serves(n)]
-            for name in names:
+            specs = self.watcher.specs
+            for name in specs:
                 try:
-                    await self._reload(name, spec_changed=True)
+                    await self._reload(name)
                 except Exception:  # one unreadable experiment must not stop the others
                     log.exception("loading experiment %s failed; it is not served", name)
             for name in list(self.experiments):
-                if name not in names:
+                if name not in specs:
                     self.experiments.pop(name, None)
         self.synced.set()
 
-    async def on_announcement(self, message: dict[str, Any] | None) -> None:
-        if message is None:
+    async def changed(self, name: str | None, kind: str) -> None:
+        """The watcher's news: a resync (name None), or one experiment's announcement."""
+        if name is None:
             await self.sync_all()
-            return
-        name = message.get("experiment")
-        kind = message.get("kind")
-        if not isinstance(name, str) or not self.serves(name):
             return
         async with self._lock:
             try:
-                if kind == "deleted":
+                if kind == Announced.DELETED:
                     self.experiments.pop(name, None)
-                elif kind == "policy":
-                    await self._reload(name, spec_changed=False)
                 else:
-                    await self._reload(name, spec_changed=True)
+                    await self._reload(name)
             except Exception:
                 log.exception("reloading experiment %s after %s announcement failed", name, kind)
 
-    async def _reload(self, name: str, *, spec_changed: bool) -> None:
+    async def _reload(self, name: str) -> None:
+        """Build the state of one experiment from its current spec, policy and override."""
         current = self.experiments.get(name)
-        spec = await self.store.find(name) if spec_changed or current is None else current.spec
+        spec = self.watcher.specs.get(name)
         if spec is None:
             self.experiments.pop(name, None)
             return

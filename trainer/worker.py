@@ -41,7 +41,8 @@ from banditgate.redis import Redis, StreamEntries, ensure_group, xreadgroup_entr
 from banditgate.registry import PolicyRegistry
 from banditgate.settings import CoreSettings
 from banditgate.spec import ExperimentSpec
-from banditgate.store import ExperimentStore
+from banditgate.tasks import TaskGroup
+from banditgate.watcher import ExperimentWatcher
 from trainer.learner import Learner, new_learner, to_example
 from trainer.loop import TrainingLoop
 
@@ -88,8 +89,7 @@ class Trainer:
         self.clock = clock
         self.batch = batch
         self.owner = owner or f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.only = set(experiments) if experiments is not None else None
-        self.store = ExperimentStore(redis)
+        self.watcher = ExperimentWatcher(redis, only=experiments)
         self.registry = PolicyRegistry(redis)
         self.training: dict[str, ExperimentTraining] = {}
         self.locks = OwnerLocks(redis, owner=self.owner, ttl_ms=LOCK_TTL_MS)
@@ -97,16 +97,21 @@ class Trainer:
         self.rejected = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                processed = await self.run_once()
-            except Exception:
-                log.exception("trainer pass failed; retrying")
-                processed = 0
-                await asyncio.sleep(1.0)
-            if processed == 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=0.05)
+        watching = TaskGroup("trainer")
+        watching.spawn(self.watcher.watch(), "announcements")
+        try:
+            while not stop.is_set():
+                try:
+                    processed = await self.run_once()
+                except Exception:
+                    log.exception("trainer pass failed; retrying")
+                    processed = 0
+                    await asyncio.sleep(1.0)
+                if processed == 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=0.05)
+        finally:
+            await watching.cancel_all()
         await self.close()
 
     async def close(self) -> None:
@@ -121,13 +126,11 @@ class Trainer:
 
     async def run_once(self) -> int:
         processed = 0
-        specs = await self.store.all()
+        specs = await self.watcher.current()
         for name in list(self.training):
             if name not in specs:
                 self.training.pop(name, None)
         for name, spec in specs.items():
-            if self.only is not None and name not in self.only:
-                continue
             if spec.policy.learner == "static":
                 self.training.pop(name, None)
                 continue

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import orjson
 
 from banditgate import keys
@@ -7,6 +10,7 @@ from banditgate.policy import ActionSet, build_policy
 from banditgate.registry import PolicyRegistry
 from banditgate.spec import GateSpec, parse_spec
 from banditgate.store import ExperimentStore
+from tests.support import wait_for
 from tests.trainer.conftest import uniform_log, write_joined
 from trainer.gate import judge
 from trainer.learner import VWLearner, to_example
@@ -173,3 +177,38 @@ async def test_thompson_learner_learns_through_the_trainer(redis, name):
         spec, await registry.model(name, latest.version), latest.version
     ).probabilities({}, ActionSet.from_spec(spec))
     assert pmf[1] > 0.95
+
+
+async def test_an_idle_trainer_watching_announcements_reads_no_spec(redis, name):
+    """It used to parse every spec on every idle pass (about every 50 ms)."""
+    store = ExperimentStore(redis)
+    await store.put(spec_for(name))
+    trainer = Trainer(redis=redis, clock=Clock(), experiments=[name])
+    watching = asyncio.create_task(trainer.watcher.watch())
+    try:
+        await asyncio.wait_for(trainer.watcher.watching.wait(), timeout=10)
+        reads = 0
+        find = trainer.watcher.store.find
+
+        async def counted(experiment: str):  # type: ignore[no-untyped-def]
+            nonlocal reads
+            reads += 1
+            return await find(experiment)
+
+        trainer.watcher.store.find = counted  # type: ignore[method-assign]
+        assert [await trainer.run_once() for _ in range(10)] == [0] * 10
+        assert reads == 0 and name in trainer.training
+        # A change still reaches it, by its announcement.
+        await store.put(spec_for(name, learner="static", weights={"a": 1, "b": 1}))
+
+        async def dropped() -> bool:
+            await trainer.run_once()
+            return name not in trainer.training
+
+        await wait_for(dropped)
+        assert reads == 1
+    finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+        await trainer.close()
