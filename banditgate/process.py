@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -61,22 +64,48 @@ def run_uvicorn(
     workers: int = 1,
     graceful_shutdown_s: int = 15,
 ) -> None:
-    """Serve `module:function` (an app factory) with the options every command shares."""
+    """Serve `module:function` (an app factory) with the options every command shares.
+
+    With several workers, each counts its own metrics in a shared directory so any of
+    them answers /metrics for all (see banditgate/metrics.py).
+    """
     import uvicorn  # only the HTTP commands pay for it (CLI start-up)
 
-    uvicorn.run(
-        factory,
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        timeout_graceful_shutdown=graceful_shutdown_s,
-        timeout_keep_alive=5,
-    )
+    with _metrics_dir(workers):
+        uvicorn.run(
+            factory,
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            timeout_graceful_shutdown=graceful_shutdown_s,
+            timeout_keep_alive=5,
+        )
+
+
+@contextlib.contextmanager
+def _metrics_dir(workers: int) -> Iterator[None]:
+    """A fresh PROMETHEUS_MULTIPROC_DIR for several workers (they inherit it), removed after.
+
+    One set by the operator is used as it is (empty it between runs: its counters add up).
+    """
+    # Here, not at the top: prometheus_client costs every CLI command ~25-130 ms to import.
+    from banditgate.metrics import MULTIPROCESS_DIR_VARIABLE, multiprocess_dir
+
+    if workers <= 1 or multiprocess_dir() is not None:
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="banditgate-metrics-")
+    os.environ[MULTIPROCESS_DIR_VARIABLE] = path
+    try:
+        yield
+    finally:
+        os.environ.pop(MULTIPROCESS_DIR_VARIABLE, None)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _die_with_parent() -> None:

@@ -7,6 +7,7 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import FastAPI
 
 from banditgate.http import install_error_handlers
+from banditgate.metrics import ProcessMetrics
 from banditgate.redis import Redis
 from banditgate_app.host import Component, HostApp
 from experiments.app import build as build_control
@@ -26,6 +27,9 @@ def serve_app(
     """Router, reward webhook and control plane on one port (`banditgate serve`)."""
     api = FastAPI(title="banditgate", version=_version())
     install_error_handlers(api)
+    # The router counts in this process; the control plane's /metrics serves them too.
+    metrics = ProcessMetrics()
+    api.state.process_metrics = metrics
     components: list[Component] = []
     if with_ingest:
         routes, ingest = build_ingest(IngestSettings(), redis=redis)
@@ -37,7 +41,8 @@ def serve_app(
         api.include_router(control_routes)
         api.state.control = control
         components.append(control)
-    return HostApp(create_router_app(RouterSettings(), redis=redis), api, components)
+    router = create_router_app(RouterSettings(), redis=redis, metrics=metrics)
+    return HostApp(router, api, components)
 
 
 def router_app() -> RouterApp:

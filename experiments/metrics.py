@@ -1,11 +1,16 @@
-"""GET /metrics: Prometheus text, derived from Redis at scrape time.
+"""GET /metrics: Prometheus text, derived from Redis at scrape time, plus the process's own.
 
-Nothing is counted in process memory. Request, decision, error and latency
-numbers come from the decision stream (through the same incremental ledger the
-stats use), reward numbers from the joiner's counters, lags from the consumer
-groups on the streams. So with several router or control-plane workers on one
-port, any worker answers a scrape with the totals of all of them, and the
-router's hot path does no extra work at all.
+The experiment metrics are not counted in process memory. Request, decision,
+error and latency numbers come from the decision stream (through the same
+incremental ledger the stats use), reward numbers from the joiner's counters,
+lags from the consumer groups on the streams. So with several router or
+control-plane workers on one port, any worker answers a scrape with the totals
+of all of them, and the router's hot path does no extra work for them.
+
+What never reaches Redis is counted in process: the router's losses and swaps
+(`banditgate_router_*`, see router/metrics.py). Under `banditgate serve` the
+composition root puts the process's `ProcessMetrics` in `app.state.process_metrics`
+and they are appended here; banditgate/metrics.py says how several workers add up.
 
 Not covered here: requests a router rejects before making a decision (bad JSON,
 unknown experiment) leave no trace in Redis.
@@ -21,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -34,6 +39,7 @@ from redis.exceptions import ResponseError
 
 from banditgate import keys
 from banditgate.contracts import TRAINER_GROUP, JoinCounter
+from banditgate.metrics import ProcessMetrics
 from banditgate.redis import Redis, stream_id_ms
 from banditgate.spec import ExperimentSpec
 from experiments.ledger import LATENCY_BUCKETS_S, Ledger, join_counters, read_after
@@ -285,8 +291,13 @@ def routes() -> APIRouter:
     router = APIRouter(tags=["metrics"])
 
     @router.get("/metrics", response_class=Response)
-    async def metrics(service: Service) -> Response:
-        """Prometheus exposition of every experiment (derived from Redis; same on every worker)."""
-        return Response(render(await gather(service)), media_type=CONTENT_TYPE_LATEST)
+    async def metrics(request: Request, service: Service) -> Response:
+        """Prometheus exposition of every experiment (derived from Redis; same on every
+        worker), then this process's own metrics, if it has any."""
+        body = render(await gather(service))
+        process: ProcessMetrics | None = getattr(request.app.state, "process_metrics", None)
+        if process is not None:
+            body += process.render()
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return router

@@ -3,7 +3,8 @@
 Routes: SageMaker InvokeEndpoint, Open Inference Protocol v2, a pass-through
 proxy, decision-only rank, health. `handle()` answers a request if it is one of
 these and says whether it did, so a host app (`banditgate serve`) can pass the
-rest on; called as an ASGI app on its own, anything else is a 404.
+rest on; called as an ASGI app on its own (`banditgate router`) it also answers
+`GET /metrics` with the process's own metrics, and anything else is a 404.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from banditgate.errors import BanditgateError, MalformedJSON, NotReady, PayloadTooLarge
+from banditgate.metrics import ProcessMetrics
 from banditgate.redis import Redis, connect
 from banditgate.tasks import TaskGroup
 from router.backends import HttpBackend
 from router.decision_log import DecisionLog
+from router.metrics import RouterMetrics
 from router.routing import Invocation, Outcome, Router
 from router.runtime import Runtime
 from router.settings import RouterSettings
@@ -103,8 +107,12 @@ class RouterApp:
         settings: RouterSettings,
         *,
         redis: Redis | None = None,
+        metrics: ProcessMetrics | None = None,
     ) -> None:
+        """`metrics`: the process's registry, when a host serves /metrics (else the router's own)."""
         self.settings = settings
+        self.process_metrics = metrics or ProcessMetrics()
+        self.metrics = RouterMetrics(self.process_metrics)
         self._owns_redis = redis is None
         self.redis: Redis | None = redis
         self.backend = HttpBackend(
@@ -124,7 +132,7 @@ class RouterApp:
             if not self.settings.redis_url:
                 raise RuntimeError("BANDITGATE_REDIS_URL is not set")
             self.redis = connect(self.settings.redis_url)
-        self.runtime = Runtime(self.redis, only=self.settings.experiments)
+        self.runtime = Runtime(self.redis, only=self.settings.experiments, swaps=self.metrics.swaps)
         self.log = DecisionLog(
             self.redis,
             max_batch=self.settings.flush_max_batch,
@@ -132,6 +140,7 @@ class RouterApp:
             max_buffer=self.settings.log_buffer_max,
             stream_maxlen=self.settings.stream_maxlen,
             index_events=self.settings.event_index,
+            metrics=self.metrics.decisions,
         )
         await self.backend.start()
         self.mirror = ShadowMirror(
@@ -140,6 +149,7 @@ class RouterApp:
             max_inflight=self.settings.shadow_max_inflight,
             timeout_s=self.settings.shadow_timeout_s,
             stream_maxlen=self.settings.stream_maxlen,
+            metrics=self.metrics,
         )
         self.router = Router(
             runtime=self.runtime, backend=self.backend, log=self.log, mirror=self.mirror
@@ -161,6 +171,7 @@ class RouterApp:
         await self.backend.close()
         if self.redis is not None and self._owns_redis:
             await self.redis.aclose()
+        self.process_metrics.close()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -185,8 +196,14 @@ class RouterApp:
             return
         if kind != "http":
             return
-        if not await self.handle(scope, receive, send):
-            await send_error(send, BanditgateError(f"no route for {scope['path']}", status=404))
+        if await self.handle(scope, receive, send):
+            return
+        if scope["path"] == "/metrics" and scope["method"] == "GET":
+            # On its own (`banditgate router`); under `serve` the control plane answers it.
+            body = self.process_metrics.render()
+            await send_response(send, 200, body, CONTENT_TYPE_LATEST.encode())
+            return
+        await send_error(send, BanditgateError(f"no route for {scope['path']}", status=404))
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Answer an HTTP request if it is a data-plane route; False leaves it untouched."""
@@ -322,5 +339,10 @@ class RouterApp:
         await send_response(send, 200, orjson.dumps(body))
 
 
-def create_app(settings: RouterSettings | None = None, *, redis: Redis | None = None) -> RouterApp:
-    return RouterApp(settings or RouterSettings(), redis=redis)
+def create_app(
+    settings: RouterSettings | None = None,
+    *,
+    redis: Redis | None = None,
+    metrics: ProcessMetrics | None = None,
+) -> RouterApp:
+    return RouterApp(settings or RouterSettings(), redis=redis, metrics=metrics)

@@ -16,6 +16,7 @@ from banditgate import keys
 from banditgate.events import Decision, decision_batch_fields, event_index_bucket
 from banditgate.redis import Redis
 from banditgate.scripts import lua_source
+from router.metrics import WriterMetrics
 from router.stream_writer import StreamWriter
 
 # Indexes one flush's event ids in one call (see the script for why).
@@ -34,9 +35,14 @@ class DecisionLog(StreamWriter[tuple[Decision, int]]):
         flush_interval_s: float = 0.005,
         stream_maxlen: int = 2_000_000,
         index_events: bool = True,
+        metrics: WriterMetrics | None = None,
     ) -> None:
         super().__init__(
-            redis, max_batch=max_batch, max_buffer=max_buffer, linger_s=flush_interval_s
+            redis,
+            max_batch=max_batch,
+            max_buffer=max_buffer,
+            linger_s=flush_interval_s,
+            metrics=metrics,
         )
         self.stream_maxlen = stream_maxlen
         self.index_events = index_events

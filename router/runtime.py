@@ -14,6 +14,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import Counter
+
 from banditgate.contracts import Announced
 from banditgate.errors import UnknownExperiment
 from banditgate.featurize import Featurizer
@@ -93,8 +95,12 @@ def build_state(
 class Runtime:
     """The served experiments' states; specs come from the watcher, which calls `changed`."""
 
-    def __init__(self, redis: Redis, *, only: list[str] | None = None) -> None:
+    def __init__(
+        self, redis: Redis, *, only: list[str] | None = None, swaps: Counter | None = None
+    ) -> None:
+        """`swaps`: counts each policy swapped in, beside `self.swaps`."""
         self.redis = redis
+        self._swap_counter = swaps
         self.watcher = ExperimentWatcher(redis, only=only, on_change=self.changed)
         self.store = self.watcher.store
         self.registry = PolicyRegistry(redis)
@@ -165,5 +171,7 @@ class Runtime:
             policy = await asyncio.to_thread(build_policy, spec, model, version)
             if current is not None:
                 self.swaps += 1
+                if self._swap_counter is not None:
+                    self._swap_counter.inc()
                 log.info("experiment %s: policy %d -> %d", name, current.loaded_version, version)
         self.experiments[name] = build_state(spec, policy, version, override)

@@ -28,6 +28,7 @@ from banditgate.redis import Redis
 from banditgate.spec import Arm, ShadowSpec
 from banditgate.tasks import TaskGroup
 from router.backends import Backend, BackendResponse
+from router.metrics import RouterMetrics, WriterMetrics
 from router.stream_writer import StreamWriter
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,11 @@ class ShadowResults(StreamWriter[ShadowResult]):
         max_buffer: int = 100_000,
         linger_s: float = 0.05,
         stream_maxlen: int = 1_000_000,
+        metrics: WriterMetrics | None = None,
     ) -> None:
-        super().__init__(redis, max_batch=max_batch, max_buffer=max_buffer, linger_s=linger_s)
+        super().__init__(
+            redis, max_batch=max_batch, max_buffer=max_buffer, linger_s=linger_s, metrics=metrics
+        )
         self.stream_maxlen = stream_maxlen
 
     def write(self, pipe: Pipeline, batch: list[ShadowResult]) -> None:
@@ -116,8 +120,10 @@ class ShadowMirror:
         max_buffer: int = 100_000,
         stream_maxlen: int = 1_000_000,
         linger_s: float = 0.05,
+        metrics: RouterMetrics | None = None,
     ) -> None:
         self.backend = backend
+        self.metrics = metrics
         self.redis = redis
         self.max_inflight = max_inflight
         self.timeout_s = timeout_s
@@ -128,6 +134,7 @@ class ShadowMirror:
             max_buffer=max_buffer,
             linger_s=linger_s,
             stream_maxlen=stream_maxlen,
+            metrics=metrics.shadow if metrics is not None else None,
         )
 
     @property
@@ -152,6 +159,8 @@ class ShadowMirror:
         """Start one mirrored call unless `max_inflight` are already running; never waits."""
         if len(self.calls.tasks) >= self.max_inflight:
             self.stats.dropped += 1
+            if self.metrics is not None:
+                self.metrics.mirrors_dropped.inc()
             return False
         self.stats.started += 1
         coro = self._mirror(

@@ -26,6 +26,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from banditgate.redis import Redis
+from router.metrics import WriterMetrics
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,13 @@ class StreamWriter(ABC, Generic[R]):
         max_batch: int,
         max_buffer: int,
         linger_s: float,
+        metrics: WriterMetrics | None = None,
     ) -> None:
         self.redis = redis
         self.max_batch = max_batch
         self.max_buffer = max_buffer
         self.linger_s = linger_s
+        self.metrics = metrics
         self.stats = WriterStats()
         self._queue: deque[R] = deque()
         self._wakeup = asyncio.Event()
@@ -140,13 +143,20 @@ class StreamWriter(ABC, Generic[R]):
                 queue.popleft()
             if excess > 0:
                 self._dropped(excess)
+            if self.metrics is not None:
+                self.metrics.flush_failures.inc()
+                self.metrics.pending.set(len(queue))
             return False
         self.stats.flushed += len(batch)
         self.stats.batches += 1
+        if self.metrics is not None:
+            self.metrics.pending.set(len(queue))
         return True
 
     def _dropped(self, count: int) -> None:
         self.stats.dropped += count
+        if self.metrics is not None:
+            self.metrics.dropped.inc(count)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

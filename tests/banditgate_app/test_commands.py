@@ -13,7 +13,9 @@ import aiohttp
 import orjson
 
 from banditgate import contracts, keys
+from banditgate.metrics import MULTIPROCESS_DIR_VARIABLE
 from banditgate.redis import Redis
+from banditgate.registry import PolicyRegistry
 from banditgate.store import ExperimentStore
 from banditgate.supervisor import Supervisor, check_heartbeats
 from banditgate_app.workers import select
@@ -24,7 +26,9 @@ from tests.reward_ingest.conftest import (
     log_decisions,
     reward_spec,
 )
-from tests.support import free_socket, wait_for
+from tests.router.test_metrics import scrape
+from tests.router.test_policy_serving import trained_model
+from tests.support import free_socket, make_spec, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -219,3 +223,45 @@ def test_workers_check_exits_nonzero_without_live_workers(redis_url: str, name: 
     )
     assert result.returncode == 1
     assert b"joiner: dead" in result.stdout
+
+
+async def test_router_workers_add_up_their_counters_on_metrics(
+    redis: Redis, redis_url: str, name: str, tmp_path: Path
+) -> None:
+    """`--workers 2`: whichever worker a scrape reaches, it reports both workers' swaps."""
+    spec = make_spec(name, [("a", "http://127.0.0.1:9"), ("b", "http://127.0.0.1:9")])
+    await ExperimentStore(redis).put(spec)
+    port = _port()
+    log_path = tmp_path / "router.log"
+    env = {**os.environ, "BANDITGATE_REDIS_URL": redis_url, "BANDITGATE_EXPERIMENTS": name}
+    env.pop(MULTIPROCESS_DIR_VARIABLE, None)
+    command = ["router", "--port", str(port), "--workers", "2"]
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "banditgate_app.cli", *command],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        async def both_started() -> bool:
+            assert process.poll() is None, log_path.read_text()
+            return log_path.read_text().count("Application startup complete") == 2
+
+        await wait_for(both_started, timeout=60, every=0.1)
+        await PolicyRegistry(redis).publish(name, trained_model(spec, best="b"), learner="vw")
+
+        async def both_swapped() -> bool:
+            return await scrape(url, "banditgate_router_policy_swaps") == 2.0
+
+        await wait_for(both_swapped, timeout=30, every=0.1)
+        for _ in range(4):  # any worker answers with the sum
+            assert await scrape(url, "banditgate_router_policy_swaps") == 2.0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+    errors = log_path.read_text()
+    assert code == 0 and "Traceback" not in errors, errors

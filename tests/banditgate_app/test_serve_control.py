@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from banditgate.redis import Redis
 from banditgate_app.apps import serve_app
 from tests.experiments.conftest import ADMIN_KEY, decision, spec_doc, write_decisions
+from tests.router.test_metrics import metric_values
 from tests.support import serve_asgi
 
 
@@ -44,5 +45,8 @@ async def test_control_routes_answer_through_the_router(
             (s.labels["arm"], s.value) for s in decisions.samples if s.labels["experiment"] == name
         ]
         assert mine == [("a", 1.0)]
+        # The router's own counters are in the same answer.
+        assert metric_values(text, "banditgate_router_decisions_dropped") == {(): 0.0}
+        assert metric_values(text, "banditgate_router_policy_swaps") == {(): 0.0}
         async with http.get(f"{url}/health/live") as r:
             assert r.status == 200  # the router still owns its routes

@@ -12,6 +12,7 @@ from banditgate import keys
 from banditgate.events import ShadowResult, decode_shadow_batch
 from banditgate.redis import Redis
 from router.shadow import mirror_fraction, same_body
+from tests.router.test_metrics import metric_values
 from tests.support import Backend, make_spec, run_backend, wait_for
 from tests.traffic import decision_count, decisions, invoke_many
 
@@ -128,6 +129,8 @@ async def test_mirrors_beyond_the_in_flight_bound_are_dropped_not_queued(start_r
         release.set()
         await wait_for(lambda: _results_at_least(redis, name, 3))
     assert len(await shadow_results(redis, name)) == 3
+    exported = metric_values(app.process_metrics.render(), "banditgate_router_shadow_dropped")
+    assert exported == {(("reason", "in_flight"),): 7.0, (("reason", "buffer"),): 0.0}
 
 
 async def test_bodies_are_compared_when_asked(start_router, redis, name):

@@ -1,0 +1,95 @@
+"""The router's own counters on /metrics: losses while Redis is away, policy swaps."""
+
+from __future__ import annotations
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from banditgate.redis import connect
+from banditgate.registry import PolicyRegistry
+from tests.router.test_policy_serving import trained_model
+from tests.support import make_spec, run_backend, wait_for
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def metric_values(text: bytes | str, family: str) -> dict[Labels, float]:
+    """Sample values of one metric family (counters without their `_created` samples)."""
+    if isinstance(text, bytes):
+        text = text.decode()
+    out: dict[Labels, float] = {}
+    for metric in text_string_to_metric_families(text):
+        if metric.name != family:
+            continue
+        for sample in metric.samples:
+            if not sample.name.endswith("_created"):
+                out[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+async def scrape(url: str, family: str) -> float | None:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as response:
+        assert response.status == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        return metric_values(await response.text(), family).get(())
+
+
+async def post(url: str, name: str) -> int:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{url}/endpoints/{name}/invocations", json={"features": ["x"]}) as response,
+    ):
+        await response.read()
+        return response.status
+
+
+async def test_a_router_on_its_own_serves_its_counters(start_router, redis, name):
+    async with run_backend() as a, run_backend() as b:
+        spec = make_spec(name, [("a", a.url), ("b", b.url)])
+        url, app = await start_router(spec)
+        assert await post(url, name) == 200
+        assert await scrape(url, "banditgate_router_policy_swaps") == 0.0
+        await PolicyRegistry(redis).publish(name, trained_model(spec, best="b"), learner="vw")
+
+        async def swapped() -> bool:
+            return await scrape(url, "banditgate_router_policy_swaps") == 1.0
+
+        await wait_for(swapped)
+        assert app.runtime is not None and app.runtime.swaps == 1
+
+        async def flushed() -> bool:
+            return await scrape(url, "banditgate_router_decision_log_pending") == 0.0
+
+        await wait_for(flushed)
+        assert await scrape(url, "banditgate_router_decisions_dropped") == 0.0
+        assert await scrape(url, "banditgate_router_decision_log_flush_failures") == 0.0
+
+
+async def test_decisions_lost_while_redis_is_away_are_counted(start_router, redis, name):
+    async with run_backend() as backend:
+        url, app = await start_router(make_spec(name, [("a", backend.url)]), log_buffer_max=5)
+        log = app.log
+        assert log is not None
+        healthy = log.redis
+        log.redis = connect("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)  # nothing listens
+        try:
+            for _ in range(8):
+                assert await post(url, name) == 200
+
+            async def held() -> bool:
+                return await scrape(url, "banditgate_router_decision_log_pending") == 5.0
+
+            await wait_for(held)
+            # Nothing was written: the log holds its bound, the rest was dropped.
+            assert await scrape(url, "banditgate_router_decisions_dropped") == 3.0
+            failures = await scrape(url, "banditgate_router_decision_log_flush_failures")
+            assert failures is not None and failures >= 1
+        finally:
+            await log.redis.aclose()
+            log.redis = healthy
+
+        async def recovered() -> bool:
+            return await scrape(url, "banditgate_router_decision_log_pending") == 0.0
+
+        await wait_for(recovered)
+    assert log.stats.dropped == 3 and log.stats.flushed == 5
