@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from banditgate.contracts import JoinCounter
 from banditgate.policy import default_weights, normalise
 from banditgate.spec import ExperimentSpec
 from experiments.ledger import BUCKET_MS, ArmTally, Bucket, Ledger, control_arm, wall_ms
@@ -362,10 +363,10 @@ def summarize(
         },
         "arms": arms_out,
         "rewards": {
-            "received": counters.get("rewards_received", 0),
-            "late": counters.get("rewards_late", 0),
-            "orphaned": counters.get("rewards_orphaned", 0),
-            "duplicate": counters.get("rewards_duplicate", 0),
+            "received": counters.get(JoinCounter.REWARDS_RECEIVED, 0),
+            "late": counters.get(JoinCounter.REWARDS_LATE, 0),
+            "orphaned": counters.get(JoinCounter.REWARDS_ORPHANED, 0),
+            "duplicate": counters.get(JoinCounter.REWARDS_DUPLICATE, 0),
             "counters": counters,
         },
         "regret": regret,
