@@ -1,6 +1,6 @@
 """Router throughput and added latency against a bare pass-through proxy, in one run.
 
-    python bench/router.py [--duration 8] [--rounds 3] [--exploration cover]
+    python bench/router.py [--duration 8] [--rounds 3] [--exploration cover] [--baseline DIR]
 
 Starts a near-free backend, a bare proxy (raw ASGI + aiohttp: no decision, no
 logging), the same bare proxy on the router's own HTTP client (bare-lean) and the router (bandit mode, VW policy, decision logging on), and drives
@@ -8,6 +8,10 @@ each with wrk: req/s at 32 connections and p50/p99 at 1 connection. Request
 bodies cycle through 1,000 distinct synthetic reviews. Rounds interleave the
 targets; the ratio is taken per round and the median reported, because absolute
 numbers on a shared 2-core machine move between runs.
+
+`--baseline DIR` adds a fifth target, `router-before`: the router of another checkout
+(say `git archive main | tar -x -C DIR`), run in the same rounds, so a change to the hot
+path is measured before and after in one run.
 """
 
 from __future__ import annotations
@@ -159,6 +163,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--exploration", default="cover")
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout whose router runs as router-before"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench/router.py needs wrk (Debian package 'wrk')")
@@ -174,6 +181,8 @@ def main() -> None:
         "bare-lean": free_port(),
         "router": free_port(),
     }
+    if args.baseline is not None:
+        ports["router-before"] = free_port()
     backend_url = f"http://127.0.0.1:{ports['backend']}"
     env = {
         **os.environ,
@@ -225,24 +234,30 @@ def main() -> None:
                 cwd=ROOT,
             )
         )
+        if args.baseline is not None:
+            baseline = args.baseline.resolve()
+            processes.append(
+                subprocess.Popen(
+                    [
+                        *uvicorn,
+                        "--port",
+                        str(ports["router-before"]),
+                        "--factory",
+                        "router.app:create_app",
+                    ],
+                    env={**env, "PYTHONPATH": str(baseline)},
+                    cwd=baseline,
+                )
+            )
         for port in ports.values():
             wait_port(port)
-        pids = {
-            "backend": processes[0].pid,
-            "bare": processes[1].pid,
-            "bare-lean": processes[2].pid,
-            "router": processes[3].pid,
-        }
+        pids = {target: process.pid for target, process in zip(ports, processes, strict=True)}
         workdir = Path(tempfile.mkdtemp())
         scripts = {}
-        for target, path in (
-            ("backend", "/invocations"),
-            ("bare", "/invocations"),
-            ("bare-lean", "/invocations"),
-            ("router", f"/endpoints/{EXPERIMENT}/invocations"),
-        ):
+        for target in ports:
+            path = "/invocations" if target in ("backend", "bare", "bare-lean") else None
             scripts[target] = workdir / f"{target}.lua"
-            wrk_script(scripts[target], path)
+            wrk_script(scripts[target], path or f"/endpoints/{EXPERIMENT}/invocations")
         for target in ports:  # warm up connections, caches and the JIT-less interpreter
             wrk(ports[target], scripts[target], 32, 2, latency=False)
 
@@ -250,7 +265,7 @@ def main() -> None:
         requests_to_router = 0
         for number in range(args.rounds):
             results: dict[str, dict[str, float]] = {}
-            for target in ("backend", "bare", "bare-lean", "router"):
+            for target in ports:
                 before = cpu_seconds(pids[target])
                 load = wrk(ports[target], scripts[target], 32, args.duration, latency=False)
                 used = cpu_seconds(pids[target]) - before
@@ -262,16 +277,24 @@ def main() -> None:
                     "non2xx": load["non2xx"] + single["non2xx"],
                     "cpu_us": used / max(load["rps"] * round(args.duration), 1) * 1e6,
                 }
-                if target == "router":
+                if target.startswith("router"):
                     requests_to_router += int(
                         load["rps"] * args.duration + single.get("rps", 0) * args.duration
                     )
             rounds.append(results)
             ratio = results["router"]["rps"] / results["bare"]["rps"]
+            before_note = ""
+            if "router-before" in results:
+                before_ratio = results["router-before"]["rps"] / results["bare"]["rps"]
+                before_note = (
+                    f", router-before {results['router-before']['rps']:.0f} "
+                    f"(router-before/bare {before_ratio:.2f})"
+                )
             print(
                 f"round {number + 1}: backend {results['backend']['rps']:.0f} req/s, "
                 f"bare {results['bare']['rps']:.0f}, router {results['router']['rps']:.0f} "
-                f"(router/bare {ratio:.2f}); CPU per request: bare {results['bare']['cpu_us']:.0f} us, "
+                f"(router/bare {ratio:.2f}){before_note}; CPU per request: "
+                f"bare {results['bare']['cpu_us']:.0f} us, "
                 f"router {results['router']['cpu_us']:.0f} us",
                 flush=True,
             )
@@ -300,7 +323,7 @@ def main() -> None:
         "| target | req/s at 32 conns | CPU per request | p50 at 1 conn | p99 at 1 conn | added p50 | added p99 |"
     )
     print("|---|---|---|---|---|---|---|")
-    for target in ("backend", "bare", "bare-lean", "router"):
+    for target in ports:
         added50 = median(target, "p50") - median("backend", "p50")
         added99 = median(target, "p99") - median("backend", "p99")
         print(
@@ -326,6 +349,19 @@ def main() -> None:
     print(
         f"router added p99 minus bare added p99: {median('router', 'p99') - median('bare', 'p99'):.3f} ms"
     )
+    if "router-before" in ports:
+        before = [r["router-before"]["rps"] / r["bare"]["rps"] for r in rounds]
+        after_before = [r["router"]["rps"] / r["router-before"]["rps"] for r in rounds]
+        cpu_before = [r["router-before"]["cpu_us"] / r["router"]["cpu_us"] for r in rounds]
+        print(
+            f"router-before/bare throughput ratio: {statistics.median(before):.3f} "
+            f"(per round: {', '.join(f'{r:.3f}' for r in before)})"
+        )
+        print(
+            f"router/router-before throughput: {statistics.median(after_before):.3f} "
+            f"(per round: {', '.join(f'{r:.3f}' for r in after_before)}); "
+            f"CPU per request before/after: {statistics.median(cpu_before):.3f}"
+        )
     non2xx = sum(r[t]["non2xx"] for r in rounds for t in r)
     print(f"non-2xx responses: {non2xx:.0f}; decisions logged by the router: {logged:,}")
 
