@@ -1,8 +1,9 @@
 """Lua scripts: loaded from the `.lua` files shipped beside their modules, and their arguments.
 
 A script gets the wire names it writes (fields, counters, reasons) from `banditgate.contracts`
-as one MessagePack argument built by `lua_names`, and reads them by role:
-`local N = cmsgpack.unpack(ARGV[1])`, then `N.joined.decision`, `N.counter.rewards_late`.
+as one MessagePack argument built by `lua_names`, and reads them by role: with
+`lua_names(joined=JoinedField, counter=JoinCounter)` as ARGV[n],
+`local N = cmsgpack.unpack(ARGV[n])`, then `N.joined.decision`, `N.counter.rewards_late`.
 """
 
 from __future__ import annotations
