@@ -1,17 +1,20 @@
-"""HTTP pieces every FastAPI surface shares: the error rendering and bearer-key checks."""
+"""HTTP pieces every FastAPI surface shares: error rendering, bearer-key checks, health routes."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, Protocol
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 
-from banditgate.errors import BanditgateError, Forbidden, Unauthorized
+from banditgate.errors import BanditgateError, Forbidden, NotReady, Unauthorized
+from banditgate.redis import Redis
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -79,3 +82,34 @@ class BearerKeys:
             if forbidden_on_wrong:
                 raise Forbidden(f"{self.realm}: the key is not valid")
             raise Unauthorized(f"{self.realm}: the key is not valid")
+
+
+class Started(Protocol):
+    """A component with a lifespan: `started` once its startup ran, and its Redis client."""
+
+    @property
+    def started(self) -> bool: ...
+
+    @property
+    def redis(self) -> Redis: ...
+
+
+def health_routes(component: Started, *, redis_timeout_s: float = 1.0) -> APIRouter:
+    """`/health/live` (the process answers) and `/health/ready` (started, Redis answers; else 503)."""
+    router = APIRouter(tags=["health"])
+
+    @router.get("/health/live")
+    async def live() -> dict[str, Any]:
+        return {"status": "live"}
+
+    @router.get("/health/ready")
+    async def ready() -> dict[str, Any]:
+        if not component.started:
+            raise NotReady("not started")
+        try:
+            await asyncio.wait_for(component.redis.ping(), timeout=redis_timeout_s)
+        except Exception as exc:
+            raise NotReady(f"redis unreachable: {exc or type(exc).__name__}") from None
+        return {"status": "ready"}
+
+    return router

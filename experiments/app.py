@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
-from banditgate.http import install_error_handlers
+from banditgate.http import health_routes, install_error_handlers
 from banditgate.redis import Redis
 from experiments import api, dashboard, export_api, metrics, rollout_api
 from experiments.service import ControlService
@@ -28,7 +28,7 @@ def build(
 def create_control_app(
     settings: ControlSettings | None = None, *, redis: Redis | None = None
 ) -> FastAPI:
-    """The control plane alone (`banditgate control`)."""
+    """The control plane alone (`banditgate control`), with its own health routes."""
     routes, service = build(settings or ControlSettings(), redis=redis)
 
     @asynccontextmanager
@@ -45,4 +45,5 @@ def create_control_app(
     app.state.control = service
     install_error_handlers(app)
     app.include_router(routes)
+    app.include_router(health_routes(service))
     return app

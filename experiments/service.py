@@ -20,6 +20,7 @@ class ControlService:
         self._redis = RedisHandle(settings.redis_url, redis, owner="ControlService")
         self.admin = BearerKeys(load_keys(settings.admin_keys, settings.admin_keys_file), "admin")
         self._stats: StatsBook | None = None
+        self._started = False
 
     @property
     def redis(self) -> Redis:
@@ -40,10 +41,16 @@ class ControlService:
             self._stats = StatsBook(self.redis)
         return self._stats
 
+    @property
+    def started(self) -> bool:
+        return self._started
+
     async def startup(self) -> None:
         self._redis.open()
+        self._started = True
 
     async def shutdown(self) -> None:
+        self._started = False
         await self._redis.close()
         self._stats = None
 

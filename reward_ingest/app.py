@@ -40,7 +40,7 @@ from banditgate.errors import (
     PayloadTooLarge,
     UnknownExperiment,
 )
-from banditgate.http import BearerKeys, install_error_handlers, load_keys
+from banditgate.http import BearerKeys, health_routes, install_error_handlers, load_keys
 from banditgate.redis import Redis
 from reward_ingest.intake import IntakeResult, Problem, RewardIntake
 from reward_ingest.settings import IngestSettings
@@ -116,7 +116,8 @@ def build(settings: IngestSettings, *, redis: Redis | None = None) -> tuple[APIR
 def create_ingest_app(
     settings: IngestSettings | None = None, *, redis: Redis | None = None
 ) -> FastAPI:
-    """The reward webhook alone (`banditgate ingest`); the joiner runs under `banditgate workers`."""
+    """The reward webhook alone (`banditgate ingest`), with its own health routes; the joiner
+    runs under `banditgate workers`."""
     routes, ingest = build(settings or IngestSettings(), redis=redis)
 
     @asynccontextmanager
@@ -131,6 +132,7 @@ def create_ingest_app(
     app.state.ingest = ingest
     install_error_handlers(app)
     app.include_router(routes)
+    app.include_router(health_routes(ingest))
     return app
 
 

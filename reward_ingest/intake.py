@@ -104,6 +104,7 @@ class RewardIntake:
         # Every experiment: the webhook takes rewards for all of them.
         self._watcher = ExperimentWatcher(redis) if redis is not None else None
         self._tasks = TaskGroup("reward-intake")
+        self._started = False
 
     @property
     def redis(self) -> Redis:
@@ -115,11 +116,17 @@ class RewardIntake:
             self._watcher = ExperimentWatcher(self.redis)
         return self._watcher
 
+    @property
+    def started(self) -> bool:
+        return self._started
+
     async def startup(self) -> None:
         self._redis.open()
         self._tasks.spawn(self.specs.watch(), "announcements")
+        self._started = True
 
     async def shutdown(self) -> None:
+        self._started = False
         await self._tasks.cancel_all()
         await self._redis.close()
         self._watcher = None
