@@ -34,14 +34,44 @@ class _Strict(BaseModel):
 
 
 class Arm(_Strict):
-    name: Annotated[str, Field(pattern=ARM_NAME_PATTERN)]
-    url: str
-    protocol: Protocol = "http"
-    model: str | None = Field(default=None, description="Model name for the v2 protocol.")
-    path: str | None = Field(default=None, description="Request path for sagemaker/http.")
-    features: dict[str, FeatureValue] = Field(default_factory=dict)
-    weight: float | None = Field(default=None, ge=0)
-    timeout_s: float | None = Field(default=None, gt=0, le=600)
+    """A backend that can answer the experiment's requests."""
+
+    name: Annotated[
+        str,
+        Field(
+            pattern=ARM_NAME_PATTERN,
+            description="The arm's name: logged with every decision, returned as the variant.",
+        ),
+    ]
+    url: str = Field(description="Backend base URL (http:// or https://).")
+    protocol: Protocol = Field(
+        default="http",
+        description="How a request is forwarded: sagemaker (POST {url}{path}), "
+        "v2 (Open Inference Protocol), http (the /proxy path passed through).",
+    )
+    model: str | None = Field(
+        default=None,
+        description="Model name in the v2 path /v2/models/{model}/infer (default: the arm name).",
+    )
+    path: str | None = Field(
+        default=None,
+        description="Path appended to url for the sagemaker protocol (default: /invocations).",
+    )
+    features: dict[str, FeatureValue] = Field(
+        default_factory=dict, description="Action features the policy sees for this arm."
+    )
+    weight: float | None = Field(
+        default=None,
+        ge=0,
+        description="Traffic weight in ab mode, and for the static learner when policy.weights "
+        "is unset; weights are normalised.",
+    )
+    timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=600,
+        description="Backend response timeout (default: BANDITGATE_BACKEND_TIMEOUT_S).",
+    )
 
     @field_validator("url")
     @classmethod
@@ -63,9 +93,18 @@ class Arm(_Strict):
 
 
 class ContextSpec(_Strict):
-    body: list[str] = Field(default_factory=list)
-    headers: list[str] = Field(default_factory=list)
-    text: str | None = None
+    """What the policy sees of a request."""
+
+    body: list[str] = Field(
+        default_factory=list,
+        description="Pointers into the JSON body (user.tier, features[0] or RFC 6901 /a/b).",
+    )
+    headers: list[str] = Field(
+        default_factory=list, description="Request headers whose values are features."
+    )
+    text: str | None = Field(
+        default=None, description="Pointer to a text field for the built-in text featurizer."
+    )
 
     @field_validator("body")
     @classmethod
@@ -94,9 +133,15 @@ class ContextSpec(_Strict):
 
 
 class Exploration(_Strict):
+    """How the VW policy explores (VW's --cb_explore_adf algorithms)."""
+
     # Defaults measured in bench/learning.py (BENCHMARKS.md, "Learning quality").
-    type: Literal["epsilon", "cover", "bag", "softmax", "squarecb"] = "epsilon"
-    epsilon: float = Field(default=0.02, ge=0, le=1)
+    type: Literal["epsilon", "cover", "bag", "softmax", "squarecb"] = Field(
+        default="epsilon", description="Exploration algorithm."
+    )
+    epsilon: float = Field(
+        default=0.02, ge=0, le=1, description="epsilon: share of traffic spread over all arms."
+    )
     n: int = Field(default=3, ge=1, le=64, description="Policies for cover and bag.")
     psi: float = Field(default=0.1, ge=0, description="Cover's disagreement parameter.")
     lambda_: float = Field(
@@ -106,8 +151,12 @@ class Exploration(_Strict):
 
 
 class UpdateSpec(_Strict):
-    every_events: int = Field(default=200, ge=1)
-    every_s: float = Field(default=5.0, gt=0)
+    """When the trainer judges (and may publish) a new policy."""
+
+    every_events: int = Field(
+        default=200, ge=1, description="After this many new joined examples..."
+    )
+    every_s: float = Field(default=5.0, gt=0, description="...or after this many seconds.")
     warmup_events: int = Field(
         default=0,
         ge=0,
@@ -116,24 +165,50 @@ class UpdateSpec(_Strict):
 
 
 class GateSpec(_Strict):
-    min_examples: int = Field(default=100, ge=0)
-    estimator: Literal["ips", "snips", "dr"] = "dr"
-    margin: float = Field(default=0.02, ge=0)
+    """The off-policy check a candidate policy passes before it is published."""
+
+    min_examples: int = Field(
+        default=100, ge=0, description="Examples scored before a candidate is judged."
+    )
+    estimator: Literal["ips", "snips", "dr"] = Field(
+        default="dr", description="Off-policy estimator of the expected reward."
+    )
+    margin: float = Field(
+        default=0.02, ge=0, description="How much worse than the serving policy is tolerated."
+    )
     rule: Literal["paired", "unpaired"] = Field(
         default="paired",
         description="paired: lower bound of candidate - current >= -margin; "
         "unpaired: candidate lower bound >= current estimate - margin.",
     )
-    enabled: bool = True
+    enabled: bool = Field(
+        default=True, description="false: publish every candidate without judging it."
+    )
 
 
 class PolicySpec(_Strict):
-    learner: Literal["vw", "thompson", "static"] = "vw"
-    exploration: Exploration = Field(default_factory=Exploration)
-    min_arm_share: float = Field(default=0.01, ge=0, lt=1)
-    update: UpdateSpec = Field(default_factory=UpdateSpec)
-    gate: GateSpec = Field(default_factory=GateSpec)
-    weights: dict[str, float] | None = Field(default=None, description="Static learner weights.")
+    """How arms are chosen in bandit mode, and how the policy learns."""
+
+    learner: Literal["vw", "thompson", "static"] = Field(
+        default="vw",
+        description="vw: contextual bandit; thompson: Beta-Bernoulli per arm, no context; "
+        "static: fixed weights.",
+    )
+    exploration: Exploration = Field(
+        default_factory=Exploration, description="Exploration of the vw learner."
+    )
+    min_arm_share: float = Field(
+        default=0.01, ge=0, lt=1, description="No arm's probability falls below this."
+    )
+    update: UpdateSpec = Field(
+        default_factory=UpdateSpec, description="When a new policy is considered."
+    )
+    gate: GateSpec = Field(
+        default_factory=GateSpec, description="The off-policy check before publishing."
+    )
+    weights: dict[str, float] | None = Field(
+        default=None, description="Weights per arm of the static learner (else the arms' weight)."
+    )
     interactions: list[str] | Literal["auto"] = Field(
         default_factory=lambda: ["ca", "ta"],
         description="Namespace interactions (c: body and headers, t: text, a: arm), "
@@ -147,7 +222,7 @@ class PolicySpec(_Strict):
         ge=1,
         description="Cap on 1/p when learning: a rarely logged action cannot jerk the model.",
     )
-    learning_rate: float = Field(default=0.01, gt=0, le=10, description="VW -l.")
+    learning_rate: float = Field(default=0.01, gt=0, le=10, description="Learning rate (VW -l).")
     vw_args: str = Field(default="", description="Extra VW arguments, appended as given.")
 
     @field_validator("interactions")
@@ -195,12 +270,29 @@ class PolicySpec(_Strict):
 
 
 class RewardSpec(_Strict):
-    window_s: float = Field(default=600.0, gt=0, le=7 * 86400)
-    default: float = 0.0
-    aggregation: Literal["earliest", "sum", "mean", "max", "min"] = "earliest"
-    min: float = 0.0
-    max: float = 1.0
-    backward_window_s: float = Field(default=120.0, ge=0, le=86400)
+    """How rewards are joined to decisions."""
+
+    window_s: float = Field(
+        default=600.0,
+        gt=0,
+        le=7 * 86400,
+        description="How long after a decision its rewards count; later ones are late.",
+    )
+    default: float = Field(
+        default=0.0, description="The reward of a decision that got none within the window."
+    )
+    aggregation: Literal["earliest", "sum", "mean", "max", "min"] = Field(
+        default="earliest",
+        description="How several rewards combine; earliest joins at the first reward.",
+    )
+    min: float = Field(default=0.0, description="Smallest valid reward (below: rejected).")
+    max: float = Field(default=1.0, description="Largest valid reward (above: rejected).")
+    backward_window_s: float = Field(
+        default=120.0,
+        ge=0,
+        le=86400,
+        description="How long a reward that arrives before its decision is held for it.",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> RewardSpec:
@@ -215,9 +307,11 @@ class RewardSpec(_Strict):
 
 
 class StickySpec(_Strict):
-    header: str | None = None
-    cookie: str | None = None
-    body: str | None = None
+    """Where the key comes from that keeps a user on one arm (set exactly one)."""
+
+    header: str | None = Field(default=None, description="A request header.")
+    cookie: str | None = Field(default=None, description="A cookie name.")
+    body: str | None = Field(default=None, description="A pointer into the JSON body.")
 
     @model_validator(mode="after")
     def _one(self) -> StickySpec:
@@ -244,11 +338,15 @@ def _as_text(value: Any) -> Any:
 
 
 class RuleSpec(_Strict):
-    header: str | None = None
-    body: str | None = None
-    equals: str | None = None
-    in_: list[str] | None = Field(default=None, alias="in")
-    arm: str
+    """A targeting rule: a request that matches goes to `arm` (p = 1)."""
+
+    header: str | None = Field(default=None, description="Match on this request header...")
+    body: str | None = Field(default=None, description="...or on this pointer into the body.")
+    equals: str | None = Field(default=None, description="The value must equal this...")
+    in_: list[str] | None = Field(
+        default=None, alias="in", description="...or be one of these (compared as text)."
+    )
+    arm: str = Field(description="The arm matching requests go to.")
 
     @field_validator("equals", mode="before")
     @classmethod
@@ -282,25 +380,57 @@ class RuleSpec(_Strict):
 
 
 class Guardrails(_Strict):
-    min_samples: int = Field(default=50, ge=1, description="Per arm, per interval.")
-    max_error_rate_delta: float = Field(default=0.02, ge=0, le=1)
-    max_p99_latency_ratio: float = Field(default=1.5, gt=0)
-    max_p99_latency_delta_ms: float = Field(default=50.0, ge=0)
-    min_reward_delta: float | None = Field(default=None, description="Canary minus baseline.")
-    min_reward_samples: int = Field(default=100, ge=1)
+    """What a candidate arm must not do worse than the baseline; a breach rolls back."""
+
+    min_samples: int = Field(
+        default=50, ge=1, description="Requests per arm before a step is judged (per interval)."
+    )
+    max_error_rate_delta: float = Field(
+        default=0.02, ge=0, le=1, description="Largest tolerated rise of the 5xx/error rate."
+    )
+    max_p99_latency_ratio: float = Field(
+        default=1.5,
+        gt=0,
+        description="A p99 latency above baseline x this (and above the delta) breaches.",
+    )
+    max_p99_latency_delta_ms: float = Field(
+        default=50.0,
+        ge=0,
+        description="A p99 latency above baseline + this (and above the ratio) breaches.",
+    )
+    min_reward_delta: float | None = Field(
+        default=None,
+        description="Least mean reward of candidate minus baseline (unset: rewards not judged).",
+    )
+    min_reward_samples: int = Field(
+        default=100, ge=1, description="Rewards per arm before the reward is judged."
+    )
 
 
 class AbSpec(_Strict):
-    sticky: StickySpec | None = None
-    rules: list[RuleSpec] = Field(default_factory=list)
+    """Static A/B split by arm weights."""
+
+    sticky: StickySpec | None = Field(
+        default=None, description="Keep each user on one arm (unset: each request drawn anew)."
+    )
+    rules: list[RuleSpec] = Field(
+        default_factory=list, description="Targeting rules, the first match wins."
+    )
 
 
 class CanarySpec(_Strict):
-    baseline: str
-    canary: str
-    steps: list[float] = Field(default_factory=lambda: [5.0, 10.0, 25.0, 50.0, 100.0])
-    interval_s: float = Field(default=60.0, gt=0)
-    guardrails: Guardrails = Field(default_factory=Guardrails)
+    """A canary: the candidate's share rises step by step while the guardrails hold."""
+
+    baseline: str = Field(description="The arm serving today.")
+    canary: str = Field(description="The candidate arm.")
+    steps: list[float] = Field(
+        default_factory=lambda: [5.0, 10.0, 25.0, 50.0, 100.0],
+        description="The canary's traffic percentages, increasing, the last one <= 100.",
+    )
+    interval_s: float = Field(default=60.0, gt=0, description="How long each step runs.")
+    guardrails: Guardrails = Field(
+        default_factory=Guardrails, description="Checked at the end of each step."
+    )
 
     @field_validator("steps")
     @classmethod
@@ -316,32 +446,65 @@ class CanarySpec(_Strict):
 
 
 class BlueGreenSpec(_Strict):
-    active: str
-    preview: str
-    bake_s: float = Field(default=300.0, ge=0)
-    termination_wait_s: float = Field(default=600.0, ge=0)
-    guardrails: Guardrails = Field(default_factory=Guardrails)
+    """Blue/green: all traffic switches to the preview, which bakes before promotion."""
+
+    active: str = Field(description="The arm serving today.")
+    preview: str = Field(
+        description="The new arm; reachable with the target-variant header until the switch."
+    )
+    bake_s: float = Field(
+        default=300.0, ge=0, description="How long the preview is judged after the switch."
+    )
+    termination_wait_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="After promotion, how long the old arm stays ready for a rollback.",
+    )
+    guardrails: Guardrails = Field(
+        default_factory=Guardrails, description="Checked during the bake."
+    )
 
 
 class ShadowSpec(_Strict):
-    primary: str
-    shadows: list[str] = Field(min_length=1)
-    percent: float = Field(default=100.0, ge=0, le=100)
-    compare_bodies: bool = False
+    """Shadow: the primary answers; requests are mirrored to the shadows, whose answers are dropped."""
+
+    primary: str = Field(description="The arm that answers.")
+    shadows: list[str] = Field(min_length=1, description="Arms that get a copy of requests.")
+    percent: float = Field(default=100.0, ge=0, le=100, description="Share of requests mirrored.")
+    compare_bodies: bool = Field(
+        default=False, description="Record whether each shadow's body equals the primary's."
+    )
 
 
 class ExperimentSpec(_Strict):
-    name: Annotated[str, Field(pattern=NAME_PATTERN)]
-    mode: Mode = "bandit"
-    arms: list[Arm] = Field(min_length=1)
-    context: ContextSpec = Field(default_factory=ContextSpec)
-    policy: PolicySpec = Field(default_factory=PolicySpec)
-    reward: RewardSpec = Field(default_factory=RewardSpec)
-    ab: AbSpec | None = None
-    canary: CanarySpec | None = None
-    bluegreen: BlueGreenSpec | None = None
-    shadow: ShadowSpec | None = None
-    description: str = ""
+    """An experiment: the arms behind one endpoint and how traffic is split between them."""
+
+    name: Annotated[
+        str,
+        Field(
+            pattern=NAME_PATTERN,
+            description="Lower-case letters, digits and dashes; used in URLs and Redis keys.",
+        ),
+    ]
+    mode: Mode = Field(
+        default="bandit",
+        description="bandit (learn), ab (fixed weights), canary, bluegreen or shadow.",
+    )
+    arms: list[Arm] = Field(min_length=1, description="The backends, in a fixed order.")
+    context: ContextSpec = Field(
+        default_factory=ContextSpec, description="What the policy sees of a request."
+    )
+    policy: PolicySpec = Field(
+        default_factory=PolicySpec, description="The learner and how it is updated."
+    )
+    reward: RewardSpec = Field(
+        default_factory=RewardSpec, description="How rewards are joined to decisions."
+    )
+    ab: AbSpec | None = Field(default=None, description="Sticky keys and rules for ab mode.")
+    canary: CanarySpec | None = Field(default=None, description="Required in canary mode.")
+    bluegreen: BlueGreenSpec | None = Field(default=None, description="Required in bluegreen mode.")
+    shadow: ShadowSpec | None = Field(default=None, description="Required in shadow mode.")
+    description: str = Field(default="", description="Free text for people.")
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentSpec:
