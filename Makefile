@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser test demo lint bench clean
+.PHONY: install browser test demo lint docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy banditgate banditgate_app router reward_ingest trainer experiments
 	$(BIN)/lint-imports
+
+# docs/reference.md is generated from the settings classes, the spec and the CLI;
+# tests/banditgate_app/test_reference.py fails when it is out of date.
+docs: $(STAMP)
+	$(BIN)/python -m banditgate_app.reference docs/reference.md
 
 bench: $(STAMP)
 	$(BIN)/python bench/router.py
