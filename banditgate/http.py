@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 
 from banditgate.errors import BanditgateError, Forbidden, NotReady, Unauthorized
 from banditgate.redis import Redis
@@ -43,6 +43,30 @@ def install_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(BanditgateError, banditgate_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+
+
+def document_models(app: FastAPI, *models: type[BaseModel]) -> None:
+    """Add each model's JSON Schema (and the models it uses) to `components/schemas` of the
+    app's OpenAPI, for routes that parse their body themselves (to keep their own error
+    messages) and name it with `{"$ref": "#/components/schemas/<Model>"}`."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in models:
+            generated = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, definition in {
+                **generated.pop("$defs", {}),
+                model.__name__: generated,
+            }.items():
+                if components.setdefault(name, definition) != definition:
+                    raise ValueError(f"two OpenAPI schemas are named {name}")
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def load_keys(keys: Iterable[SecretStr], keys_file: Path | None) -> list[bytes]:

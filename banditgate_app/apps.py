@@ -11,7 +11,7 @@ from banditgate.metrics import ProcessMetrics
 from banditgate.redis import Redis
 from banditgate_app.host import Component, HostApp
 from experiments.app import build as build_control
-from experiments.app import create_control_app
+from experiments.app import create_control_app, document
 from experiments.settings import ControlSettings
 from reward_ingest.app import build as build_ingest
 from reward_ingest.app import create_ingest_app
@@ -39,6 +39,7 @@ def serve_app(
     if with_control:
         control_routes, control = build_control(ControlSettings(), redis=redis)
         api.include_router(control_routes)
+        document(api)
         api.state.control = control
         components.append(control)
     router = create_router_app(RouterSettings(), redis=redis, metrics=metrics)

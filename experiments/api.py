@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from banditgate.errors import InvalidInput
+from banditgate.spec import Arm, ExperimentSpec
 from experiments.ledger import join_counters
 from experiments.lifecycle import Lifecycle
 from experiments.service import Admin, ControlService, Service
@@ -26,17 +27,28 @@ from experiments.stats import summarize, timeseries
 
 MAX_WINDOW_S = 90 * 86400
 
-_SPEC_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {"type": "object", "description": "An experiment spec."}
+# Bodies are parsed by hand so that a bad spec gets our messages with field paths; the
+# OpenAPI names their schemas (experiments.app puts them in components/schemas).
+SCHEMAS = (ExperimentSpec, Arm)
+
+
+def _body(model: type, description: str) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "description": description,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}},
+                "application/yaml": {
+                    "schema": {"type": "string", "description": "The same, as YAML."}
+                },
             },
-            "application/yaml": {"schema": {"type": "string"}},
-        },
+        }
     }
-}
+
+
+_SPEC_BODY = _body(ExperimentSpec, "An experiment spec (JSON, or YAML with a YAML content type).")
+_ARM_BODY = _body(Arm, "The arm to add.")
 _PATCH_BODY = {
     "requestBody": {
         "required": True,
@@ -168,7 +180,7 @@ def routes() -> APIRouter:
         await ops.delete(name, if_match=parse_if_match(if_match))
         return Response(status_code=204)
 
-    @router.post("/{name}/arms", status_code=201, dependencies=[Admin])
+    @router.post("/{name}/arms", status_code=201, dependencies=[Admin], openapi_extra=_ARM_BODY)
     async def add_arm(name: Name, request: Request, response: Response, ops: Ops) -> dict[str, Any]:
         """Add an arm while the experiment runs; an A/B test makes room for its weight."""
         entry = await ops.add_arm(name, await read_body(request))

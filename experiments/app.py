@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
-from banditgate.http import health_routes, install_error_handlers
+from banditgate.http import document_models, health_routes, install_error_handlers
 from banditgate.redis import Redis
 from experiments import api, dashboard, export_api, metrics, rollout_api
 from experiments.service import ControlService
@@ -23,6 +23,11 @@ def build(
     for module in (api, rollout_api, export_api, dashboard, metrics):
         router.include_router(module.routes())
     return router, service
+
+
+def document(app: FastAPI) -> None:
+    """Put the spec's JSON Schema in the app's OpenAPI (the spec routes refer to it)."""
+    document_models(app, *api.SCHEMAS)
 
 
 def create_control_app(
@@ -46,4 +51,5 @@ def create_control_app(
     install_error_handlers(app)
     app.include_router(routes)
     app.include_router(health_routes(service))
+    document(app)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 import orjson
 import pytest
+from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from banditgate.redis import Redis
@@ -50,3 +51,12 @@ async def test_control_routes_answer_through_the_router(
         assert metric_values(text, "banditgate_router_policy_swaps") == {(): 0.0}
         async with http.get(f"{url}/health/live") as r:
             assert r.status == 200  # the router still owns its routes
+
+
+async def test_serve_documents_the_spec_schema_too(redis: Redis) -> None:
+    api = serve_app(redis=redis).api
+    assert isinstance(api, FastAPI)
+    doc = api.openapi()
+    body = doc["paths"]["/v1/experiments"]["post"]["requestBody"]["content"]
+    assert body["application/json"]["schema"] == {"$ref": "#/components/schemas/ExperimentSpec"}
+    assert "ExperimentSpec" in doc["components"]["schemas"]
