@@ -43,7 +43,9 @@ from banditgate.spec import ExperimentSpec
 from banditgate.store import apply_specs
 from banditgate.supervisor import Supervisor, check_heartbeats
 from banditgate_app import workers as worker_registry
+from banditgate_app.demo.backend import EXAMPLE_PORTS, run_classifiers
 from banditgate_app.demo.cli import demo
+from banditgate_app.demo.reviews import SCENARIOS
 from experiments.cli import register as register_experiments
 from reward_ingest.cli import register as register_ingest
 from trainer.cli import register as register_trainer
@@ -260,6 +262,45 @@ def _check_workers(names: list[str]) -> None:
         console.print(f"{name}: {state}", markup=False)
     if dead:
         raise typer.Exit(1)
+
+
+@app.command()
+def backends(
+    host: Host = "127.0.0.1",
+    ports: Annotated[
+        str, typer.Option(help="bert-1's and bert-2's ports, comma-separated.")
+    ] = ",".join(map(str, EXAMPLE_PORTS)),
+    scenario: Annotated[
+        str, typer.Option(help="seed: bert-1 is better everywhere; contextual: each on its kind.")
+    ] = "seed",
+) -> None:
+    """The demo's two review classifiers, at the ports the example specs use (9101, 9102)."""
+    configure_logging()
+    if scenario not in SCENARIOS:
+        fail(f"--scenario: choose from {', '.join(sorted(SCENARIOS))}")
+    try:
+        chosen = [int(port) for port in ports.split(",")]
+    except ValueError:
+        fail("--ports: two port numbers, like 9101,9102")
+    classifiers = SCENARIOS[scenario]
+    if len(chosen) != len(classifiers):
+        fail(f"--ports: {len(classifiers)} port numbers, like 9101,9102")
+
+    def started(urls: dict[str, str]) -> None:
+        for name, url in urls.items():
+            console.print(f"{name} ({scenario}) at {url}/invocations", markup=False)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_classifiers(classifiers, chosen, stop, host=host, started=started)
+
+    try:
+        asyncio.run(run())
+    except OSError as exc:
+        fail(f"cannot listen on {host} ports {ports}: {exc.strerror}")
 
 
 @policy_app.command("publish")
