@@ -13,11 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import annotated_types
 import typer.main
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
 from banditgate.settings import CoreSettings
@@ -205,7 +203,7 @@ def _default(info: FieldInfo) -> str:
         value = info.default_factory()  # type: ignore[call-arg]
         if isinstance(value, BaseModel):
             return "(see below)"
-    elif info.default is PydanticUndefined:
+    elif info.is_required():
         return "**required**"
     else:
         value = info.default
@@ -223,20 +221,21 @@ def _default(info: FieldInfo) -> str:
 
 
 def _constraints(info: FieldInfo) -> str:
+    """Bounds, lengths and patterns from the field's metadata (annotated-types objects)."""
+    forms = {
+        "ge": ">= {}",
+        "gt": "> {}",
+        "le": "<= {}",
+        "lt": "< {}",
+        "min_length": "at least {}",
+        "pattern": "matches `{}`",
+    }
     parts = []
     for item in info.metadata:
-        if isinstance(item, annotated_types.Ge):
-            parts.append(f">= {item.ge}")
-        elif isinstance(item, annotated_types.Gt):
-            parts.append(f"> {item.gt}")
-        elif isinstance(item, annotated_types.Le):
-            parts.append(f"<= {item.le}")
-        elif isinstance(item, annotated_types.Lt):
-            parts.append(f"< {item.lt}")
-        elif isinstance(item, annotated_types.MinLen):
-            parts.append(f"at least {item.min_length}")
-        elif getattr(item, "pattern", None):
-            parts.append(f"matches `{item.pattern}`")
+        for attribute, form in forms.items():
+            value = getattr(item, attribute, None)
+            if value is not None:
+                parts.append(form.format(value))
     return ", ".join(parts)
 
 

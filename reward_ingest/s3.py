@@ -33,11 +33,9 @@ class S3Uploader:
         region: str | None = None,
         client: Any = None,
     ) -> None:
-        import boto3  # about 0.3 s to import; only when S3 export is configured
-
         self.bucket, self.prefix = parse_s3_url(url)
         self.root = root
-        self.client = client or boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
+        self.client = client or _s3_client(endpoint_url, region)
 
     def key(self, path: Path) -> str:
         relative = path.relative_to(self.root).as_posix()
@@ -71,3 +69,13 @@ class S3Uploader:
             and path.is_file()
             and not self.marker(path).exists()
         )
+
+
+def _s3_client(endpoint_url: str | None, region: str | None) -> Any:
+    try:
+        import boto3  # the `s3` extra, about 0.3 s to import: only when S3 export is configured
+    except ImportError:
+        raise RuntimeError(
+            "BANDITGATE_EXPORT_S3_URL needs boto3: pip install 'banditgate[s3]'"
+        ) from None
+    return boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
