@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -34,6 +35,7 @@ from banditgate.contracts import JoinedField
 from banditgate.events import decode_decision_batch
 from banditgate.redis import EmbeddedRedis, Redis, connect, xrange_entries
 from banditgate.registry import PolicyRegistry
+from banditgate.supervisor import check_heartbeats
 from banditgate_app.demo.analysis import Served, reward_to_policy, summarise, timeline
 from banditgate_app.demo.backend import serve_classifier
 from banditgate_app.demo.reviews import SCENARIOS, make_review
@@ -122,18 +124,17 @@ async def banditgate_server(
         start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
+    redis = connect(url)
     try:
         deadline = time.monotonic() + timeout_s
         async with aiohttp.ClientSession() as http:
+            # Traffic starts once the whole loop is up: the router answers and the joiner
+            # and trainer (serve's workers child, on this host) beat.
             while True:
                 if process.poll() is not None:
                     raise RuntimeError(f"banditgate serve exited; see {data_dir / 'serve.log'}")
-                try:
-                    async with http.get(f"{base}/health/ready") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
+                if await _router_ready(http, base) and await _workers_live(redis):
+                    break
                 if time.monotonic() > deadline:
                     raise RuntimeError(
                         f"banditgate serve not ready in {timeout_s:.0f}s; see {data_dir / 'serve.log'}"
@@ -141,6 +142,7 @@ async def banditgate_server(
                 await asyncio.sleep(0.2)
         yield base
     finally:
+        await redis.aclose()
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
@@ -149,6 +151,19 @@ async def banditgate_server(
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         log_file.close()
+
+
+async def _router_ready(http: aiohttp.ClientSession, base: str) -> bool:
+    try:
+        async with http.get(f"{base}/health/ready") as response:
+            return response.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+async def _workers_live(redis: Redis) -> bool:
+    beats = await check_heartbeats(redis, ["joiner", "trainer"])
+    return all(beat is not None for beat in beats.values())
 
 
 async def send_traffic(
@@ -374,8 +389,11 @@ async def run_demo(
                 "policy": spec["policy"],
             }
         )
-        return {"summary": summary, "timeline": timeline(served, arms)}
+        result = {"summary": summary, "timeline": timeline(served, arms)}
     finally:
         await redis.aclose()
         if embedded is not None:
             await asyncio.to_thread(embedded.close)
+    # The scratch directory (embedded Redis, serve.log) is kept only when the run failed.
+    shutil.rmtree(workdir, ignore_errors=True)
+    return result
