@@ -10,8 +10,10 @@ evidence:
 - it passes: the challenger is published, and a new snapshot becomes the challenger;
 - it is significantly worse than the serving policy (the whole interval of the
   difference lies below 0: it can only pass by chance), or undecided after
-  `MAX_EVIDENCE_FACTOR` x the gate's minimum: it is replaced by a fresh snapshot,
-  which has learned from everything the old one was judged on;
+  `MAX_EVIDENCE_FACTOR` x the gate's minimum, or undecided and stale (the learner
+  has learned at least as many examples again since the snapshot, and the gate's
+  minimum more): it is replaced by a fresh snapshot, which has learned from
+  everything the old one was judged on;
 - otherwise it keeps collecting evidence.
 
 The worker (`trainer/worker.py`) and the screening simulation
@@ -120,7 +122,7 @@ class TrainingLoop:
         if not publishable:
             record["reason"] = f"mode {spec.mode!r} does not publish; {verdict.reason}"
         record["decision"] = "rejected"
-        if self._hopeless(numbers, n):
+        if self._hopeless(numbers, n) or self._stale():
             record["reason"] += "; replaced by a fresh challenger"
             self._take_snapshot()
         return Outcome(False, None, record)
@@ -143,6 +145,15 @@ class TrainingLoop:
         hi = diff.get("hi")
         clearly_worse = n >= gate.min_examples and hi is not None and math.isfinite(hi) and hi < 0
         return clearly_worse or n >= MAX_EVIDENCE_FACTOR * max(gate.min_examples, 1)
+
+    def _stale(self) -> bool:
+        """Early on the learner improves fast: a snapshot of its first few hundred examples
+        that the gate cannot decide on would otherwise be judged for 5x the minimum while
+        a much better learner waits (seen in short demos that ended before any publish)."""
+        assert self.challenger is not None
+        snapshot = self.challenger.examples
+        learned_since = self.learner.n_examples - snapshot
+        return learned_since >= max(snapshot, self.spec.policy.gate.min_examples)
 
     def _take_snapshot(self) -> None:
         model = self.learner.model_bytes()

@@ -79,3 +79,29 @@ def test_a_challenger_within_the_margin_is_published() -> None:
     outcome = loop.update()
     assert outcome.publish and outcome.model is not None
     assert outcome.record["decision"] == "published"
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "learned", "replaced"),
+    [
+        # The learner has learned as many examples again since the snapshot (and at least the
+        # gate's minimum): an undecided challenger that old is replaced at once.
+        (200, 400, True),
+        (200, 399, False),
+        # A snapshot of few examples still waits for the gate's minimum of new ones.
+        (30, 129, False),
+        (30, 130, True),
+    ],
+)
+def test_an_undecided_stale_challenger_is_replaced(
+    snapshot: int, learned: int, replaced: bool
+) -> None:
+    loop = loop_with(Evidence(200, -0.08, 0.04))
+    assert loop.challenger is not None
+    loop.challenger.examples = snapshot
+    loop.learner.n_examples = learned
+    before = loop.challenger
+    outcome = loop.update()
+    assert outcome.record["decision"] == "rejected"
+    assert ("replaced by a fresh challenger" in outcome.record["reason"]) is replaced
+    assert (loop.challenger is not before) is replaced
