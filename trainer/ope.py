@@ -12,9 +12,24 @@ evaluated (importance weight w_i = q_i / p_i):
         under the target policy. Unbiased if either the propensities or the reward
         model are right; the lowest variance of the three with a decent model.
 
-Intervals are 95% normal approximations (value +- 1.96 standard errors), honest
-for the sample sizes a gate works with (hundreds and up). An empty sample has
-value nan; a sample of one has an infinite interval.
+Intervals (95% by default), by `interval=`:
+
+- "normal": value +- 1.96 standard errors. Under-covers when importance weights
+  are large (logged propensities near 0.01 give weights near 100): the sample
+  rarely holds the rare large weights that carry the mean.
+- "cressie_read": the empirical-likelihood interval of Karampatziakis, Mineiro and
+  Ramdas ("Empirical likelihood for contextual bandits", NeurIPS 2021), as in the
+  VW team's estimators library: Cressie-Read power divergence -2, which has a
+  closed form in six running sums, with the weights' true range [wmin, wmax] and
+  the rewards' [rmin, rmax]. It allows for the large weight not yet seen, so it
+  holds at small propensities. For IPS and SNIPS values (weights >= 0).
+- "bootstrap": studentised (bootstrap-t) interval from Poisson resampling with a
+  fixed seed; skew-aware, for any estimator including DR and paired differences.
+
+`GATE_INTERVAL` names, per estimator, the method the trainer's gate uses:
+the one that kept 93%+ coverage in every cell of bench/stats.py's `ope`
+measurement (BENCHMARKS.md, "Statistics"). An empty sample has value nan; a
+sample of one has an infinite interval.
 
 Example, on a Parquet export::
 
@@ -31,8 +46,14 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
+from scipy import stats
 
 Z95 = 1.959963984540054
+BOOTSTRAP_REPLICATES = 400
+BOOTSTRAP_SEED = 17
+INTERVALS = ("normal", "cressie_read", "bootstrap")
+# Chosen by measured coverage (bench/stats.py ope): see the module docstring.
+GATE_INTERVAL = {"ips": "cressie_read", "snips": "cressie_read", "dr": "bootstrap"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +62,7 @@ class Estimate:
     lo: float
     hi: float
     n: int
+    interval: str = "normal"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,39 +91,210 @@ def _arrays(*arrays: ArrayLike) -> list[np.ndarray]:
     return out
 
 
-def _mean_interval(samples: np.ndarray) -> Estimate:
+def _mean_interval(samples: np.ndarray, interval: str = "normal", alpha: float = 0.05) -> Estimate:
     n = int(samples.size)
     if n == 0:
-        return Estimate(math.nan, math.nan, math.nan, 0)
+        return Estimate(math.nan, math.nan, math.nan, 0, interval)
     value = float(samples.mean())
     if n == 1:
-        return Estimate(value, -math.inf, math.inf, 1)
+        return Estimate(value, -math.inf, math.inf, 1, interval)
+    if interval == "bootstrap":
+        lo, hi = bootstrap_t(samples, alpha=alpha)
+        return Estimate(value, lo, hi, n, interval)
+    if interval != "normal":
+        raise ValueError(f"interval: {interval!r} is not available for this estimator")
     se = float(samples.std(ddof=1)) / math.sqrt(n)
-    return Estimate(value, value - Z95 * se, value + Z95 * se, n)
+    z = _z(alpha)
+    return Estimate(value, value - z * se, value + z * se, n, interval)
 
 
-def ips(rewards: ArrayLike, logged_prob: ArrayLike, target_prob: ArrayLike) -> Estimate:
+def _z(alpha: float) -> float:
+    return Z95 if alpha == 0.05 else float(stats.norm.isf(alpha / 2))
+
+
+def bootstrap_t(
+    samples: np.ndarray,
+    *,
+    alpha: float = 0.05,
+    replicates: int = BOOTSTRAP_REPLICATES,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """Studentised bootstrap interval for a mean, from Poisson(1) resampling weights.
+
+    Works on leading batch axes (the benchmark evaluates thousands of samples at once).
+    """
+    x = np.asarray(samples, dtype=np.float64)
+    n = x.shape[-1]
+    rng = np.random.default_rng(seed)
+    counts = rng.poisson(1.0, size=(replicates, n)).astype(np.float64)
+    size = np.maximum(counts.sum(axis=-1), 2.0)  # (B,)
+    mean = x.mean(axis=-1)
+    sd = x.std(axis=-1, ddof=1)
+    # Replicate means and variances from two matrix products: (..., B).
+    first = x @ counts.T / size
+    second = (x * x) @ counts.T / size
+    spread = np.maximum(second - first * first, 0.0) * size / (size - 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (first - mean[..., None]) / np.sqrt(spread / size)
+    t = np.where(np.isfinite(t), t, 0.0)
+    upper_t = np.quantile(t, 1 - alpha / 2, axis=-1)
+    lower_t = np.quantile(t, alpha / 2, axis=-1)
+    se = sd / math.sqrt(n)
+    lo, hi = mean - upper_t * se, mean - lower_t * se
+    if np.ndim(lo) == 0:
+        return float(lo), float(hi)
+    return lo, hi  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class WeightSums:
+    """The running sums the Cressie-Read interval needs; they add across samples."""
+
+    n: float
+    w: float
+    w2: float
+    wr: float
+    w2r: float
+    w2r2: float
+
+    @classmethod
+    def of(cls, w: np.ndarray, r: np.ndarray) -> WeightSums:
+        return cls(
+            float(w.size),
+            float(w.sum()),
+            float((w * w).sum()),
+            float((w * r).sum()),
+            float((w * w * r).sum()),
+            float((w * w * r * r).sum()),
+        )
+
+
+def cressie_read_interval(
+    sums: WeightSums,
+    *,
+    wmin: float = 0.0,
+    wmax: float = math.inf,
+    rmin: float = 0.0,
+    rmax: float = 1.0,
+    alpha: float = 0.05,
+) -> tuple[float, float]:
+    """Empirical-likelihood (Cressie-Read -2) interval for a policy value from weight sums.
+
+    Profile the divergence over reweightings of the sample plus one unseen example,
+    whose weight is wmin or wmax and reward rmin or rmax (the worst case), and keep
+    the values whose divergence is within the F(1, n) quantile; the extremes have a
+    closed form (Karampatziakis et al. 2021, section 4).
+    """
+    n = sums.n
+    if n <= 0:
+        return math.nan, math.nan
+    wmin, wmax = min(wmin, 1.0 - 1e-12), max(wmax, 1.0 + 1e-12)
+    unseen = wmax if sums.w < n else wmin
+    if math.isinf(unseen):
+        g_unconstrained = 1.0 + 1.0 / n
+    else:
+        a = (unseen + sums.w) / (n + 1)
+        b = (unseen * unseen + sums.w2) / (n + 1)
+        g_unconstrained = (n + 1) * (a - 1) ** 2 / max(b - a * a, 1e-300)
+    delta = float(stats.f.isf(alpha, 1, n))
+    budget = (-g_unconstrained - delta) / (2 * (n + 1))
+    bounds = []
+    for reward, sign in ((rmin, 1.0), (rmax, -1.0)):
+        candidates = []
+        for extra in (wmin, wmax):
+            if math.isinf(extra):
+                x = sign * (reward + (sums.wr - sums.w * reward) / n)
+                y = (reward * sums.w - sums.wr) ** 2 / (n * (n + 1)) - (
+                    reward * reward * sums.w2 - 2 * reward * sums.w2r + sums.w2r2
+                ) / (n + 1)
+                z = budget + 1 / (2 * n)
+            else:
+                mw = (extra + sums.w) / (n + 1)
+                mw2 = (extra * extra + sums.w2) / (n + 1)
+                mwr = sign * (extra * reward + sums.wr) / (n + 1)
+                mw2r = sign * (extra * extra * reward + sums.w2r) / (n + 1)
+                mw2r2 = (extra * extra * reward * reward + sums.w2r2) / (n + 1)
+                spread = mw2 - mw * mw
+                if spread <= 0:
+                    continue
+                x = mwr + (1 - mw) * (mw2r - mw * mwr) / spread
+                y = (mw2r - mw * mwr) ** 2 / spread - (mw2r2 - mwr * mwr)
+                z = budget + 0.5 * (1 - mw) ** 2 / spread
+            if abs(y * z) <= 1e-18:
+                candidates.append(x)
+            elif z <= 0 and y * z >= 0:
+                candidates.append(x - math.sqrt(2 * y * z))
+        best = min(candidates) if candidates else sign * (rmin if sign > 0 else rmax)
+        bounds.append(min(rmax, max(rmin, sign * best)))
+    return bounds[0], bounds[1]
+
+
+def _bounded_interval(w: np.ndarray, r: np.ndarray, bounds: Bounds | None) -> tuple[float, float]:
+    b = bounds or Bounds()
+    return cressie_read_interval(
+        WeightSums.of(w, r), wmin=b.wmin, wmax=b.wmax, rmin=b.rmin, rmax=b.rmax
+    )
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What the Cressie-Read interval assumes: importance weights and rewards lie in these ranges."""
+
+    wmin: float = 0.0
+    wmax: float = math.inf
+    rmin: float = 0.0
+    rmax: float = 1.0
+
+
+def ips(
+    rewards: ArrayLike,
+    logged_prob: ArrayLike,
+    target_prob: ArrayLike,
+    *,
+    interval: str = "normal",
+    bounds: Bounds | None = None,
+) -> Estimate:
     r, p, q = _arrays(rewards, logged_prob, target_prob)
-    return _mean_interval(q / p * r)
+    if interval != "cressie_read":
+        return _mean_interval(q / p * r, interval)
+    est = _mean_interval(q / p * r)
+    if est.n < 2:
+        return Estimate(est.value, est.lo, est.hi, est.n, interval)
+    lo, hi = _bounded_interval(q / p, r, bounds)
+    return Estimate(est.value, lo, hi, est.n, interval)
 
 
-def snips(rewards: ArrayLike, logged_prob: ArrayLike, target_prob: ArrayLike) -> Estimate:
+def snips(
+    rewards: ArrayLike,
+    logged_prob: ArrayLike,
+    target_prob: ArrayLike,
+    *,
+    interval: str = "normal",
+    bounds: Bounds | None = None,
+) -> Estimate:
     r, p, q = _arrays(rewards, logged_prob, target_prob)
     n = int(r.size)
     if n == 0:
-        return Estimate(math.nan, math.nan, math.nan, 0)
+        return Estimate(math.nan, math.nan, math.nan, 0, interval)
     w = q / p
     total = float(w.sum())
     if total <= 0:
-        return Estimate(math.nan, math.nan, math.nan, n)
+        return Estimate(math.nan, math.nan, math.nan, n, interval)
     value = float((w * r).sum()) / total
     if n == 1:
-        return Estimate(value, -math.inf, math.inf, 1)
+        return Estimate(value, -math.inf, math.inf, 1, interval)
+    if interval == "cressie_read":
+        lo, hi = _bounded_interval(w, r, bounds)
+        return Estimate(value, min(lo, value), max(hi, value), n, interval)
+    if interval == "bootstrap":
+        # The ratio's linearisation: value + w (r - value) / mean(w) has mean `value`.
+        lo, hi = bootstrap_t(value + w * (r - value) / (total / n))
+        return Estimate(value, lo, hi, n, interval)
     # Delta method for a ratio of means: Var ~ mean((w (r - value))^2) / (n mean(w)^2).
     mean_w = total / n
     variance = float(np.mean((w * (r - value)) ** 2)) / (n * mean_w**2) * n / (n - 1)
     se = math.sqrt(variance)
-    return Estimate(value, value - Z95 * se, value + Z95 * se, n)
+    return Estimate(value, value - Z95 * se, value + Z95 * se, n, interval)
 
 
 def dr(
@@ -110,11 +303,13 @@ def dr(
     target_prob: ArrayLike,
     reward_hat_logged: ArrayLike,
     reward_hat_target: ArrayLike,
+    *,
+    interval: str = "normal",
 ) -> Estimate:
     r, p, q, rhat_logged, rhat_target = _arrays(
         rewards, logged_prob, target_prob, reward_hat_logged, reward_hat_target
     )
-    return _mean_interval(rhat_target + q / p * (r - rhat_logged))
+    return _mean_interval(rhat_target + q / p * (r - rhat_logged), interval)
 
 
 def paired_difference(
@@ -125,15 +320,20 @@ def paired_difference(
     reward_hat_logged: ArrayLike | None = None,
     reward_hat_a: ArrayLike | None = None,
     reward_hat_b: ArrayLike | None = None,
+    *,
+    interval: str = "normal",
 ) -> Estimate:
-    """Value of policy a minus policy b on the same logged examples (IPS, or DR with a reward model)."""
+    """Value of policy a minus policy b on the same logged examples (IPS, or DR with a reward model).
+
+    Interval "normal" or "bootstrap" (the terms can be negative: no Cressie-Read).
+    """
     if reward_hat_logged is None or reward_hat_a is None or reward_hat_b is None:
         r, p, qa, qb = _arrays(rewards, logged_prob, target_a, target_b)
-        return _mean_interval((qa - qb) / p * r)
+        return _mean_interval((qa - qb) / p * r, interval)
     r, p, qa, qb, rhat, rhat_a, rhat_b = _arrays(
         rewards, logged_prob, target_a, target_b, reward_hat_logged, reward_hat_a, reward_hat_b
     )
-    return _mean_interval(rhat_a - rhat_b + (qa - qb) / p * (r - rhat))
+    return _mean_interval(rhat_a - rhat_b + (qa - qb) / p * (r - rhat), interval)
 
 
 def all_estimates(
@@ -142,9 +342,25 @@ def all_estimates(
     target_prob: ArrayLike,
     reward_hat_logged: ArrayLike,
     reward_hat_target: ArrayLike,
+    *,
+    intervals: dict[str, str] | None = None,
+    bounds: Bounds | None = None,
 ) -> dict[str, dict[str, Any]]:
+    """IPS, SNIPS and DR, each with the interval `intervals` names (default: all normal)."""
+    chosen = intervals or {}
     return {
-        "ips": ips(rewards, logged_prob, target_prob).to_dict(),
-        "snips": snips(rewards, logged_prob, target_prob).to_dict(),
-        "dr": dr(rewards, logged_prob, target_prob, reward_hat_logged, reward_hat_target).to_dict(),
+        "ips": ips(
+            rewards, logged_prob, target_prob, interval=chosen.get("ips", "normal"), bounds=bounds
+        ).to_dict(),
+        "snips": snips(
+            rewards, logged_prob, target_prob, interval=chosen.get("snips", "normal"), bounds=bounds
+        ).to_dict(),
+        "dr": dr(
+            rewards,
+            logged_prob,
+            target_prob,
+            reward_hat_logged,
+            reward_hat_target,
+            interval=chosen.get("dr", "normal"),
+        ).to_dict(),
     }
