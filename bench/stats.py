@@ -23,8 +23,8 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.planning import fixed_horizon_units  # noqa: E402
-from experiments.sequential import Units, Wealth, log_wealth_path  # noqa: E402
+from experiments.planning import fixed_horizon_units
+from experiments.sequential import Units, Wealth, log_wealth_path
 
 ZERO = np.array([0.0])
 
@@ -156,7 +156,7 @@ def power(args: argparse.Namespace) -> None:
             n_z = fixed_horizon_units(
                 rate, effect, share=args.share, alpha=args.alpha, power=0.8
             ).total
-            horizon = int(math.ceil(args.horizon * n_z))
+            horizon = math.ceil(args.horizon * n_z)
             runs = run(
                 sims=args.sims,
                 units=horizon,

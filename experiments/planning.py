@@ -46,7 +46,9 @@ def _check(rate: float, share: float, alpha: float, power: float) -> None:
     if not (0.0 < rate < 1.0) or not math.isfinite(rate):
         raise PlanError("rate", "must lie strictly between 0 and 1")
     if not (0.0 < share < 1.0) or not math.isfinite(share):
-        raise PlanError("split", "every arm needs some traffic: the treatment share must lie in (0, 1)")
+        raise PlanError(
+            "split", "every arm needs some traffic: the treatment share must lie in (0, 1)"
+        )
     if not (0.0 < alpha < 1.0):
         raise PlanError("alpha", "must lie strictly between 0 and 1")
     if not (0.0 < power < 1.0):
@@ -164,3 +166,20 @@ def plan(
             ),
         }
     return out
+
+
+def parse_split(text: str | float) -> float:
+    """The treatment's share from "control/treatment" percentages ("90/10") or a share (0.1)."""
+    try:
+        if isinstance(text, str) and "/" in text:
+            control, treatment = (float(x) for x in text.split("/", 1))
+            if control < 0 or treatment < 0 or control + treatment <= 0:
+                raise ValueError
+            share = treatment / (control + treatment)
+        else:
+            share = float(text)
+    except ValueError:
+        raise PlanError("split", 'expected "control/treatment" percentages or a share') from None
+    if not (0.0 < share < 1.0):
+        raise PlanError("split", "gives an arm no traffic: both arms need a share in (0, 1)")
+    return share
