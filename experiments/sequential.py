@@ -155,6 +155,66 @@ def _terms(state: Wealth, units: Units, low: float, high: float) -> tuple[Array,
     return phi, lower, upper, mean_prev, var_prev
 
 
+def bettors(
+    x: Array,
+    lower: Array,
+    upper: Array,
+    mean_prev: Array,
+    var_prev: Array,
+    grid: Array,
+    *,
+    scales: Array,
+    truncation: float,
+    log_k_plus: Array,
+    log_k_minus: Array,
+) -> tuple[Array, Array, Array]:
+    """The bettors' wealth over a block of terms x (last axis, at most BLOCK long).
+
+    x, its known range [lower, upper] and the predictable mean and variance have
+    shape (..., T); grid (G,); log_k_plus/minus (..., G, J + 1) the wealth before the
+    block. Returns log K_t(d) after each term, (..., T, G), and the bettors' new wealth.
+    """
+    # Shapes (..., grid, bettors, units), units last so the products run along memory:
+    # the hot loop of the test.
+    column = grid[:, None]
+    centred_x = x[..., None, :] - column  # (..., G, T)
+    fixed = scales[:, None] / var_prev[..., None, :]  # (..., J, T)
+    centred = mean_prev[..., None, :] - column
+    plug_in = centred / (var_prev[..., None, :] + centred * centred)  # (..., G, T)
+    with np.errstate(divide="ignore"):
+        # Past the range (d below every possible term), any positive bet is safe.
+        gap = column - lower[..., None, :]
+        cap_up = np.where(gap > 0, truncation / gap, np.inf)
+        gap = upper[..., None, :] - column
+        cap_down = np.where(gap > 0, truncation / gap, np.inf)
+    shape = (*centred_x.shape[:-1], scales.size + 1, centred_x.shape[-1])
+    up = np.empty(shape)
+    np.minimum(fixed[..., None, :, :], cap_up[..., None, :], out=up[..., :-1, :])
+    np.minimum(np.maximum(plug_in, 0.0), cap_up, out=up[..., -1, :])
+    np.multiply(up, centred_x[..., None, :], out=up)
+    up += 1.0
+    down = np.empty(shape)
+    np.minimum(fixed[..., None, :, :], cap_down[..., None, :], out=down[..., :-1, :])
+    np.minimum(np.maximum(-plug_in, 0.0), cap_down, out=down[..., -1, :])
+    np.multiply(down, centred_x[..., None, :], out=down)
+    np.subtract(1.0, down, out=down)
+    del centred_x, cap_up, cap_down, gap
+    np.cumprod(up, axis=-1, out=up)
+    np.cumprod(down, axis=-1, out=down)
+    # K_t(d) = mean over the 2 (J + 1) bettors of exp(log K_0) * (product so far).
+    start = np.concatenate([log_k_plus, log_k_minus], axis=-1)  # (..., G, 2B)
+    shift = start.max(axis=-1)
+    weights = np.exp(start - shift[..., None]) / start.shape[-1]
+    half = shape[-2]
+    total = np.einsum("...gjt,...gj->...gt", up, weights[..., :half])
+    total += np.einsum("...gjt,...gj->...gt", down, weights[..., half:])
+    with np.errstate(divide="ignore"):
+        log_k = np.swapaxes(np.log(total) + shift[..., None], -1, -2)  # (..., T, G)
+        new_plus = log_k_plus + np.log(up[..., -1])
+        new_minus = log_k_minus + np.log(down[..., -1])
+    return log_k, new_plus, new_minus
+
+
 def _block(
     state: Wealth,
     units: Units,
@@ -166,44 +226,18 @@ def _block(
 ) -> tuple[Wealth, Array]:
     """Feed at most BLOCK units; returns the new state and log K_t(d), shape (..., units, grid)."""
     phi, lower, upper, mean_prev, var_prev = _terms(state, units, low, high)
-    # Shapes (..., grid, bettors, units), units last so the products run along memory:
-    # the hot loop of the test.
-    column = grid[:, None]
-    x = phi[..., None, :] - column  # (..., G, T)
-    fixed = (EFFECT_SCALES * (high - low))[:, None] / var_prev[..., None, :]  # (..., J, T)
-    centred = mean_prev[..., None, :] - column
-    plug_in = centred / (var_prev[..., None, :] + centred * centred)  # (..., G, T)
-    with np.errstate(divide="ignore"):
-        # Past the range (d below every possible phi), any positive bet is safe.
-        gap = column - lower[..., None, :]
-        cap_up = np.where(gap > 0, truncation / gap, np.inf)
-        gap = upper[..., None, :] - column
-        cap_down = np.where(gap > 0, truncation / gap, np.inf)
-    shape = (*x.shape[:-1], EFFECT_SCALES.size + 1, x.shape[-1])
-    up = np.empty(shape)
-    np.minimum(fixed[..., None, :, :], cap_up[..., None, :], out=up[..., :-1, :])
-    np.minimum(np.maximum(plug_in, 0.0), cap_up, out=up[..., -1, :])
-    np.multiply(up, x[..., None, :], out=up)
-    up += 1.0
-    down = np.empty(shape)
-    np.minimum(fixed[..., None, :, :], cap_down[..., None, :], out=down[..., :-1, :])
-    np.minimum(np.maximum(-plug_in, 0.0), cap_down, out=down[..., -1, :])
-    np.multiply(down, x[..., None, :], out=down)
-    np.subtract(1.0, down, out=down)
-    del x, cap_up, cap_down, gap
-    np.cumprod(up, axis=-1, out=up)
-    np.cumprod(down, axis=-1, out=down)
-    # K_t(d) = mean over the 2 (J + 1) bettors of exp(log K_0) * (product so far).
-    start = np.concatenate([state.log_k_plus, state.log_k_minus], axis=-1)  # (..., G, 2B)
-    shift = start.max(axis=-1)
-    weights = np.exp(start - shift[..., None]) / start.shape[-1]
-    bettors = shape[-2]
-    total = np.einsum("...gjt,...gj->...gt", up, weights[..., :bettors])
-    total += np.einsum("...gjt,...gj->...gt", down, weights[..., bettors:])
-    with np.errstate(divide="ignore"):
-        log_k = np.swapaxes(np.log(total) + shift[..., None], -1, -2)  # (..., T, G)
-        log_plus = state.log_k_plus + np.log(up[..., -1])
-        log_minus = state.log_k_minus + np.log(down[..., -1])
+    log_k, log_plus, log_minus = bettors(
+        phi,
+        lower,
+        upper,
+        mean_prev,
+        var_prev,
+        grid,
+        scales=EFFECT_SCALES * (high - low),
+        truncation=truncation,
+        log_k_plus=state.log_k_plus,
+        log_k_minus=state.log_k_minus,
+    )
     in_a, in_b, r = units.in_a, units.in_b, units.reward
     new = Wealth(
         t=state.t + phi.shape[-1],
