@@ -182,6 +182,235 @@ def power(args: argparse.Namespace) -> None:
     print(f"{time.perf_counter() - started:.0f} s")
 
 
+# -- OPE interval coverage ------------------------------------------------------------------
+
+
+@dataclass
+class Problem:
+    """A supervised-to-bandit conversion: reward 1 when the action is the true class."""
+
+    name: str
+    labels: np.ndarray  # (N,)
+    target: np.ndarray  # (N,) the evaluated policy's action (greedy on a good model)
+    other: np.ndarray  # (N,) a second policy's action, for paired differences
+    behaviour: np.ndarray  # (N,) the logging policy's greedy action (a weak model)
+    reward_hat: np.ndarray  # (N, K) reward model, fitted on held-out data
+    classes: int
+
+
+def problems(seed: int) -> list[Problem]:
+    from sklearn.datasets import load_breast_cancer, load_iris, load_wine, make_classification
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(seed)
+    many_x, many_y = make_classification(
+        n_samples=3000,
+        n_features=20,
+        n_informative=12,
+        n_classes=10,
+        n_clusters_per_class=1,
+        random_state=seed,
+    )
+    sources = [
+        ("wine", *load_wine(return_X_y=True)),
+        ("breast cancer", *load_breast_cancer(return_X_y=True)),
+        ("iris", *load_iris(return_X_y=True)),
+        ("synthetic, 10 classes", many_x, many_y),
+    ]
+    out = []
+    for name, x, y in sources:
+        x = StandardScaler().fit_transform(x)
+        k = int(y.max()) + 1
+
+        def fit(
+            features: np.ndarray, rows: np.ndarray, x: np.ndarray = x, y: np.ndarray = y
+        ) -> LogisticRegression:
+            model = LogisticRegression(max_iter=2000)
+            return model.fit(x[np.ix_(rows, features)], y[rows])
+
+        everything = np.arange(x.shape[1])
+        half = rng.permutation(len(y))[: len(y) // 2]
+        good = fit(everything, np.arange(len(y)))
+        few = rng.choice(x.shape[1], size=2, replace=False)
+        weak = fit(few, np.arange(len(y)))
+        other = fit(everything[: max(1, x.shape[1] // 4)], np.arange(len(y)))
+        model = fit(everything, half)
+        out.append(
+            Problem(
+                name,
+                y,
+                good.predict(x),
+                other.predict(x[:, : max(1, x.shape[1] // 4)]),
+                weak.predict(x[:, few]),
+                model.predict_proba(x),
+                k,
+            )
+        )
+    return out
+
+
+def normal(terms: np.ndarray, value: np.ndarray, truth: float) -> np.ndarray:
+    """Which of the samples' normal 95% intervals cover the truth."""
+    se = terms.std(axis=1, ddof=1) / math.sqrt(terms.shape[1])
+    return np.asarray(np.abs(value - truth) <= 1.959963984540054 * se)
+
+
+def boot(terms: np.ndarray, truth: float) -> np.ndarray:
+    from trainer.ope import bootstrap_t
+
+    lo, hi = bootstrap_t(terms)
+    return np.asarray((lo <= truth) & (truth <= hi))
+
+
+def ope(args: argparse.Namespace) -> None:
+    from banditgate.intervals import WeightSums, cressie_read_interval
+    from trainer.ope import Bounds, dr_interval, paired_difference
+
+    floors = [float(x) for x in args.floors.split(",")]
+    sizes = [int(x) for x in args.sizes.split(",")]
+    print(
+        f"OPE: {args.reps} logged samples per cell; logging policy epsilon-greedy on a weak model "
+        "with every action's propensity at least the floor; target: greedy on a good model; "
+        "95% intervals; coverage of the true value (and of the true difference to a second policy)"
+    )
+    head = [
+        "data set",
+        "K",
+        "floor",
+        "n",
+        "true value",
+        "IPS normal",
+        "IPS Cressie-Read",
+        "IPS bootstrap",
+        "SNIPS normal",
+        "SNIPS Cressie-Read",
+        "DR normal",
+        "DR bootstrap",
+        "DR Cressie-Read",
+        "DR diff normal",
+        "DR diff bootstrap",
+        "DR diff Cressie-Read",
+        "RMSE IPS / SNIPS / DR",
+        "mean width DR normal / CR, diff normal / CR",
+    ]
+    print("| " + " | ".join(head) + " |")
+    print("|---" * len(head) + "|")
+    started = time.perf_counter()
+    worst: dict[str, float] = {}
+    for problem in problems(args.seed):
+        k = problem.classes
+        truth = float((problem.target == problem.labels).mean())
+        truth_diff = truth - float((problem.other == problem.labels).mean())
+        rhat_target = problem.reward_hat[np.arange(len(problem.labels)), problem.target]
+        rhat_other = problem.reward_hat[np.arange(len(problem.labels)), problem.other]
+        for floor in floors:
+            if floor * k > 1:
+                continue
+            for n in sizes:
+                rng = np.random.default_rng(args.seed + int(1e4 * floor) + n + k)
+                rows = rng.integers(0, len(problem.labels), size=(args.reps, n))
+                explore = rng.random((args.reps, n)) < floor * k
+                action = np.where(
+                    explore, rng.integers(0, k, size=(args.reps, n)), problem.behaviour[rows]
+                )
+                greedy = action == problem.behaviour[rows]
+                p = np.where(greedy, 1 - (k - 1) * floor, floor)
+                r = (action == problem.labels[rows]).astype(np.float64)
+                q = (action == problem.target[rows]).astype(np.float64)
+                q_other = (action == problem.other[rows]).astype(np.float64)
+                w = q / p
+                rhat = problem.reward_hat[rows, action]
+                ips_terms = w * r
+                dr_terms = rhat_target[rows] + w * (r - rhat)
+                diff_terms = rhat_target[rows] - rhat_other[rows] + (q - q_other) / p * (r - rhat)
+                cover: dict[str, np.ndarray] = {}
+
+                ips_value = ips_terms.mean(axis=1)
+                cover["IPS normal"] = normal(ips_terms, ips_value, truth)
+                cover["IPS bootstrap"] = boot(ips_terms, truth)
+                total_w = w.sum(axis=1)
+                snips_value = np.where(total_w > 0, ips_terms.sum(axis=1) / total_w, 0.0)
+                linear = snips_value[:, None] + w * (r - snips_value[:, None]) / np.maximum(
+                    total_w[:, None] / n, 1e-12
+                )
+                cover["SNIPS normal"] = normal(linear, snips_value, truth)
+                cr = np.array(
+                    [
+                        cressie_read_interval(WeightSums.of(w[i], r[i]), wmax=float(1 / p[i].min()))
+                        for i in range(args.reps)
+                    ]
+                )
+                inside = (cr[:, 0] <= truth) & (truth <= cr[:, 1])
+                cover["IPS Cressie-Read"] = inside
+                cover["SNIPS Cressie-Read"] = inside
+                dr_value = dr_terms.mean(axis=1)
+                cover["DR normal"] = normal(dr_terms, dr_value, truth)
+                cover["DR bootstrap"] = boot(dr_terms, truth)
+                bounds = Bounds(wmax=float(1 / floor))
+                dr_cr = np.array(
+                    [
+                        dr_interval(r[i], p[i], q[i], rhat[i], rhat_target[rows[i]], bounds)
+                        for i in range(args.reps)
+                    ]
+                )
+                cover["DR Cressie-Read"] = (dr_cr[:, 0] <= truth) & (truth <= dr_cr[:, 1])
+                diff_cr = np.array(
+                    [
+                        paired_difference(
+                            r[i],
+                            p[i],
+                            q[i],
+                            q_other[i],
+                            rhat[i],
+                            rhat_target[rows[i]],
+                            rhat_other[rows[i]],
+                            interval="cressie_read",
+                            bounds=bounds,
+                        ).interval_pair()
+                        for i in range(args.reps)
+                    ]
+                )
+                cover["DR diff Cressie-Read"] = (diff_cr[:, 0] <= truth_diff) & (
+                    truth_diff <= diff_cr[:, 1]
+                )
+                diff_value = diff_terms.mean(axis=1)
+                cover["DR diff normal"] = normal(diff_terms, diff_value, truth_diff)
+                cover["DR diff bootstrap"] = boot(diff_terms, truth_diff)
+                rmse = [
+                    math.sqrt(float(np.mean((v - truth) ** 2)))
+                    for v in (ips_value, snips_value, dr_value)
+                ]
+                for key, hits in cover.items():
+                    worst[key] = min(worst.get(key, 1.0), float(hits.mean()))
+                widths = [
+                    2
+                    * 1.959963984540054
+                    * float(dr_terms.std(axis=1, ddof=1).mean())
+                    / math.sqrt(n),
+                    float((dr_cr[:, 1] - dr_cr[:, 0]).mean()),
+                    2
+                    * 1.959963984540054
+                    * float(diff_terms.std(axis=1, ddof=1).mean())
+                    / math.sqrt(n),
+                    float((diff_cr[:, 1] - diff_cr[:, 0]).mean()),
+                ]
+                cells = [f"{float(cover[h].mean()):.1%}" for h in head[5:-2]]
+                print(
+                    f"| {problem.name} | {k} | {floor:g} | {n} | {truth:.3f} | "
+                    + " | ".join(cells)
+                    + f" | {rmse[0]:.4f} / {rmse[1]:.4f} / {rmse[2]:.4f} | "
+                    + " / ".join(f"{x:.3f}" for x in widths)
+                    + " |",
+                    flush=True,
+                )
+    print(
+        "lowest coverage per interval: "
+        + ", ".join(f"{key} {value:.1%}" for key, value in worst.items())
+    )
+    print(f"{time.perf_counter() - started:.0f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -202,6 +431,12 @@ def main() -> None:
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=27_000)
     p.set_defaults(fn=power)
+    p = sub.add_parser("ope", help="OPE interval coverage")
+    p.add_argument("--reps", type=int, default=1000)
+    p.add_argument("--floors", default="0.1,0.05,0.01")
+    p.add_argument("--sizes", default="300,3000")
+    p.add_argument("--seed", type=int, default=37_000)
+    p.set_defaults(fn=ope)
     args = parser.parse_args()
     args.fn(args)
 

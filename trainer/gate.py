@@ -9,7 +9,14 @@ from typing import Any
 import numpy as np
 
 from banditgate.spec import GateSpec
-from trainer.ope import GATE_INTERVAL, Bounds, Estimate, all_estimates, paired_difference
+from trainer.ope import (
+    GATE_INTERVAL,
+    PAIRED_INTERVAL,
+    Bounds,
+    Estimate,
+    all_estimates,
+    paired_difference,
+)
 
 
 @dataclass
@@ -76,16 +83,20 @@ class EvaluationWindow:
         )
         # Intervals as measured to hold at small propensities (trainer.ope.GATE_INTERVAL);
         # the weights' and rewards' ranges as seen in the window.
-        bounds = (
-            Bounds(wmax=float(1.0 / p.min()), rmin=float(r.min()), rmax=float(r.max()))
-            if r.size
-            else None
-        )
-        paired = "bootstrap"
+        bounds = Bounds(wmax=None, rmin=float(r.min()), rmax=float(r.max())) if r.size else None
+        paired = PAIRED_INTERVAL
         difference: dict[str, Estimate] = {
-            "ips": paired_difference(r, p, q_candidate, q_current, interval=paired),
+            "ips": paired_difference(r, p, q_candidate, q_current, interval=paired, bounds=bounds),
             "dr": paired_difference(
-                r, p, q_candidate, q_current, rhat, rhat_candidate, rhat_current, interval=paired
+                r,
+                p,
+                q_candidate,
+                q_current,
+                rhat,
+                rhat_candidate,
+                rhat_current,
+                interval=paired,
+                bounds=bounds,
             ),
         }
         chosen = dict(GATE_INTERVAL)

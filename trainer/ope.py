@@ -55,7 +55,8 @@ BOOTSTRAP_REPLICATES = 400
 BOOTSTRAP_SEED = 17
 INTERVALS = ("normal", "cressie_read", "bootstrap")
 # Chosen by measured coverage (bench/stats.py ope): see the module docstring.
-GATE_INTERVAL = {"ips": "cressie_read", "snips": "cressie_read", "dr": "bootstrap"}
+GATE_INTERVAL = {"ips": "cressie_read", "snips": "cressie_read", "dr": "cressie_read"}
+PAIRED_INTERVAL = "cressie_read"
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,9 @@ class Estimate:
     hi: float
     n: int
     interval: str = "normal"
+
+    def interval_pair(self) -> tuple[float, float]:
+        return self.lo, self.hi
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -151,7 +155,7 @@ def bootstrap_t(
 def _bounded_interval(w: np.ndarray, r: np.ndarray, bounds: Bounds | None) -> tuple[float, float]:
     b = bounds or Bounds()
     return cressie_read_interval(
-        WeightSums.of(w, r), wmin=b.wmin, wmax=b.wmax, rmin=b.rmin, rmax=b.rmax
+        WeightSums.of(w, r), wmin=b.wmin, wmax=b.largest(w), rmin=b.rmin, rmax=b.rmax
     )
 
 
@@ -160,9 +164,14 @@ class Bounds:
     """What the Cressie-Read interval assumes: importance weights and rewards lie in these ranges."""
 
     wmin: float = 0.0
-    wmax: float = math.inf
+    wmax: float | None = math.inf  # None: the largest weight in the sample
     rmin: float = 0.0
     rmax: float = 1.0
+
+    def largest(self, weights: np.ndarray) -> float:
+        if self.wmax is not None:
+            return self.wmax
+        return max(float(weights.max()) if weights.size else 1.0, 1.0 + 1e-9)
 
 
 def ips(
@@ -224,11 +233,48 @@ def dr(
     reward_hat_target: ArrayLike,
     *,
     interval: str = "normal",
+    bounds: Bounds | None = None,
 ) -> Estimate:
     r, p, q, rhat_logged, rhat_target = _arrays(
         rewards, logged_prob, target_prob, reward_hat_logged, reward_hat_target
     )
-    return _mean_interval(rhat_target + q / p * (r - rhat_logged), interval)
+    if interval != "cressie_read":
+        return _mean_interval(rhat_target + q / p * (r - rhat_logged), interval)
+    est = _mean_interval(rhat_target + q / p * (r - rhat_logged))
+    if est.n < 2:
+        return Estimate(est.value, est.lo, est.hi, est.n, interval)
+    lo, hi = dr_interval(r, p, q, rhat_logged, rhat_target, bounds or Bounds())
+    return Estimate(est.value, lo, hi, est.n, interval)
+
+
+def dr_interval(
+    r: np.ndarray,
+    p: np.ndarray,
+    q: np.ndarray,
+    rhat_logged: np.ndarray,
+    rhat_target: np.ndarray,
+    bounds: Bounds,
+    alpha: float = 0.05,
+) -> tuple[float, float]:
+    """DR's value as the reward model's mean plus an IPS of the residuals, each at alpha / 2.
+
+    The residual r - rhat lies in [rmin - rmax, rmax - rmin], so its importance-weighted
+    mean gets the Cressie-Read interval (which allows for the large weight not yet seen);
+    the model's mean over the contexts gets a normal one.
+    """
+    n = r.size
+    model = float(rhat_target.mean())
+    margin = _z(alpha / 2) * float(rhat_target.std(ddof=1)) / math.sqrt(n)
+    span = bounds.rmax - bounds.rmin
+    lo, hi = cressie_read_interval(
+        WeightSums.of(q / p, r - rhat_logged),
+        wmin=bounds.wmin,
+        wmax=bounds.largest(q / p),
+        rmin=-span,
+        rmax=span,
+        alpha=alpha / 2,
+    )
+    return model - margin + lo, model + margin + hi
 
 
 def paired_difference(
@@ -241,18 +287,53 @@ def paired_difference(
     reward_hat_b: ArrayLike | None = None,
     *,
     interval: str = "normal",
+    bounds: Bounds | None = None,
 ) -> Estimate:
     """Value of policy a minus policy b on the same logged examples (IPS, or DR with a reward model).
 
-    Interval "normal" or "bootstrap" (the terms can be negative: no Cressie-Read).
+    "normal" and "bootstrap" work on the paired terms. "cressie_read" keeps the pairing
+    too: with the mean weight w = (w_a + w_b) / 2 (non-negative, mean 1) and
+    g = 2 (w_a - w_b) / (w_a + w_b) e, where e is the reward (IPS) or the residual
+    r - rhat (DR), w g = (w_a - w_b) e, so the difference is the Cressie-Read value of
+    g under w (g is bounded: |g| <= 2 |e|), plus for DR the paired normal interval of
+    the reward model's mean difference, each at alpha / 2. Identical policies give
+    g = 0 and a zero-width residual part.
     """
+    b = bounds or Bounds()
     if reward_hat_logged is None or reward_hat_a is None or reward_hat_b is None:
         r, p, qa, qb = _arrays(rewards, logged_prob, target_a, target_b)
-        return _mean_interval((qa - qb) / p * r, interval)
-    r, p, qa, qb, rhat, rhat_a, rhat_b = _arrays(
-        rewards, logged_prob, target_a, target_b, reward_hat_logged, reward_hat_a, reward_hat_b
+        residual, model = r, np.zeros_like(r)
+        reach = 2 * max(abs(b.rmin), abs(b.rmax))
+    else:
+        r, p, qa, qb, rhat, rhat_a, rhat_b = _arrays(
+            rewards, logged_prob, target_a, target_b, reward_hat_logged, reward_hat_a, reward_hat_b
+        )
+        residual, model = r - rhat, rhat_a - rhat_b
+        reach = 2 * (b.rmax - b.rmin)
+    terms = model + (qa - qb) / p * residual
+    if interval != "cressie_read":
+        return _mean_interval(terms, interval)
+    est = _mean_interval(terms)
+    if est.n < 2:
+        return Estimate(est.value, est.lo, est.hi, est.n, interval)
+    both = qa + qb
+    weight = both / (2 * p)
+    g = np.divide(2 * (qa - qb) * residual, both, out=np.zeros_like(both), where=both > 0)
+    paired_model = reward_hat_logged is not None
+    alpha = 0.025 if paired_model else 0.05
+    lo, hi = cressie_read_interval(
+        WeightSums.of(weight, g),
+        wmin=b.wmin,
+        wmax=b.largest(weight),
+        rmin=-reach,
+        rmax=reach,
+        alpha=alpha,
     )
-    return _mean_interval(rhat_a - rhat_b + (qa - qb) / p * (r - rhat), interval)
+    if paired_model:
+        centre = float(model.mean())
+        margin = _z(alpha) * float(model.std(ddof=1)) / math.sqrt(est.n)
+        lo, hi = centre - margin + lo, centre + margin + hi
+    return Estimate(est.value, lo, hi, est.n, interval)
 
 
 def all_estimates(
@@ -281,5 +362,6 @@ def all_estimates(
             reward_hat_logged,
             reward_hat_target,
             interval=chosen.get("dr", "normal"),
+            bounds=bounds,
         ).to_dict(),
     }
