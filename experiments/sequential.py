@@ -24,9 +24,11 @@ betting", JRSS-B 2024, applied to an augmented inverse-propensity estimate):
   wealths, K_t(d), is a non-negative martingale when the effect is d.
 - Averaging over effect scales ("diversified Kelly") costs a constant in the
   threshold, but each bettor grows at the rate of the best fixed bet for effects
-  near its scale; a single plug-in bettor (what this module used before) spends
-  its first thousands of units learning its bet and needed 2-3x the fixed-horizon
-  sample size for 80% power (BENCHMARKS.md, "Statistics").
+  near its scale. A single plug-in bettor (what this module used before) spends
+  its first thousands of units learning its bet: at +0.02 on 0.50 it found the
+  difference within 10 000 units in 14% of runs, the mixture in 22% (a fixed-
+  horizon z-test at 10 000: 52%). The mixture needs 1.6-2.0x the z-test's units
+  for 80% power (BENCHMARKS.md, "Statistics").
 - d is rejected once K_t(d) >= 1/alpha. The anytime p-value for "no effect" is
   min(1, 1 / max_s K_s(0)); the confidence sequence is the set of d on a grid that
   are not rejected yet (a running intersection, so it only shrinks).
@@ -54,7 +56,6 @@ GRID_POINTS = 81
 # Bettors' effect scales, as fractions of the reward range: 0.004 to 0.25, ratio ~1.8.
 EFFECT_SCALES = np.geomspace(0.004, 0.25, 8)
 BLOCK = 128
-CHUNK = 2048
 
 
 def effect_grid(span: float, points: int = GRID_POINTS) -> Array:
@@ -288,13 +289,6 @@ def log_wealth_path(
     if not paths:
         return state, np.zeros((*state.max_log_k.shape[:-1], 0, grid.size))
     return state, np.concatenate(paths, axis=-2)
-
-
-def advance_chunked(state: Wealth, units: Units, grid: Array, *, low: float, high: float) -> Wealth:
-    """`advance` in chunks (kept for callers that fed large arrays in pieces)."""
-    for start in range(0, len(units), CHUNK):
-        state = advance(state, units.slice(start, start + CHUNK), grid, low=low, high=high)
-    return state
 
 
 @dataclass
