@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -275,13 +276,14 @@ def plan_(
     power: Annotated[float, typer.Option(help="Power wanted.")] = 0.8,
     url: Url = DEFAULT_URL,
     as_json: AsJson = False,
+    wide: Wide = False,
 ) -> None:
     """Units an A/B test needs: fixed-horizon power and MDE, and the anytime-valid test's units."""
     if experiment is not None:
         query: dict[str, float | int | str] = {"effect": effect, "alpha": alpha, "power": power}
         query |= {k: v for k, v in (("rate", rate), ("split", split), ("units", units)) if v}
         path = f"/v1/experiments/{quoted(experiment)}/plan?{urllib.parse.urlencode(query)}"
-        data = call(ControlClient(url), "GET", path)
+        data = call(control_client(url), "GET", path)
     else:
         try:
             if rate is None:
@@ -300,29 +302,31 @@ def plan_(
         dump(data)
         return
     fixed, sequential = data["fixed_horizon"], data["sequential"]
-    table = Table(
-        title=f"rate {fmt(data['rate'])} -> {fmt(data['rate'] + data['effect'])} "
-        f"({pct(data['relative_effect'])}), treatment share {pct(data['share'])}, "
-        f"alpha {data['alpha']:g}, power {data['power']:g}"
-    )
-    for column in ("test", "units", "treatment", "control", "hours at current traffic"):
-        table.add_column(column, justify="left" if column == "test" else "right")
     hours = data.get("hours") or {}
-    table.add_row(
-        "fixed horizon (analyse once)",
-        str(fixed["units"]),
-        str(fixed["treatment"]),
-        str(fixed["control"]),
-        fmt(hours.get("fixed_horizon"), 3),
+    print_table(
+        f"rate {fmt(data['rate'])} -> {fmt(data['rate'] + data['effect'])} "
+        f"({pct(data['relative_effect'])}), treatment share {pct(data['share'])}, "
+        f"alpha {data['alpha']:g}, power {data['power']:g}",
+        ["test", "units", "treatment", "control", "hours at current traffic"],
+        [
+            [
+                "fixed horizon (analyse once)",
+                str(fixed["units"]),
+                str(fixed["treatment"]),
+                str(fixed["control"]),
+                fmt(hours.get("fixed_horizon"), 3),
+            ],
+            [
+                f"anytime-valid (look any time; {sequential['factor']:g}x)",
+                str(sequential["units"]),
+                "-",
+                "-",
+                fmt(hours.get("sequential"), 3),
+            ],
+        ],
+        wide=wide,
+        right=("units", "treatment", "control", "hours at current traffic"),
     )
-    table.add_row(
-        f"anytime-valid (look any time; {sequential['factor']:g}x)",
-        str(sequential["units"]),
-        "-",
-        "-",
-        fmt(hours.get("sequential"), 3),
-    )
-    console.print(table)
     if data.get("units_per_hour"):
         console.print(f"current traffic: {data['units_per_hour']:.0f} joined units per hour")
     at = data.get("at_units")
