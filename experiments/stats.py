@@ -393,7 +393,20 @@ def summarize(
         },
         "regret": regret,
         "srm": srm(spec, override, merged),
-        "sequential": sequential_summary(spec, ledger, alpha, traffic(spec, ledger, override)),
+        "sequential": sequential_summary(
+            spec,
+            ledger,
+            alpha,
+            traffic(
+                spec,
+                ledger,
+                override,
+                now_ms=now_ms,
+                merged=merged,
+                recent=rolling,
+                recent_s=rolling_s,
+            ),
+        ),
     }
 
 
@@ -403,8 +416,15 @@ def traffic(
     override: dict[str, Any] | None = None,
     *,
     now_ms: int | None = None,
+    merged: Bucket | None = None,
+    recent: Bucket | None = None,
+    recent_s: float = TRAFFIC_WINDOW_S,
 ) -> dict[str, Any]:
-    """What planning needs from the running experiment: split, control rate, units per hour."""
+    """What planning needs from the running experiment: split, control rate, units per hour.
+
+    `merged` (the data to read the control's rate from) and `recent` (the last
+    `recent_s` seconds) are merged here unless the caller has them already.
+    """
     now_ms = now_ms if now_ms is not None else wall_ms()
     control = control_arm(spec)
     treatment = next((a for a in spec.arm_names if a != control), None)
@@ -413,11 +433,11 @@ def traffic(
     if weights is not None and control is not None and treatment is not None:
         pair = weights.get(control, 0.0) + weights.get(treatment, 0.0)
         share = weights.get(treatment, 0.0) / pair if pair > 0 else None
-    merged = ledger.merged()
+    merged = merged if merged is not None else ledger.merged()
     tally = merged.arms.get(control or "", ArmTally())
-    recent = ledger.merged(int(now_ms - TRAFFIC_WINDOW_S * 1000))
-    first = min((b.start_ms for b in ledger.buckets()), default=now_ms)
-    span_s = min(TRAFFIC_WINDOW_S, max((now_ms - first) / 1000, 1.0))
+    recent = recent if recent is not None else ledger.merged(int(now_ms - recent_s * 1000))
+    first = min([*ledger.fine, *ledger.coarse], default=now_ms)
+    span_s = min(recent_s, max((now_ms - first) / 1000, 1.0))
     return {
         "control": control,
         "treatment": treatment,

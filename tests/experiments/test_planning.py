@@ -121,3 +121,26 @@ async def test_plan_command(control: Control, name: str) -> None:
     assert "7677" in result.output
     result = await run(control, "exp", "plan", "-e", name, "--effect", "0.02", "--split", "100/0")
     assert result.exit_code == 1 and "split" in result.output
+
+
+async def test_stats_show_the_units_each_comparison_still_needs(
+    control: Control, name: str, redis: Redis
+) -> None:
+    await control.call("POST", "/v1/experiments", spec_doc(name, mode="ab"))
+    rows = [decision(name, "ab"[i % 2], [0.5, 0.5], mode="ab", event_id=str(i)) for i in range(200)]
+    await write_decisions(redis, name, rows)
+    for i, d in enumerate(rows):
+        # Control a: 10 of 100 rewarded; treatment b: 15 of 100.
+        hit = i % 20 == 0 or (i % 20 == 2) if d["chosen"] == "a" else i % 20 in (1, 3, 5)
+        await write_joined(redis, name, d, 1.0 if hit else 0.0)
+    stats = await control.get(f"/v1/experiments/{name}/stats")
+    (comparison,) = stats["sequential"]["comparisons"]
+    assert comparison["significant"] is False
+    plan_ = comparison["to_significance"]
+    assert plan_["effect"] == pytest.approx(comparison["effect"])
+    expected = fixed_horizon_units(comparison["mean_control"], comparison["effect"], share=0.5)
+    # Bonferroni over one comparison: alpha 0.05.
+    assert plan_["fixed_horizon_units"] == expected.total
+    assert plan_["sequential_units"] == math.ceil(SEQUENTIAL_FACTOR * expected.total)
+    assert plan_["remaining_units"] == plan_["sequential_units"] - 200
+    assert plan_["remaining_hours"] > 0
