@@ -81,9 +81,14 @@ class EvaluationWindow:
             np.array(self.candidate_reward_hat),
             np.array(self.current_reward_hat),
         )
-        # Intervals as measured to hold at small propensities (trainer.ope.GATE_INTERVAL);
-        # the weights' and rewards' ranges as seen in the window.
-        bounds = Bounds(wmax=None, rmin=float(r.min()), rmax=float(r.max())) if r.size else None
+        # Intervals as measured to hold at small propensities (trainer.ope.GATE_INTERVAL).
+        # Weights are at most 1 / the smallest logged propensity (the floor, which a
+        # window of hundreds of examples holds); rewards' range as seen in the window.
+        bounds = (
+            Bounds(wmax=float(1.0 / p.min()), rmin=float(r.min()), rmax=float(r.max()))
+            if r.size
+            else None
+        )
         paired = PAIRED_INTERVAL
         difference: dict[str, Estimate] = {
             "ips": paired_difference(r, p, q_candidate, q_current, interval=paired, bounds=bounds),
