@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/stats.py aa      # A/A false-positive grid, a look after every unit
     .venv/bin/python bench/stats.py power   # units to 80% power against the fixed-horizon z-test
-    .venv/bin/python bench/stats.py ope     # OPE 95% interval coverage (needs scikit-learn)
+    .venv/bin/python bench/stats.py ope     # OPE 95% interval coverage (pip install -e ".[bench]")
 
 Every simulated experiment runs the production code (experiments.sequential,
 trainer.ope) on leading batch axes; each prints one Markdown table for
