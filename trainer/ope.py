@@ -47,11 +47,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import stats
 
 from banditgate.intervals import WeightSums, cressie_read_interval
 
@@ -125,7 +125,7 @@ def _mean_interval(samples: np.ndarray, interval: str = "normal", alpha: float =
 
 
 def _z(alpha: float) -> float:
-    return Z95 if alpha == 0.05 else float(stats.norm.isf(alpha / 2))
+    return Z95 if alpha == 0.05 else NormalDist().inv_cdf(1 - alpha / 2)
 
 
 def bootstrap_t(
