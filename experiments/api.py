@@ -22,8 +22,9 @@ from banditgate.errors import InvalidInput
 from banditgate.spec import Arm, ExperimentSpec
 from experiments.ledger import join_counters
 from experiments.lifecycle import Lifecycle
+from experiments.planning import PlanError, parse_split, plan
 from experiments.service import Admin, ControlService, Service
-from experiments.stats import summarize, timeseries
+from experiments.stats import summarize, timeseries, traffic
 
 MAX_WINDOW_S = 90 * 86400
 
@@ -271,6 +272,47 @@ def routes() -> APIRouter:
         return await experiment_stats(
             service, name, window_s=window_s, rolling_s=rolling_s, alpha=alpha
         )
+
+    @router.get("/{name}/plan")
+    async def plan_experiment(
+        name: Name,
+        service: Service,
+        effect: Annotated[float, Query(description="Difference to detect (treatment - control).")],
+        rate: Annotated[
+            float | None, Query(description="Control rate (default: the control's so far).")
+        ] = None,
+        split: Annotated[
+            str | None,
+            Query(description='"control/treatment" percentages or the treatment share.'),
+        ] = None,
+        units: Annotated[int | None, Query(ge=1, description="A committed sample size.")] = None,
+        alpha: Annotated[float, Query(gt=0, lt=1)] = 0.05,
+        power: Annotated[float, Query(gt=0, lt=1)] = 0.8,
+    ) -> dict[str, Any]:
+        """Fixed-horizon power, MDE and units to significance at the experiment's current traffic."""
+        spec = await service.store.get(name)
+        override = await service.store.get_override(name)
+        async with service.stats.open(spec) as ledger:
+            now = await asyncio.to_thread(traffic, spec, ledger, override)
+        try:
+            share = parse_split(split) if split is not None else now["share"]
+            control_rate = rate if rate is not None else now["control_rate"]
+            if control_rate is None:
+                raise PlanError("rate", "no rewards for the control yet: give the rate")
+            if share is None:
+                raise PlanError("split", "no configured split to read: give the split")
+            out = plan(
+                rate=control_rate,
+                effect=effect,
+                share=share,
+                alpha=alpha,
+                power=power,
+                units=units,
+                units_per_hour=now["units_per_hour"],
+            )
+        except PlanError as exc:
+            raise InvalidInput(str(exc), field=exc.field) from None
+        return {"experiment": name, **now, **out}
 
     @router.get("/{name}/timeseries")
     async def series(

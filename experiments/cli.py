@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +26,7 @@ from banditgate.console import (
 )
 from banditgate.errors import InvalidSpec
 from banditgate.spec import load_specs
+from experiments.planning import PlanError, parse_split, plan
 
 Name = Annotated[str, typer.Argument(help="Experiment name.")]
 Wide = Annotated[
@@ -254,6 +256,87 @@ def stats(
         )
 
 
+def plan_(
+    effect: Annotated[float, typer.Option(help="Difference to detect: treatment - control.")],
+    rate: Annotated[
+        float | None, typer.Option(help="Control rate (default with -e: the control's so far).")
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help='"control/treatment" percentages (90/10) or the treatment share.'),
+    ] = None,
+    units: Annotated[
+        int | None, typer.Option(help="A committed sample size: power and MDE at it.")
+    ] = None,
+    experiment: Annotated[
+        str | None,
+        typer.Option("--experiment", "-e", help="Plan at this experiment's current traffic."),
+    ] = None,
+    alpha: Annotated[float, typer.Option(help="Significance level.")] = 0.05,
+    power: Annotated[float, typer.Option(help="Power wanted.")] = 0.8,
+    url: Url = DEFAULT_URL,
+    as_json: AsJson = False,
+    wide: Wide = False,
+) -> None:
+    """Units an A/B test needs: fixed-horizon power and MDE, and the anytime-valid test's units."""
+    if experiment is not None:
+        query: dict[str, float | int | str] = {"effect": effect, "alpha": alpha, "power": power}
+        query |= {k: v for k, v in (("rate", rate), ("split", split), ("units", units)) if v}
+        path = f"/v1/experiments/{quoted(experiment)}/plan?{urllib.parse.urlencode(query)}"
+        data = call(control_client(url), "GET", path)
+    else:
+        try:
+            if rate is None:
+                raise PlanError("rate", "give the control's rate (or --experiment to read it)")
+            data = plan(
+                rate=rate,
+                effect=effect,
+                share=parse_split(split) if split is not None else 0.5,
+                alpha=alpha,
+                power=power,
+                units=units,
+            )
+        except PlanError as exc:
+            fail(f"--{exc.field}: {exc.message}", code=2)
+    if as_json:
+        dump(data)
+        return
+    fixed, sequential = data["fixed_horizon"], data["sequential"]
+    hours = data.get("hours") or {}
+    print_table(
+        f"rate {fmt(data['rate'])} -> {fmt(data['rate'] + data['effect'])} "
+        f"({pct(data['relative_effect'])}), treatment share {pct(data['share'])}, "
+        f"alpha {data['alpha']:g}, power {data['power']:g}",
+        ["test", "units", "treatment", "control", "hours at current traffic"],
+        [
+            [
+                "fixed horizon (analyse once)",
+                str(fixed["units"]),
+                str(fixed["treatment"]),
+                str(fixed["control"]),
+                fmt(hours.get("fixed_horizon"), 3),
+            ],
+            [
+                f"anytime-valid (look any time; {sequential['factor']:g}x)",
+                str(sequential["units"]),
+                "-",
+                "-",
+                fmt(hours.get("sequential"), 3),
+            ],
+        ],
+        wide=wide,
+        right=("units", "treatment", "control", "hours at current traffic"),
+    )
+    if data.get("units_per_hour"):
+        console.print(f"current traffic: {data['units_per_hour']:.0f} joined units per hour")
+    at = data.get("at_units")
+    if at:
+        console.print(
+            f"at {at['units']} units: power {pct(at['power'])}, "
+            f"minimum detectable effect {fmt(at['minimum_detectable_effect'])}"
+        )
+
+
 def weights(
     name: Name,
     pairs: Annotated[list[str] | None, typer.Argument(help="arm=weight ... (none: show)")] = None,
@@ -377,6 +460,7 @@ def register(app: typer.Typer) -> None:
     exp.command()(show)
     exp.command()(stats)
     exp.command()(weights)
+    exp.command("plan")(plan_)
     exp.command()(promote)
     exp.command()(rollback)
     exp.command()(pause)

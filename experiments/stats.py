@@ -5,7 +5,9 @@ computed from them:
 
 - mean reward, 95% CI: Wilson score interval for 0/1 rewards, Student t otherwise;
 - value (what the arm would earn on all traffic): self-normalised IPS,
-  V = sum(w r) / sum(w), w = 1/p, CI V ± 1.96 sqrt(sum(w² (r - V)²)) / sum(w);
+  V = sum(w r) / sum(w), w = 1/p, with the Cressie-Read empirical-likelihood 95%
+  interval from the same weight sums (trainer.ope's method, which keeps its
+  coverage at small propensities where V ± 1.96 se does not; BENCHMARKS.md);
 - probability of being best: Monte Carlo over Beta(1 + s, 1 + f) posteriors for 0/1
   rewards, Normal(mean, s²/n) otherwise (Normal(V, se²) of the IPS value for bandits);
 - regret against the best arm: n (V_best - mean reward obtained);
@@ -13,7 +15,9 @@ computed from them:
   weights (static allocations) or a generalised chi-square against the logged
   propensities (bandits): z = O - E with E = sum_d p_d, covariance
   S = diag(E) - sum_d p_d p_dᵀ, X² = zᵀ S⁺ z on rank(S) degrees of freedom;
-- the sequential A/B test lives in experiments.sequential.
+- the sequential A/B test lives in experiments.sequential; for each comparison,
+  the units the test needs at the observed effect and the current traffic come
+  from experiments.planning.
 
 Randomised traffic only (not `forced`, i.e. client-pinned) feeds the inference;
 forced decisions are counted separately.
@@ -29,11 +33,15 @@ import numpy as np
 from scipy import stats as sps
 
 from banditgate.contracts import JoinCounter
+from banditgate.intervals import WeightSums, cressie_read_interval
 from banditgate.policy import default_weights, normalise
 from banditgate.spec import ExperimentSpec
 from experiments.ledger import BUCKET_MS, ArmTally, Bucket, Ledger, control_arm, wall_ms
+from experiments.planning import PlanError, plan
 from experiments.sequential import SequentialComparison
 
+VALUE_INTERVAL = "cressie_read"
+TRAFFIC_WINDOW_S = 3600.0
 SRM_ALPHA = 0.001
 SRM_MIN_EXPECTED = 5.0
 PROB_BEST_DRAWS = 20_000
@@ -64,6 +72,19 @@ def snips_value(tally: ArmTally) -> tuple[float | None, float | None]:
     value = tally.wr / tally.w
     spread = tally.w2r2 - 2 * value * tally.w2r + value * value * tally.w2
     return value, math.sqrt(max(spread, 0.0)) / tally.w
+
+
+def value_interval(
+    tally: ArmTally, n_total: int, reward: tuple[float, float], alpha: float = 0.05
+) -> list[float] | None:
+    """Cressie-Read interval of the arm's value: its weight sums over all randomised examples."""
+    if tally.w <= 0 or n_total < 2:
+        return None
+    sums = WeightSums(float(n_total), tally.w, tally.w2, tally.wr, tally.w2r, tally.w2r2)
+    lo, hi = cressie_read_interval(sums, rmin=reward[0], rmax=reward[1], alpha=alpha)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return None
+    return [lo, hi]
 
 
 def sample_variance(tally: ArmTally) -> float | None:
@@ -283,12 +304,14 @@ def summarize(
     best = prob_best(spec.arm_names, merged.arms, method=method)
     weights = configured_weights(spec, override)
     total_decisions = merged.decisions
+    n_total = sum(t.r_n for t in merged.arms.values())
+    bounds = (reward.min, reward.max)
     arms_out: list[dict[str, Any]] = []
     values: dict[str, float] = {}
     for arm in names:
         tally = merged.arms.get(arm, ArmTally())
         mean, ci = mean_ci(tally, binary)
-        value, se = snips_value(tally)
+        value, _ = snips_value(tally)
         if value is not None and arm in spec.arm_names:
             values[arm] = value if bandit_like else (mean if mean is not None else value)
         roll = rolling.arms.get(arm, ArmTally())
@@ -316,9 +339,8 @@ def summarize(
                 "mean_reward": mean,
                 "mean_reward_ci": ci,
                 "value": value,
-                "value_ci": [value - Z95 * se, value + Z95 * se]
-                if value is not None and se is not None
-                else None,
+                "value_ci": value_interval(tally, n_total, bounds),
+                "value_interval": VALUE_INTERVAL,
                 "rolling_mean_reward": roll.r_sum / roll.r_n if roll.r_n else None,
                 "rolling_n": roll.r_n,
                 "prob_best": best.get(arm),
@@ -371,11 +393,94 @@ def summarize(
         },
         "regret": regret,
         "srm": srm(spec, override, merged),
-        "sequential": sequential_summary(spec, ledger, alpha),
+        "sequential": sequential_summary(
+            spec,
+            ledger,
+            alpha,
+            traffic(
+                spec,
+                ledger,
+                override,
+                now_ms=now_ms,
+                merged=merged,
+                recent=rolling,
+                recent_s=rolling_s,
+            ),
+        ),
     }
 
 
-def sequential_summary(spec: ExperimentSpec, ledger: Ledger, alpha: float) -> dict[str, Any] | None:
+def traffic(
+    spec: ExperimentSpec,
+    ledger: Ledger,
+    override: dict[str, Any] | None = None,
+    *,
+    now_ms: int | None = None,
+    merged: Bucket | None = None,
+    recent: Bucket | None = None,
+    recent_s: float = TRAFFIC_WINDOW_S,
+) -> dict[str, Any]:
+    """What planning needs from the running experiment: split, control rate, units per hour.
+
+    `merged` (the data to read the control's rate from) and `recent` (the last
+    `recent_s` seconds) are merged here unless the caller has them already.
+    """
+    now_ms = now_ms if now_ms is not None else wall_ms()
+    control = control_arm(spec)
+    treatment = next((a for a in spec.arm_names if a != control), None)
+    weights = configured_weights(spec, override)
+    share = None
+    if weights is not None and control is not None and treatment is not None:
+        pair = weights.get(control, 0.0) + weights.get(treatment, 0.0)
+        share = weights.get(treatment, 0.0) / pair if pair > 0 else None
+    merged = merged if merged is not None else ledger.merged()
+    tally = merged.arms.get(control or "", ArmTally())
+    recent = recent if recent is not None else ledger.merged(int(now_ms - recent_s * 1000))
+    first = min([*ledger.fine, *ledger.coarse], default=now_ms)
+    span_s = min(recent_s, max((now_ms - first) / 1000, 1.0))
+    return {
+        "control": control,
+        "treatment": treatment,
+        "share": share,
+        "control_rate": tally.r_sum / tally.r_n if tally.r_n else None,
+        "units_per_hour": recent.joined * 3600.0 / span_s if recent.joined else None,
+    }
+
+
+def _to_significance(
+    comparison: dict[str, Any], now: dict[str, Any], alpha: float
+) -> dict[str, Any] | None:
+    """Units (and hours at the current traffic) the tests need to detect the observed effect."""
+    effect, rate = comparison.get("effect"), comparison.get("mean_control")
+    units = comparison.get("units") or 0
+    n_t, n_c = comparison.get("n_treatment") or 0, comparison.get("n_control") or 0
+    if effect is None or rate is None or not n_t or not n_c:
+        return None
+    try:
+        out = plan(
+            rate=rate,
+            effect=effect,
+            share=n_t / (n_t + n_c),
+            alpha=alpha,
+            units_per_hour=now.get("units_per_hour"),
+        )
+    except PlanError:
+        return None
+    needed = out["sequential"]["units"]
+    remaining = max(needed - units, 0)
+    per_hour = now.get("units_per_hour")
+    return {
+        "effect": effect,
+        "fixed_horizon_units": out["fixed_horizon"]["units"],
+        "sequential_units": needed,
+        "remaining_units": remaining,
+        "remaining_hours": remaining / per_hour if per_hour else None,
+    }
+
+
+def sequential_summary(
+    spec: ExperimentSpec, ledger: Ledger, alpha: float, now: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
     """Each arm against the control; Bonferroni across the comparisons."""
     control = control_arm(spec)
     if control is None:
@@ -392,9 +497,11 @@ def sequential_summary(spec: ExperimentSpec, ledger: Ledger, alpha: float) -> di
         comparison = ledger.sequential.get((control, arm))
         if comparison is None:
             comparison = SequentialComparison(control, arm, spec.reward.min, spec.reward.max)
-        comparisons.append(comparison.result(level))
+        result = comparison.result(level)
+        result["to_significance"] = _to_significance(result, now or {}, level)
+        comparisons.append(result)
     return {
-        "method": "betting e-process on AIPW terms",
+        "method": "mixture of betting e-processes on AIPW terms",
         "control": control,
         "alpha": alpha,
         "alpha_per_comparison": level,

@@ -59,8 +59,12 @@ def imports(folder: str) -> tuple[set[str], set[str]]:
     return module_level, deferred
 
 
+# Import names of optional packages that need not be installed here (the bench extra).
+NOT_INSTALLED = {"sklearn": ["scikit-learn"]}
+
+
 def distributions(modules: set[str]) -> dict[str, set[str]]:
-    found = packages_distributions()
+    found = {**NOT_INSTALLED, **packages_distributions()}
     return {module: {normal(d) for d in found.get(module, [module])} for module in modules}
 
 

@@ -9,7 +9,14 @@ from typing import Any
 import numpy as np
 
 from banditgate.spec import GateSpec
-from trainer.ope import Estimate, all_estimates, paired_difference
+from trainer.ope import (
+    GATE_INTERVAL,
+    PAIRED_INTERVAL,
+    Bounds,
+    Estimate,
+    all_estimates,
+    paired_difference,
+)
 
 
 @dataclass
@@ -74,15 +81,37 @@ class EvaluationWindow:
             np.array(self.candidate_reward_hat),
             np.array(self.current_reward_hat),
         )
+        # Intervals as measured to hold at small propensities (trainer.ope.GATE_INTERVAL).
+        # Weights are at most 1 / the smallest logged propensity (the floor, which a
+        # window of hundreds of examples holds); rewards' range as seen in the window.
+        bounds = (
+            Bounds(wmax=float(1.0 / p.min()), rmin=float(r.min()), rmax=float(r.max()))
+            if r.size
+            else None
+        )
+        paired = PAIRED_INTERVAL
         difference: dict[str, Estimate] = {
-            "ips": paired_difference(r, p, q_candidate, q_current),
+            "ips": paired_difference(r, p, q_candidate, q_current, interval=paired, bounds=bounds),
             "dr": paired_difference(
-                r, p, q_candidate, q_current, rhat, rhat_candidate, rhat_current
+                r,
+                p,
+                q_candidate,
+                q_current,
+                rhat,
+                rhat_candidate,
+                rhat_current,
+                interval=paired,
+                bounds=bounds,
             ),
         }
+        chosen = dict(GATE_INTERVAL)
         return {
-            "candidate": all_estimates(r, p, q_candidate, rhat, rhat_candidate),
-            "current": all_estimates(r, p, q_current, rhat, rhat_current),
+            "candidate": all_estimates(
+                r, p, q_candidate, rhat, rhat_candidate, intervals=chosen, bounds=bounds
+            ),
+            "current": all_estimates(
+                r, p, q_current, rhat, rhat_current, intervals=chosen, bounds=bounds
+            ),
             "difference": {name: est.to_dict() for name, est in difference.items()},
             "logged": {
                 "mean_reward": {"value": float(r.mean()) if r.size else None, "n": int(r.size)}
@@ -94,6 +123,10 @@ class EvaluationWindow:
 class Verdict:
     publish: bool
     reason: str
+
+
+def _interval(numbers: dict[str, Any]) -> str:
+    return f" ({numbers.get('interval', 'normal')} interval)"
 
 
 def judge(gate: GateSpec, numbers: dict[str, dict[str, dict[str, Any]]], n: int) -> Verdict:
@@ -117,11 +150,13 @@ def judge(gate: GateSpec, numbers: dict[str, dict[str, dict[str, Any]]], n: int)
         if lo >= -gate.margin:
             return Verdict(
                 True,
-                f"candidate - current {gate.estimator} = {value:+.4f}, lower bound {lo:+.4f} >= -{gate.margin:g}",
+                f"candidate - current {gate.estimator} = {value:+.4f}, lower bound {lo:+.4f} >= -{gate.margin:g}"
+                + _interval(diff),
             )
         return Verdict(
             False,
-            f"candidate - current {gate.estimator} = {value:+.4f}, lower bound {lo:+.4f} < -{gate.margin:g}",
+            f"candidate - current {gate.estimator} = {value:+.4f}, lower bound {lo:+.4f} < -{gate.margin:g}"
+            + _interval(diff),
         )
     candidate = numbers["candidate"][gate.estimator]
     current = numbers["current"][gate.estimator]
@@ -132,7 +167,8 @@ def judge(gate: GateSpec, numbers: dict[str, dict[str, dict[str, Any]]], n: int)
     if lo >= bar:
         return Verdict(
             True,
-            f"candidate {gate.estimator} lower bound {lo:.4f} >= current {value:.4f} - margin {gate.margin:g}",
+            f"candidate {gate.estimator} lower bound {lo:.4f} >= current {value:.4f} - margin {gate.margin:g}"
+            + _interval(candidate),
         )
     return Verdict(
         False,

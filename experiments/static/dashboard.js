@@ -231,11 +231,23 @@
       const verdict = c.significant
         ? `<span class="${c.effect > 0 ? "good" : "bad"}">${esc(c.arm)} ${c.effect > 0 ? "better" : "worse"} than ${esc(c.control)}</span>`
         : '<span class="muted">no difference shown yet</span>';
-      return `<tr data-arm="${esc(c.arm)}"><td>${esc(c.arm)} vs ${esc(c.control)}</td><td>${int(c.units)}</td><td>${num(c.mean_treatment, 4)}</td><td>${num(c.mean_control, 4)}</td><td>${num(c.effect, 3)}</td><td>${c.ci ? `[${num(c.ci[0], 3)}, ${num(c.ci[1], 3)}]` : "–"}</td><td>${pct(c.relative_lift)}</td><td>${isNum(c.p_value) ? c.p_value.toPrecision(3) : "–"}</td><td class="left">${verdict}</td></tr>`;
+      return `<tr data-arm="${esc(c.arm)}"><td>${esc(c.arm)} vs ${esc(c.control)}</td><td>${int(c.units)}</td><td>${num(c.mean_treatment, 4)}</td><td>${num(c.mean_control, 4)}</td><td>${num(c.effect, 3)}</td><td>${c.ci ? `[${num(c.ci[0], 3)}, ${num(c.ci[1], 3)}]` : "–"}</td><td>${pct(c.relative_lift)}</td><td>${isNum(c.p_value) ? c.p_value.toPrecision(3) : "–"}</td><td class="left">${verdict}</td><td class="left to-significance">${toSignificance(c)}</td></tr>`;
     });
     $("sequential").innerHTML =
-      `<table><thead><tr><th>comparison</th><th>units</th><th>mean</th><th>control mean</th><th>effect</th><th>${pct(1 - seq.alpha_per_comparison, 1)} CS</th><th>lift</th><th>anytime p</th><th class="left">verdict</th></tr></thead><tbody>${rows.join("")}</tbody></table>` +
+      `<table><thead><tr><th>comparison</th><th>units</th><th>mean</th><th>control mean</th><th>effect</th><th>${pct(1 - seq.alpha_per_comparison, 1)} CS</th><th>lift</th><th>anytime p</th><th class="left">verdict</th><th class="left">expected units to significance</th></tr></thead><tbody>${rows.join("")}</tbody></table>` +
       `<p class="note">Anytime-valid (${esc(seq.method)}): look as often as you like; the chance of ever declaring a difference that is not there stays below ${pct(seq.alpha, 0)} (Bonferroni over ${seq.comparisons.length} comparison${seq.comparisons.length === 1 ? "" : "s"}).</p>`;
+  }
+
+  // Units the anytime-valid test needs for 80% power at the effect seen so far, and the
+  // hours that takes at the current traffic (experiments.planning via the stats API).
+  function toSignificance(c) {
+    const plan = c.to_significance;
+    if (c.significant) return '<span class="muted">reached</span>';
+    if (!plan) return '<span class="muted">–</span>';
+    const hours = isNum(plan.remaining_hours)
+      ? ` (~${plan.remaining_hours < 48 ? `${num(plan.remaining_hours, 2)} h` : `${num(plan.remaining_hours / 24, 2)} days`} at current traffic)`
+      : "";
+    return `~${int(plan.sequential_units)} units for an effect of ${num(plan.effect, 3)}: ${int(plan.remaining_units)} more${hours}; a fixed-horizon test would need ${int(plan.fixed_horizon_units)}`;
   }
 
   function weightsBar(weights) {

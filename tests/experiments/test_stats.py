@@ -11,6 +11,7 @@ from scipy import integrate
 from scipy import stats as sps
 
 from banditgate import keys
+from banditgate.intervals import WeightSums, cressie_read_interval
 from banditgate.redis import Redis
 from experiments.sequential import SequentialComparison, Units
 from tests.experiments.conftest import Control, decision, spec_doc, write_decisions, write_joined
@@ -73,8 +74,12 @@ async def test_bandit_stats_match_hand_computed_values(
     )
     # Self-normalised IPS: a: w = 1.25, 1.6667 -> V = 1.25 / 2.9167; b: w = 2, 3.3333.
     assert a["value"] == pytest.approx(1.25 / (1.25 + 1 / 0.6))
-    se_a = math.sqrt(1.25**2 * (1 - 3 / 7) ** 2 + (1 / 0.6) ** 2 * (3 / 7) ** 2) / (1.25 + 1 / 0.6)
-    assert a["value_ci"] == pytest.approx([3 / 7 - 1.96 * se_a, 3 / 7 + 1.96 * se_a], abs=1e-4)
+    # Its interval: Cressie-Read from the arm's weight sums over all 4 randomised examples
+    # (w = 0 where another arm was chosen); with 4 examples it is the whole reward range.
+    w, r = np.array([1.25, 1 / 0.6, 0.0, 0.0]), np.array([1.0, 0.0, 0.0, 0.0])
+    assert a["value_interval"] == "cressie_read"
+    assert a["value_ci"] == pytest.approx(list(cressie_read_interval(WeightSums.of(w, r))))
+    assert a["value_ci"] == [0.0, 1.0]
     assert b["value"] == pytest.approx((2 * 0.5 + 1 / 0.3) / (2 + 1 / 0.3))
     # Regret: best IPS value (b, 0.8125) minus the mean obtained (2.5 / 4) over 4 examples.
     assert stats["regret"]["best_arm"] == "b"

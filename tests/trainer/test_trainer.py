@@ -14,6 +14,7 @@ from tests.support import wait_for
 from tests.trainer.conftest import uniform_log, write_joined
 from trainer.gate import judge
 from trainer.learner import VWLearner, to_example
+from trainer.ope import PAIRED_INTERVAL
 from trainer.worker import Trainer
 
 
@@ -64,6 +65,7 @@ async def test_the_trainer_learns_the_better_arm_and_publishes_through_the_gate(
     assert pmf[1] > 0.9
     records = [orjson.loads(r) for r in await redis.lrange(keys.candidates(name), 0, -1)]
     assert {r["decision"] for r in records} <= {"published", "rejected"}
+    assert all(f"({PAIRED_INTERVAL} interval)" in r["reason"] for r in records if r["n"])
     assert all("numbers" in r and "reason" in r for r in records)
     await trainer.close()
 
