@@ -33,6 +33,8 @@ class Decision(TypedDict):
     action_features: NotRequired[list[dict[str, Any]]]
     error: NotRequired[str]
     shadow: NotRequired[list[dict[str, Any]]]
+    # Actions the request excluded: logged with probability 0, never chosen.
+    excluded: NotRequired[list[str]]
 
 
 class ArmCall(TypedDict):

@@ -9,18 +9,17 @@ from typing import Any
 
 import orjson
 
-from banditgate.contracts import MAX_ACTION_ID_CHARS, check_event_id
+from banditgate.contracts import check_event_id
 from banditgate.errors import BackendError, InvalidInput, MalformedJSON, UnknownVariant
 from banditgate.events import ArmCall, Decision, new_event_id
-from banditgate.featurize import ContextFeatures, action_lines, text_features
+from banditgate.featurize import ContextFeatures, text_features
 from banditgate.policy import ActionSet, sample_index
 from router.allocation import allocate
 from router.backends import Backend, BackendResponse, forward_headers
 from router.decision_log import DecisionLog
+from router.ranking import decide, parse_rank, ranked_decision
 from router.runtime import ExperimentState, Runtime
 from router.shadow import ShadowMirror
-
-MAX_RANK_ACTIONS = 1000
 
 SAGEMAKER_PASSTHROUGH = frozenset(
     {
@@ -285,65 +284,25 @@ class Router:
         )
 
     def rank(self, experiment: str, payload: Any) -> dict[str, Any]:
-        """Decision only: the caller calls the chosen backend itself."""
+        """Decision only: the caller calls the chosen backend itself (see router/ranking.py)."""
         state = self.runtime.get(experiment)
-        if not isinstance(payload, dict):
-            raise InvalidInput("the rank request is a JSON object", field="body")
-        context_in = payload.get("context", {})
-        if not isinstance(context_in, dict):
-            raise InvalidInput("context: must be an object", field="context")
-        event_id = payload.get("event_id")
-        if event_id is None:
-            event_id = new_event_id()
-        else:
-            event_id = check_event_id(event_id, "event_id", status=400)
-        actions = _rank_actions(payload.get("actions"))
-        context = state.featurizer.from_rank(context_in)
-        choice = self.choose(state, context, event_id, actions=actions, body=context_in)
-        self.record(state, choice, status=200, latency_ms=0.0)
-        order = sorted(range(len(choice.pmf)), key=lambda i: (i != choice.index, -choice.pmf[i]))
+        request = parse_rank(payload, state.actions)
+        if request.defer:
+            raise InvalidInput(
+                "defer_activation: use the Personalizer-compatible route for deferred "
+                "activation (/loops/{experiment}/personalizer/v1.0/rank)",
+                status=400,
+                field="defer_activation",
+            )
+        event_id = request.event_id or new_event_id()
+        context = state.featurizer.from_rank(request.context)
+        actions = request.actions or state.actions
+        ranked = decide(state, context, event_id, actions, request.excluded, request.context)
+        self.log.append(ranked_decision(state, ranked, int(time.time() * 1000)), state.index_ttl_s)
         return {
             "event_id": event_id,
-            "chosen": choice.arm,
-            "ranking": [
-                {"id": choice.actions.names[i], "probability": choice.pmf[i]} for i in order
-            ],
-            "policy_version": choice.version,
+            "chosen": ranked.chosen,
+            "ranking": [{"id": name, "probability": p} for name, p in ranked.ranking()],
+            "excluded": list(ranked.excluded),
+            "policy_version": ranked.version,
         }
-
-
-def _rank_actions(raw: Any) -> ActionSet | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, list) or not raw:
-        raise InvalidInput("actions: a non-empty list", field="actions")
-    if len(raw) > MAX_RANK_ACTIONS:
-        raise InvalidInput(f"actions: at most {MAX_RANK_ACTIONS}", field="actions")
-    names: list[str] = []
-    features: list[dict[str, Any]] = []
-    for index, item in enumerate(raw):
-        if not isinstance(item, dict) or "id" not in item:
-            raise InvalidInput(f"actions[{index}]: an object with an id", field=f"actions[{index}]")
-        action_id = item["id"]
-        if not isinstance(action_id, str | int) or isinstance(action_id, bool):
-            raise InvalidInput(
-                f"actions[{index}].id: a string or integer", field=f"actions[{index}].id"
-            )
-        name = str(action_id)
-        if not name or len(name) > MAX_ACTION_ID_CHARS:
-            raise InvalidInput(
-                f"actions[{index}].id: 1 to {MAX_ACTION_ID_CHARS} characters",
-                field=f"actions[{index}].id",
-            )
-        if name in names:
-            raise InvalidInput(
-                f"actions[{index}].id: duplicate id {name!r}", field=f"actions[{index}].id"
-            )
-        feats = item.get("features", {})
-        if not isinstance(feats, dict):
-            raise InvalidInput(
-                f"actions[{index}].features: an object", field=f"actions[{index}].features"
-            )
-        names.append(name)
-        features.append(feats)
-    return ActionSet(tuple(names), tuple(action_lines(names, features)), tuple(features))
