@@ -43,6 +43,7 @@ from banditgate.errors import (
 from banditgate.http import BearerKeys, health_routes, install_error_handlers, load_keys
 from banditgate.redis import Redis
 from reward_ingest.intake import IntakeResult, Problem, RewardIntake
+from reward_ingest.personalizer import routes as personalizer_routes
 from reward_ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ def create_ingest_app(
     install_error_handlers(app)
     app.include_router(routes)
     app.include_router(health_routes(ingest))
+    app.include_router(personalizer_routes())
     return app
 
 

@@ -20,11 +20,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from banditgate.errors import BanditgateError, MalformedJSON, NotReady, PayloadTooLarge
 from banditgate.metrics import ProcessMetrics
+from banditgate.personalizer import LOOPS_PREFIX, parse_path
 from banditgate.redis import Redis, connect
 from banditgate.tasks import TaskGroup
 from router.backends import HttpBackend
 from router.decision_log import DecisionLog
+from router.deferred import DeferredStore
 from router.metrics import RouterMetrics
+from router.personalizer import PersonalizerRouter, dropped_counter
 from router.routing import Invocation, Outcome, Router
 from router.runtime import Runtime
 from router.settings import RouterSettings
@@ -126,6 +129,9 @@ class RouterApp:
         self.mirror: ShadowMirror | None = None
         self.tasks = TaskGroup("router")
         self.started = False
+        # The Personalizer-compatible routes (router/personalizer.py).
+        self.personalizer: PersonalizerRouter | None = None
+        self._deferred_dropped = dropped_counter(self.process_metrics)
 
     async def startup(self) -> None:
         if self.redis is None:
@@ -157,6 +163,12 @@ class RouterApp:
         self.log.start()
         self.mirror.start()
         self.tasks.spawn(self.runtime.watcher.watch(), "announcements")
+        self.personalizer = PersonalizerRouter(
+            self.router, DeferredStore(self.redis), on_dropped=self._deferred_dropped
+        )
+        self.tasks.spawn(
+            self.personalizer.sweep_forever(self.settings.deferred_sweep_s), "deferred-sweep"
+        )
         # Serve only once every experiment's policy is loaded; a later resync is in the background.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.runtime.watcher.watching.wait(), timeout=30)
@@ -241,6 +253,8 @@ class RouterApp:
                 raise BanditgateError("use POST", status=405)
             await self._rank(parts[3], scope, receive, send)
             return True
+        if path.startswith(LOOPS_PREFIX):
+            return await self._personalizer(path, method, scope, receive, send)
         if path == "/health/live" or path == "/v2/health/live":
             await send_response(send, 200, b'{"status":"live"}')
             return True
@@ -312,6 +326,25 @@ class RouterApp:
             (b"x-banditgate-variant", result["chosen"].encode("latin-1")),
         ]
         await send_response(send, 200, orjson.dumps(result), JSON, headers)
+
+    async def _personalizer(
+        self, path: str, method: str, scope: Scope, receive: Receive, send: Send
+    ) -> bool:
+        parsed = parse_path(path)
+        if (
+            parsed is None
+            or self.personalizer is None
+            or not self.personalizer.owns(parsed, method)
+        ):
+            return False
+        try:
+            body = await read_body(scope, receive, self.settings.max_body_bytes)
+        except PayloadTooLarge as error:
+            answer = self.personalizer.refuse(parsed, error)
+        else:
+            answer = await self.personalizer.answer(parsed, body)
+        await send_response(send, answer.status, answer.body, JSON if answer.body else None)
+        return True
 
     async def _ready(self, send: Send) -> None:
         problems: list[str] = []

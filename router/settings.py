@@ -30,3 +30,8 @@ class RouterSettings(CoreSettings):
     shadow_timeout_s: float = Field(
         default=10.0, description="Timeout of a mirrored call when its arm sets none."
     )
+    deferred_sweep_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often deferred-activation events past their window are dropped and counted.",
+    )
