@@ -27,6 +27,8 @@ from router.allocation import allocate
 from router.runtime import ExperimentState
 
 MAX_RANK_ACTIONS = 1000
+# Personalizer's documented bounds: a request over them is refused as the service refused it.
+PERSONALIZER_MAX_ACTIONS = 50
 MAX_SLOTS = 50
 MAX_FEATURE_OBJECTS = 50
 SLOT_PREFIX = "slot."
@@ -139,13 +141,15 @@ def _action_id(raw: Any, where: str) -> str:
     return name
 
 
-def parse_actions(raw: Any, *, required: bool = False) -> ActionSet | None:
+def parse_actions(
+    raw: Any, *, required: bool = False, limit: int = MAX_RANK_ACTIONS
+) -> ActionSet | None:
     if raw is None and not required:
         return None
     if not isinstance(raw, list) or not raw:
         raise InvalidInput("actions: a non-empty list", field="actions")
-    if len(raw) > MAX_RANK_ACTIONS:
-        raise InvalidInput(f"actions: at most {MAX_RANK_ACTIONS}", field="actions")
+    if len(raw) > limit:
+        raise InvalidInput(f"actions: at most {limit}, not {len(raw)}", field="actions")
     names: list[str] = []
     seen: set[str] = set()
     features: list[dict[str, Any]] = []
@@ -229,7 +233,7 @@ def parse_personalizer_rank(payload: Any) -> RankRequest:
     extra = unknown_keys(payload, PERSONALIZER_RANK_KEYS)
     if extra:
         raise BadRequest(f"unknown keys {extra}", field=extra[0])
-    actions = parse_actions(payload.get("actions"), required=True)
+    actions = parse_actions(payload.get("actions"), required=True, limit=PERSONALIZER_MAX_ACTIONS)
     assert actions is not None
     return RankRequest(
         context=merge_objects(payload.get("contextFeatures"), "contextFeatures"),
@@ -246,7 +250,7 @@ def parse_multislot_rank(payload: Any) -> RankRequest:
     extra = unknown_keys(payload, PERSONALIZER_MULTISLOT_KEYS)
     if extra:
         raise BadRequest(f"unknown keys {extra}", field=extra[0])
-    actions = parse_actions(payload.get("actions"), required=True)
+    actions = parse_actions(payload.get("actions"), required=True, limit=PERSONALIZER_MAX_ACTIONS)
     assert actions is not None
     raw_slots = payload.get("slots")
     if not isinstance(raw_slots, list) or not raw_slots:

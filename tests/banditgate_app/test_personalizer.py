@@ -322,6 +322,27 @@ async def test_configuration_round_trip_and_model(redis, redis_url, name, monkey
         ("v1.0/rank", {"actions": [{"id": "a" * 257}]}, 400, "InvalidRankRequest", "256"),
         (
             "v1.0/rank",
+            {"actions": [{"id": str(n)} for n in range(51)]},
+            400,
+            "InvalidRankRequest",
+            "at most 50",
+        ),
+        (
+            "v1.0/rank",
+            {"actions": [{"id": "a"}], "eventId": "e" * 257},
+            400,
+            "InvalidRankRequest",
+            "eventId",
+        ),
+        (
+            "v1.0/rank",
+            {"actions": [{"id": "a"}], "contextFeatures": [{"a": 1}, "x"]},
+            400,
+            "InvalidRankRequest",
+            "contextFeatures[1]",
+        ),
+        (
+            "v1.0/rank",
             {"actions": [{"id": "a"}, {"id": "a"}]},
             400,
             "InvalidRankRequest",
