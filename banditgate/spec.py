@@ -43,7 +43,11 @@ class Arm(_Strict):
             description="The arm's name: logged with every decision, returned as the variant.",
         ),
     ]
-    url: str = Field(description="Backend base URL (http:// or https://).")
+    url: str | None = Field(
+        default=None,
+        description="Backend base URL (http:// or https://). Unset: the arm is an action that "
+        "only the rank routes choose; the caller serves it (no backend).",
+    )
     protocol: Protocol = Field(
         default="http",
         description="How a request is forwarded: sagemaker (POST {url}{path}), "
@@ -75,7 +79,9 @@ class Arm(_Strict):
 
     @field_validator("url")
     @classmethod
-    def _url(cls, value: str) -> str:
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
@@ -554,6 +560,10 @@ class ExperimentSpec(_Strict):
             check_arm(("bluegreen", "preview"), self.bluegreen.preview)
             if self.bluegreen.active == self.bluegreen.preview:
                 raise _FieldError(("bluegreen", "preview"), "preview and active must differ")
+        if self.mode == "shadow":
+            for index, arm in enumerate(self.arms):
+                if arm.url is None:
+                    raise _FieldError(("arms", index, "url"), "shadow mode forwards: set a url")
         if self.shadow is not None:
             check_arm(("shadow", "primary"), self.shadow.primary)
             for index, name in enumerate(self.shadow.shadows):
@@ -563,6 +573,11 @@ class ExperimentSpec(_Strict):
                         ("shadow", "shadows", index), "a shadow cannot be the primary"
                     )
         return self
+
+    @property
+    def rank_only(self) -> bool:
+        """Some arm has no backend: the experiment answers rank routes, not forwarded requests."""
+        return any(arm.url is None for arm in self.arms)
 
     @property
     def arm_names(self) -> list[str]:

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from banditgate.contracts import check_event_id
-from banditgate.errors import BackendError, InvalidInput, MalformedJSON, UnknownVariant
+from banditgate.errors import BackendError, BadRequest, InvalidInput, MalformedJSON, UnknownVariant
 from banditgate.events import ArmCall, Decision, new_event_id
 from banditgate.featurize import ContextFeatures, text_features
 from banditgate.policy import ActionSet, sample_index
@@ -186,6 +186,12 @@ class Router:
 
     async def invoke(self, call: Invocation) -> Outcome:
         state = self.runtime.get(call.experiment)
+        if state.spec.rank_only:
+            raise BadRequest(
+                f"experiment {state.name!r} has arms without a backend url: it answers the rank "
+                f"routes (/v1/experiments/{state.name}/rank), not forwarded requests",
+                field="arms",
+            )
         headers = call.headers
         context, body = self._context(state, call)
         if call.protocol == "v2" and body is None and call.body:
@@ -196,7 +202,9 @@ class Router:
         )
         choice = self.choose(state, context, event_id, target=target, headers=headers, body=body)
         arm = state.arms[choice.arm]
-        url, out_headers = self._request_for(call, arm.url, arm.path, arm.model_name, event_id)
+        url, out_headers = self._request_for(
+            call, arm.url or "", arm.path, arm.model_name, event_id
+        )
         started = time.perf_counter()
         try:
             response = await self.backend.send(arm, url, call.body, out_headers, method=call.method)
@@ -235,7 +243,7 @@ class Router:
         for name in plan.shadows:
             arm = state.arms[name]
             url, headers = self._request_for(
-                call, arm.url, arm.path, arm.model_name, choice.event_id
+                call, arm.url or "", arm.path, arm.model_name, choice.event_id
             )
             mirror.submit(
                 state.name,

@@ -7,6 +7,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from banditgate.errors import InvalidSpec
 from banditgate.spec import parse_spec
 from tests.router.conftest import logged_decisions
 from tests.support import wait_for
@@ -112,3 +113,38 @@ async def test_bad_rank_requests_name_the_field_and_log_nothing(
 
 async def _count(redis, name, n):  # type: ignore[no-untyped-def]
     return len(await logged_decisions(redis, name)) >= n
+
+
+async def test_arms_without_backends_rank_and_refuse_forwarding(start_router, redis, name):
+    spec = parse_spec({"name": name, "arms": [{"name": "red"}, {"name": "blue"}]})
+    assert spec.rank_only
+    url, _ = await start_router(spec)
+    status, body = await _rank(url, name, {"context": {"k": "v"}, "event_id": "r-1"})
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{url}/endpoints/{name}/invocations", json={"a": 1}) as response,
+    ):
+        refused = await response.json()
+    assert status == 200
+    assert body["chosen"] in ("red", "blue")
+    assert response.status == 400
+    assert refused["error"]["field"] == "arms"
+    (decision,) = await _wait_decisions(redis, name, 1)
+    assert decision["event_id"] == "r-1"
+
+
+def test_shadow_mode_needs_backends():
+    with pytest.raises(InvalidSpec, match=r"arms\[1\]\.url"):
+        parse_spec(
+            {
+                "name": "s",
+                "mode": "shadow",
+                "arms": [{"name": "a", "url": "http://127.0.0.1:9"}, {"name": "b"}],
+                "shadow": {"primary": "a", "shadows": ["b"]},
+            }
+        )
+
+
+async def _wait_decisions(redis, name, n):  # type: ignore[no-untyped-def]
+    await wait_for(lambda: _count(redis, name, n))
+    return await logged_decisions(redis, name)
