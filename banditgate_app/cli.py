@@ -46,6 +46,7 @@ from banditgate_app import workers as worker_registry
 from banditgate_app.demo.backend import EXAMPLE_PORTS, run_classifiers
 from banditgate_app.demo.cli import demo
 from banditgate_app.demo.reviews import SCENARIOS
+from banditgate_app.import_cli import register as register_import
 from experiments.cli import register as register_experiments
 from reward_ingest.cli import register as register_ingest
 from trainer.cli import register as register_trainer
@@ -62,6 +63,7 @@ register_ingest(app)
 register_trainer(app)
 register_experiments(app)
 app.command("demo")(demo)
+register_import(app)
 
 Files = Annotated[list[Path], typer.Option("--file", "-f", help="Experiment spec (YAML or JSON).")]
 OptionalFiles = Annotated[
