@@ -21,7 +21,7 @@ from typing import Any
 from banditgate.contracts import MAX_ACTION_ID_CHARS, check_event_id
 from banditgate.errors import BadRequest, InvalidInput
 from banditgate.events import Decision
-from banditgate.featurize import ContextFeatures, action_lines, flatten
+from banditgate.featurize import ContextFeatures, action_line, flatten
 from banditgate.policy import ActionSet, sample_index
 from router.allocation import allocate
 from router.runtime import ExperimentState
@@ -54,6 +54,23 @@ PERSONALIZER_MULTISLOT_KEYS = frozenset(
     {"contextFeatures", "actions", "slots", "eventId", "deferActivation"}
 )
 SLOT_KEYS = frozenset({"id", "baseAction", "features", "excludedActions"})
+ACTION_KEYS = frozenset({"id", "features"})
+# Callers send the same actions again and again: their VW lines are cached by content.
+LINE_CACHE_SIZE = 16384
+_lines: dict[Any, str] = {}
+
+
+def cached_action_line(name: str, features: dict[str, Any]) -> str:
+    try:
+        key: Any = (name, tuple(features.items()))
+        line = _lines.get(key)
+    except TypeError:  # a nested or list value: not hashable, built each time
+        return action_line(name, features)
+    if line is None:
+        if len(_lines) >= LINE_CACHE_SIZE:
+            _lines.clear()
+        line = _lines[key] = action_line(name, features)
+    return line
 
 
 @dataclass(frozen=True)
@@ -157,8 +174,8 @@ def parse_actions(
         where = f"actions[{index}]"
         if not isinstance(item, dict) or "id" not in item:
             raise InvalidInput(f"{where}: an object with an id", field=where)
-        extra = unknown_keys(item, frozenset({"id", "features"}))
-        if extra:
+        if not item.keys() <= ACTION_KEYS:
+            extra = unknown_keys(item, ACTION_KEYS)
             raise BadRequest(f"{where}: unknown keys {extra}", field=f"{where}.{extra[0]}")
         name = _action_id(item["id"], f"{where}.id")
         if name in seen:
@@ -166,7 +183,8 @@ def parse_actions(
         seen.add(name)
         names.append(name)
         features.append(merge_objects(item.get("features"), f"{where}.features"))
-    return ActionSet(tuple(names), tuple(action_lines(names, features)), tuple(features))
+    lines = tuple(cached_action_line(n, f) for n, f in zip(names, features, strict=True))
+    return ActionSet(tuple(names), lines, tuple(features))
 
 
 def parse_excluded(raw: Any, names: Sequence[str], where: str) -> tuple[str, ...]:
