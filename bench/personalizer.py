@@ -10,6 +10,10 @@ rank-only experiment. wrk drives, interleaved per round:
 - floor:     GET /health/live, the cost of an HTTP round trip to this server.
 Reported: req/s at 8 connections, p50/p99 at 1 connection, the compat/own ratios (median
 over rounds) and the multislot p50 added over the floor.
+
+`--inprocess` instead calls the router app's handler directly (no sockets, no wrk), the
+three routes interleaved in rounds of 2,000 requests: the CPU each route's handler costs,
+which is what the compatible route adds, without the HTTP server's share and its noise.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import orjson
@@ -106,10 +111,65 @@ async def prepare(url: str) -> None:
     await redis.aclose()
 
 
+async def in_process(url: str, rounds: int, n: int = 2000) -> None:
+    from router.app import create_app
+    from router.settings import RouterSettings
+
+    app = create_app(RouterSettings(redis_url=url, experiments=[EXPERIMENT]))
+    await app.startup()
+    paths = {
+        "own": f"/v1/experiments/{EXPERIMENT}/rank",
+        "compat": f"/loops/{EXPERIMENT}/personalizer/v1.0/rank",
+        "multislot": f"/loops/{EXPERIMENT}/personalizer/v1.1-preview.3/multislot/rank",
+    }
+    payloads = {target: bodies(target) for target in paths}
+
+    async def once(target: str, body: bytes) -> None:
+        sent: list[dict[str, object]] = []
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict[str, object]:
+            return messages.pop()
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": paths[target],
+            "headers": [(b"content-length", str(len(body)).encode())],
+            "query_string": b"",
+        }
+        await app.handle(scope, receive, send)  # type: ignore[arg-type]
+        if sent[0]["status"] not in (200, 201):
+            sys.exit(f"{target}: {sent}")
+
+    timings: dict[str, list[float]] = {target: [] for target in paths}
+    try:
+        for target in paths:  # warm-up
+            for i in range(200):
+                await once(target, payloads[target][i % len(payloads[target])])
+        for round_ in range(rounds):
+            order = list(paths) if round_ % 2 == 0 else list(reversed(paths))
+            for target in order:  # alternated, so no route always follows the same one
+                start = time.perf_counter()
+                for i in range(n):
+                    await once(target, payloads[target][i % len(payloads[target])])
+                timings[target].append((time.perf_counter() - start) / n * 1e6)
+    finally:
+        await app.shutdown()
+    for target, values in timings.items():
+        print(f"{target:<10} {statistics.median(values):8.1f} us per request (median of rounds)")
+    ratio = statistics.median(c / o for c, o in zip(timings["compat"], timings["own"], strict=True))
+    print(f"compat / own: {ratio:.2f}x the handler's CPU per request")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--inprocess", action="store_true")
     args = parser.parse_args()
     embedded = None
     url = os.environ.get("BANDITGATE_REDIS_URL")
@@ -117,6 +177,11 @@ def main() -> None:
         embedded = EmbeddedRedis(Path(tempfile.mkdtemp()) / "redis")
         url = embedded.url
     asyncio.run(prepare(url))
+    if args.inprocess:
+        asyncio.run(in_process(url, args.rounds))
+        if embedded is not None:
+            embedded.close()
+        return
     port = free_port()
     env = {
         **os.environ,
