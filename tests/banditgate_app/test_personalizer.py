@@ -459,3 +459,33 @@ async def test_unknown_experiment_is_resource_not_found(redis, redis_url, name, 
         body = await response.json()
     assert response.status == 404
     assert body["error"]["code"] == "ResourceNotFound"
+
+
+async def test_configuration_errors_change_nothing(redis, redis_url, name, monkeypatch):
+    admin = {"Ocp-Apim-Subscription-Key": ADMIN_KEY}
+    base = f"/loops/{name}/personalizer/v1.0/configurations"
+    async with (
+        served(redis, redis_url, monkeypatch, spec_doc(name)) as url,
+        aiohttp.ClientSession() as http,
+    ):
+        before = await ExperimentStore(redis).version(name)
+        answers = []
+        for method, path, body in (
+            ("PUT", "/service", {"rewardWaitTime": "ten minutes"}),
+            ("PUT", "/service", {"defaultReward": 5}),
+            ("PUT", "/policy", {"name": "p", "arguments": "--cb_explore_adf --marginal x"}),
+        ):
+            async with http.request(method, url + base + path, json=body, headers=admin) as r:
+                answers.append((r.status, (await r.json())["error"]))
+        async with http.get(f"{url}/loops/nope/personalizer/v1.0/configurations/service") as r:
+            missing = (r.status, (await r.json())["error"])
+        after = await ExperimentStore(redis).version(name)
+    assert answers[0][0] == 400
+    assert answers[0][1]["code"] == "InvalidServiceConfiguration"
+    assert "rewardWaitTime" in answers[0][1]["message"]
+    assert answers[1][1]["code"] == "InvalidServiceConfiguration"
+    assert "default must lie within" in answers[1][1]["message"]
+    assert answers[2][1]["code"] == "InvalidPolicyConfiguration"
+    assert "--marginal" in answers[2][1]["message"]
+    assert missing[0] == 404 and missing[1]["code"] == "ResourceNotFound"
+    assert before == after
