@@ -221,23 +221,25 @@ class ThompsonPolicy:
 
 
 def normalise(weights: Sequence[float]) -> list[float]:
+    """Plain Python floats summing to 1 (numpy scalars in a pmf would not encode in the log)."""
     total = float(sum(weights))
     if total <= 0 or not math.isfinite(total):
         return [1.0 / len(weights)] * len(weights)
-    return [w / total for w in weights]
+    return [float(w) / total for w in weights]
 
 
 def apply_floor(pmf: Sequence[float], floor: float) -> list[float]:
-    """Every action gets at least `floor`; the rest is shared in proportion to the pmf."""
-    if floor <= 0:
-        return list(pmf)
+    """Every action gets at least `floor`; the rest is shared in proportion to the pmf.
+
+    The result is plain Python floats summing to 1: what a policy returns is logged as is.
+    """
     k = len(pmf)
-    floor = min(floor, 1.0 / k)
+    floor = min(max(floor, 0.0), 1.0 / k)
     total = float(sum(pmf))
-    if total <= 0:
+    if total <= 0 or not math.isfinite(total):
         return [1.0 / k] * k
     scale = 1.0 - k * floor
-    return [floor + scale * p / total for p in pmf]
+    return [floor + scale * float(p) / total for p in pmf]
 
 
 def sample_index(pmf: Sequence[float], event_id: str, version: int) -> int:
