@@ -15,9 +15,11 @@ import vowpalwabbit
 from banditgate.errors import InvalidPolicy
 from banditgate.events import Joined
 from banditgate.featurize import action_line, example_lines
+from banditgate.linear_thompson import LinearThompsonModel
 from banditgate.policy import (
     ActionSet,
     BetaCounts,
+    LinearThompsonPolicy,
     ThompsonPolicy,
     new_workspace,
     workspace_from_bytes,
@@ -225,6 +227,58 @@ class ThompsonLearner:
         return cls(low, high, BetaCounts.from_bytes(model), int(header["n"]))
 
 
+class LinearThompsonLearner:
+    """Contextual Thompson sampling (banditgate.linear_thompson): Bayesian linear regression
+    of the scaled reward per arm over the featurizer's features.
+
+    Learning needs no importance weights: the regression estimates each arm's reward
+    given the context, whichever policy chose the arm. The policy's pmf is for the
+    current model, without the spec's floor (the serving policy applies it).
+    """
+
+    kind = "linear_thompson"
+
+    def __init__(
+        self, *, low: float = 0.0, high: float = 1.0, model: LinearThompsonModel | None = None
+    ) -> None:
+        self.low, self.high = low, high
+        self.model = model if model is not None else LinearThompsonModel()
+
+    @property
+    def n_examples(self) -> int:
+        return self.model.n_examples
+
+    @n_examples.setter
+    def n_examples(self, value: int) -> None:
+        self.model.n_examples = value
+
+    def _scaled(self, reward: float) -> float:
+        return min(max((reward - self.low) / (self.high - self.low), 0.0), 1.0)
+
+    def probabilities(self, example: Example) -> list[float]:
+        return LinearThompsonPolicy(self.model).probabilities(example.context, example.actions)
+
+    def reward_estimates(self, example: Example) -> list[float]:
+        means, _ = self.model.predictive(example.context, example.actions.names)
+        return [self.low + (self.high - self.low) * float(m) for m in means]
+
+    def learn(self, example: Example) -> None:
+        arm = example.actions.names[example.chosen]
+        self.model.learn(example.context, arm, self._scaled(example.reward))
+
+    def model_bytes(self) -> bytes:
+        return self.model.to_bytes()
+
+    def state_bytes(self) -> bytes:
+        return self.model_bytes()  # the model is the whole state
+
+    @classmethod
+    def from_bytes(
+        cls, raw: bytes, *, low: float = 0.0, high: float = 1.0
+    ) -> LinearThompsonLearner:
+        return cls(low=low, high=high, model=LinearThompsonModel.from_bytes(raw))
+
+
 def new_learner(
     spec: ExperimentSpec, *, model: bytes | None = None, state: bytes | None = None
 ) -> Learner:
@@ -235,6 +289,12 @@ def new_learner(
             return ThompsonLearner.from_state(low, high, state)
         counts = BetaCounts.from_bytes(model) if model is not None else None
         return ThompsonLearner(low, high, counts)
+    if learner == "linear_thompson":
+        low, high = spec.reward.min, spec.reward.max
+        raw = state if state is not None else model
+        if raw is not None:
+            return LinearThompsonLearner.from_bytes(raw, low=low, high=high)
+        return LinearThompsonLearner(low=low, high=high)
     if learner == "vw":
         if state is not None:
             return VWLearner.from_state(spec.policy, state)

@@ -36,6 +36,7 @@ LEARNERS: dict[str, dict[str, Any]] = {
         for kind in ("epsilon", "cover", "bag", "softmax", "squarecb")
     },
     "thompson": {"learner": "thompson"},
+    "linear_thompson": {"learner": "linear_thompson"},
     "static": {"learner": "static", "weights": {"bert-1": 1, "bert-2": 3}},
 }
 
