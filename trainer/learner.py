@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -13,11 +11,11 @@ import orjson
 import vowpalwabbit
 
 from banditgate.errors import InvalidPolicy
-from banditgate.events import Joined
-from banditgate.featurize import action_line, example_lines
+from banditgate.featurize import example_lines
 from banditgate.linear_thompson import LinearThompsonModel
+from banditgate.logged import Example as Example
+from banditgate.logged import to_example as to_example
 from banditgate.policy import (
-    ActionSet,
     BetaCounts,
     LinearThompsonPolicy,
     ThompsonPolicy,
@@ -26,48 +24,6 @@ from banditgate.policy import (
     workspace_to_bytes,
 )
 from banditgate.spec import ExperimentSpec, PolicySpec
-
-
-@dataclass
-class Example:
-    """One joined example, ready to learn from and to evaluate on."""
-
-    context: dict[str, Any]
-    actions: ActionSet
-    chosen: int
-    logged_prob: float
-    reward: float
-
-    @property
-    def shared_and_actions(self) -> list[str]:
-        return example_lines(self.context, self.actions.lines)
-
-
-def to_example(joined: Joined, spec: ExperimentSpec | None) -> Example | None:
-    """The learnable form of a joined example, or None if it cannot be learned from."""
-    decision = joined["decision"]
-    names = decision.get("arms") or []
-    pmf = decision.get("pmf") or []
-    chosen = decision.get("chosen")
-    if not names or len(pmf) != len(names) or chosen not in names:
-        return None
-    index = names.index(chosen)
-    probability = float(pmf[index])
-    if not (0.0 < probability <= 1.0) or not math.isfinite(joined["reward"]):
-        return None
-    supplied = decision.get("action_features")
-    lines = []
-    for position, name in enumerate(names):
-        if supplied is not None and position < len(supplied):
-            features = supplied[position]
-        else:
-            arm = spec.arm(name) if spec is not None else None
-            features = arm.features if arm is not None else {}
-        lines.append(action_line(name, features))
-    context = decision.get("context") or {}
-    return Example(
-        context, ActionSet(tuple(names), tuple(lines)), index, probability, joined["reward"]
-    )
 
 
 class Learner(Protocol):
