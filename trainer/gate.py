@@ -81,7 +81,7 @@ class EvaluationWindow:
             np.array(self.candidate_reward_hat),
             np.array(self.current_reward_hat),
         )
-        # Intervals as measured to hold at small propensities (banditgate.ope.GATE_INTERVAL).
+        # Intervals as measured to hold at small propensities (trainer.ope.GATE_INTERVAL).
         # Weights are at most 1 / the smallest logged propensity (the floor, which a
         # window of hundreds of examples holds); rewards' range as seen in the window.
         bounds = (
