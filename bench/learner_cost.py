@@ -139,8 +139,13 @@ def on_router(learners: list[str], duration: float, rounds: int) -> None:
         for spec in specs:
             processes.append(
                 subprocess.Popen(
-                    [*uvicorn, "--port", str(ports[spec.policy.learner])]
-                    + ["--factory", "router.app:create_app"],
+                    [
+                        *uvicorn,
+                        "--port",
+                        str(ports[spec.policy.learner]),
+                        "--factory",
+                        "router.app:create_app",
+                    ],
                     env={**env, "BANDITGATE_EXPERIMENTS": spec.name},
                     cwd=ROOT,
                 )

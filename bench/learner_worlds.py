@@ -27,11 +27,11 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from banditgate.featurize import Featurizer  # noqa: E402
-from banditgate.policy import ActionSet, build_policy, sample_index  # noqa: E402
-from banditgate.spec import parse_spec  # noqa: E402
-from trainer.learner import Example, new_learner  # noqa: E402
-from trainer.loop import TrainingLoop  # noqa: E402
+from banditgate.featurize import Featurizer
+from banditgate.policy import ActionSet, build_policy, sample_index
+from banditgate.spec import parse_spec
+from trainer.learner import Example, new_learner
+from trainer.loop import TrainingLoop
 
 # world -> segment -> success rate per arm
 WORLDS: dict[str, dict[str, list[float]]] = {
