@@ -6,7 +6,7 @@ Each arm has its own weights, so every feature interacts with the arm (VW's `ca`
 and `ta`). Rewards are scaled to [0, 1] by the spec's bounds and centred on 0.5, so
 the prior (precision `PRIOR_PRECISION` on every weight) says "0.5, give or take 0.5"
 and shrinks each context feature's effect toward the arm's overall rate until
-evidence says otherwise. The noise variance of an arm is its rewards' variance
+evidence says otherwise (numeric features enter as sign(v) log(1 + |v|)). The noise variance of an arm is its rewards' variance
 (Bernoulli 0/1 rewards at p: p(1 - p)), with a prior of 0.25 worth two examples.
 
 Given a context x, arm a's sampled reward x.theta_a (theta_a drawn from its
@@ -52,13 +52,20 @@ CONSTANT = "\x00constant"
 
 
 def feature_items(context: ContextFeatures) -> list[tuple[str, float]]:
-    """(name, value) of the context's features, named as the VW lines name them."""
+    """(name, value) of the context's features, named as the VW lines name them.
+
+    Numbers enter as sign(v) log(1 + |v|): a raw price of 10,000 next to indicator
+    features of 1 would make the regression's covariance updates lose precision.
+    """
     out = [(CONSTANT, 1.0)]
     for space, features in namespaces(context).items():
         for name, value in features.items():
-            number = 1.0 if value is True else float(value)
+            if value is True:
+                out.append((f"{space}^{name}", 1.0))
+                continue
+            number = float(value)
             if number != 0.0 and math.isfinite(number):
-                out.append((f"{space}^{name}", number))
+                out.append((f"{space}^{name}", math.copysign(math.log1p(abs(number)), number)))
     return out
 
 
