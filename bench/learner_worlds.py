@@ -9,7 +9,8 @@ the training loop (trainer/loop.py: learner, challenger, gate, publish) `--delay
 requests later. The reference is a Beta-Bernoulli Thompson sampler per segment,
 updated in batches of 200. Reported: average reward over the oracle (the best arm of
 each segment), and the smallest share of the best arm in the last 2,000 requests
-over the seeds (lock-in shows there).
+over the seeds (lock-in shows there). `--direct` serves the learner's model at every
+update instead (no challenger, no gate), as the reference does: the learner alone.
 """
 
 from __future__ import annotations
@@ -49,7 +50,13 @@ TAIL = 2000
 
 
 def simulate(
-    world: dict[str, list[float]], policy: dict[str, Any], *, requests: int, seed: int, delay: int
+    world: dict[str, list[float]],
+    policy: dict[str, Any],
+    *,
+    requests: int,
+    seed: int,
+    delay: int,
+    direct: bool = False,
 ) -> tuple[float, float, float]:
     """(average reward, oracle average, smallest best-arm share in the tail over segments)."""
     arms = len(next(iter(world.values())))
@@ -82,7 +89,15 @@ def simulate(
             tail[segment][0] += index == rates.index(max(rates))
             tail[segment][1] += 1
         pending.append(Example(context, actions, index, pmf[index], reward))
-        if len(pending) > delay:
+        if len(pending) > delay and direct:
+            # The learner's model serves as soon as an update is due: no challenger, no gate.
+            learner = loop.learner
+            learner.learn(pending.popleft())
+            if learner.n_examples % spec.policy.update.every_events == 0:
+                version = loop.serving_version + 1
+                loop.serving = build_policy(spec, learner.model_bytes(), version)
+                loop.serving_version = version
+        elif len(pending) > delay:
             loop.observe(pending.popleft())
             if loop.due(0.0):
                 outcome = loop.update()
@@ -132,6 +147,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=8000)
     parser.add_argument("--delay", type=int, default=200)
     parser.add_argument(
+        "--direct",
+        action="store_true",
+        help="serve the learner's model at every update, without the challenger and gate",
+    )
+    parser.add_argument(
         "--policies",
         nargs="+",
         default=['{"learner": "vw"}', '{"learner": "linear_thompson"}'],
@@ -152,7 +172,12 @@ def main() -> None:
             ratios, shares = [], []
             for seed in range(args.seeds):
                 value, oracle, share = simulate(
-                    world, policy, requests=args.requests, seed=seed, delay=args.delay
+                    world,
+                    policy,
+                    requests=args.requests,
+                    seed=seed,
+                    delay=args.delay,
+                    direct=args.direct,
                 )
                 ratios.append(value / oracle)
                 shares.append(share)
