@@ -11,9 +11,9 @@ evidence says otherwise (numeric features enter as sign(v) log(1 + |v|)). The no
 
 Given a context x, arm a's sampled reward x.theta_a (theta_a drawn from its
 posterior) is normal with mean x.mu_a and variance s_a^2 x' A_a^-1 x, independent
-across arms. The policy's pmf is P(arm has the highest draw), estimated from
-`DRAWS` draws of those normals with common random numbers from a generator of fixed
-seed: the same model and context give the same pmf in every router and in the
+across arms. The policy's pmf is P(arm has the highest draw): for two arms exactly
+(a normal CDF), for more estimated from `DRAWS` draws of those normals with common
+random numbers from a generator of fixed seed: the same model and context give the same pmf in every router and in the
 trainer's gate, so what is logged is exactly the distribution the arm is drawn from
 (by `sample_index`, seeded from the event id: a decision replays exactly), and a
 policy can be evaluated off-policy on it. A floor keeps every arm's probability at
@@ -95,6 +95,7 @@ class ArmPosterior:
         old = self.b.size
         if dims <= old:
             return
+        self.__dict__.pop("_weights", None)
         covariance = prior_covariance(dims)
         covariance[:old, :old] = self.covariance
         self.covariance = covariance
@@ -109,7 +110,16 @@ class ArmPosterior:
         )
         return min(max(variance, MIN_VARIANCE), PRIOR_VARIANCE)
 
+    @property
+    def weights(self) -> np.ndarray:
+        """The posterior mean A^-1 b, kept until the next update."""
+        mean = self.__dict__.get("_weights")
+        if mean is None or mean.size != self.b.size:
+            mean = self.__dict__["_weights"] = self.covariance @ self.b
+        return mean
+
     def update(self, index: np.ndarray, values: np.ndarray, reward01: float) -> None:
+        self.__dict__.pop("_weights", None)
         # Sherman-Morrison on the sparse x: A^-1 -= (A^-1 x)(A^-1 x)' / (1 + x' A^-1 x).
         ax = self.covariance[:, index] @ values
         denominator = 1.0 + float(values @ ax[index])
@@ -121,9 +131,8 @@ class ArmPosterior:
 
     def predictive(self, index: np.ndarray, values: np.ndarray) -> tuple[float, float]:
         """Mean (scaled to [0, 1]) and variance of x.theta under the posterior."""
-        rows = self.covariance[index]
-        mean = 0.5 + float(values @ (rows @ self.b))
-        spread = float(values @ rows[:, index] @ values)
+        mean = 0.5 + float(values @ self.weights[index])
+        spread = float(values @ self.covariance.take(index, 0).take(index, 1) @ values)
         return mean, self.noise_variance * max(spread, 0.0)
 
 
@@ -265,6 +274,10 @@ def floor_for(n_examples: int, arms: int, min_arm_share: float) -> float:
     return max(min_arm_share, 1.0 / (arms * math.sqrt(1.0 + n_examples)))
 
 
+def _normal_cdf(z: float) -> float:
+    return 0.5 * math.erfc(-z / math.sqrt(2.0))
+
+
 _NORMALS: dict[int, np.ndarray] = {}
 
 
@@ -278,8 +291,19 @@ def standard_normals(arms: int) -> np.ndarray:
 
 
 def win_probabilities(means: np.ndarray, deviations: np.ndarray) -> list[float]:
-    """P(arm has the highest draw), with ties of equal draws shared, as plain floats."""
+    """P(arm has the highest draw), as plain floats: exact for two arms, else from draws."""
     k = means.size
+    if k == 2:
+        spread = math.hypot(float(deviations[0]), float(deviations[1]))
+        gap = float(means[0] - means[1])
+        first = (
+            0.5
+            if spread == 0 and gap == 0
+            else _normal_cdf(gap / spread)
+            if spread
+            else float(gap > 0)
+        )
+        return [first, 1.0 - first]
     samples = means + deviations * standard_normals(k)
     wins = np.bincount(samples.argmax(axis=1), minlength=k).astype(float)
     return [float(w) / DRAWS for w in wins]
