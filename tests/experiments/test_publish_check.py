@@ -30,13 +30,16 @@ CONTEXT = {"t.len": "15", "t.pos": "1"}
 
 
 def spec_doc(name: str, learner: str = "vw") -> dict[str, object]:
+    policy: dict[str, object] = {"learner": learner}
+    if learner == "static":
+        policy["weights"] = {"bert-1": 1, "bert-2": 1}
     return {
         "name": name,
         "arms": [
             {"name": arm, "url": "http://127.0.0.1:9", "protocol": "sagemaker"} for arm in ARMS
         ],
         "context": {"text": "features[0]"},
-        "policy": {"learner": learner},
+        "policy": policy,
     }
 
 
@@ -160,6 +163,11 @@ OTHER_MODELS = {
     "linear_thompson": [
         (b'{"alpha": {"bert-1": 2}, "beta": {"bert-1": 3}}', "not a linear_thompson model"),
         (b"vw model bytes", "not a linear_thompson model"),
+        (LinearThompsonModel().to_bytes()[:-3] + b"}xx", "a damaged linear_thompson model"),
+    ],
+    "static": [
+        (LinearThompsonModel().to_bytes(), "a static policy model is a JSON object of weights"),
+        (b'{"alpha": {"bert-1": 2}}', "a static policy model is a JSON object of weights"),
     ],
 }
 
