@@ -23,7 +23,7 @@ from banditgate.spec import parse_spec
 from banditgate_app.cli import app
 from reward_ingest.dsjson import dsjson_line
 from tests.experiments.conftest import ADMIN_KEY, Control
-from tests.trainer.conftest import uniform_log, write_joined
+from tests.trainer.conftest import decision, uniform_log, write_joined
 
 ARMS = ("bert-1", "bert-2")
 CONTEXT = {"t.len": "15", "t.pos": "1"}
@@ -144,6 +144,12 @@ async def test_without_enough_joined_examples_the_model_is_published_and_says_so
 ) -> None:
     assert (await control.call("POST", "/v1/experiments", spec_doc(name)))[0] == 201
     await write_joined(redis, name, logged(name, 40, {"bert-1": 0.6, "bert-2": 0.4}, seed=7))
+    # Decisions logged with p = 1 (pinned arms, a canary's baseline) are not evidence.
+    pinned = [
+        (decision(name, f"pinned-{i}", list(ARMS), [1.0, 0.0], "bert-1", dict(CONTEXT)), 1.0)
+        for i in range(300)
+    ]
+    await write_joined(redis, name, pinned)
     model = stock_vw_model(name, tmp_path, {"bert-1": 0.3, "bert-2": 0.6})
     result = await cli(control, "policy", "publish", str(model), "-e", name)
     assert result.exit_code == 0, result.output
