@@ -207,11 +207,15 @@ class RouterApp:
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Answer an HTTP request if it is a data-plane route; False leaves it untouched."""
+        in_flight = self.metrics.in_flight
+        in_flight.inc()
         try:
             return await self._dispatch(scope["path"], scope, receive, send)
         except BanditgateError as error:
             await send_error(send, error)
             return True
+        finally:
+            in_flight.dec()
 
     async def _dispatch(self, path: str, scope: Scope, receive: Receive, send: Send) -> bool:
         parts = path.split("/")
