@@ -474,6 +474,18 @@ class ShadowSpec(_Strict):
     compare_bodies: bool = Field(
         default=False, description="Record whether each shadow's body equals the primary's."
     )
+    compare_pointer: str | None = Field(
+        default=None,
+        description="Compare only the value at this JSON pointer (RFC 6901, e.g. "
+        "`/predicted_label`) of the primary's and each shadow's body; implies compare_bodies.",
+    )
+
+    @field_validator("compare_pointer")
+    @classmethod
+    def _pointer(cls, value: str | None) -> str | None:
+        if value is not None and value != "" and not value.startswith("/"):
+            raise ValueError("a JSON pointer is empty or starts with '/'")
+        return value
 
 
 class ExperimentSpec(_Strict):

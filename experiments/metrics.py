@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from banditgate.spec import ExperimentSpec
 from experiments.ledger import LATENCY_BUCKETS_S, Ledger, join_counters, read_after
 from experiments.lifecycle import status_of
 from experiments.service import ControlService, Service
+from experiments.shadow_results import LATENCY_EDGES_MS, ShadowTally
 from experiments.stats import srm
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,7 @@ class ExperimentMetrics:
     groups: list[GroupLag] = field(default_factory=list)
     lengths: dict[str, int] = field(default_factory=dict)
     srm: dict[str, Any] = field(default_factory=dict)
+    shadow: dict[str, ShadowTally] = field(default_factory=dict)  # by shadow arm, lifetime
 
 
 async def group_lags(redis: Redis, stream_key: str, stream: str, now_ms: int) -> list[GroupLag]:
@@ -122,6 +125,7 @@ async def gather(service: ControlService) -> list[ExperimentMetrics]:
         override = await service.store.get_override(name)
         async with service.stats.open(spec) as ledger:
             lifetime = copy.deepcopy(ledger.lifetime)
+            shadow = copy.deepcopy(ledger.shadow_lifetime)
             check = await asyncio.to_thread(_srm_of, spec, override, ledger)
         metrics = ExperimentMetrics(
             name=name,
@@ -131,6 +135,7 @@ async def gather(service: ControlService) -> list[ExperimentMetrics]:
             lifetime=lifetime,
             counters=await join_counters(redis, name),
             srm=check,
+            shadow=shadow,
         )
         for stream, key in (("decisions", keys.decisions(name)), ("joined", keys.joined(name))):
             metrics.groups += await group_lags(redis, key, stream, now_ms)
@@ -206,6 +211,32 @@ def families(experiments: Iterable[ExperimentMetrics]) -> list[Metric]:
         "banditgate_srm_flagged", "1 when the sample-ratio-mismatch check fails.", labels=e
     )
     srm_p = GaugeMetricFamily("banditgate_srm_p_value", "Sample-ratio-mismatch p-value.", labels=e)
+    mirrored = CounterMetricFamily(
+        "banditgate_shadow_mirrored", "Requests mirrored to a shadow arm.", labels=ea
+    )
+    compared = CounterMetricFamily(
+        "banditgate_shadow_compared",
+        "Mirrored requests whose bodies were compared with the primary's.",
+        labels=ea,
+    )
+    agreed = CounterMetricFamily(
+        "banditgate_shadow_agreed",
+        "Compared mirrored requests whose body agreed with the primary's.",
+        labels=ea,
+    )
+    status_differs = CounterMetricFamily(
+        "banditgate_shadow_status_differs",
+        "Mirrored requests where the shadow's status differed from the primary's.",
+        labels=ea,
+    )
+    shadow_errors = CounterMetricFamily(
+        "banditgate_shadow_errors",
+        "Mirrored requests the shadow failed (5xx or no answer).",
+        labels=ea,
+    )
+    shadow_latency = HistogramMetricFamily(
+        "banditgate_shadow_latency_seconds", "Shadow arms' latency on mirrored requests.", labels=ea
+    )
 
     for m in experiments:
         for arm, life in sorted(m.lifetime.items()):
@@ -245,6 +276,22 @@ def families(experiments: Iterable[ExperimentMetrics]) -> list[Metric]:
         training = [g for g in m.groups if g.stream == "joined" and g.group == TRAINER_GROUP]
         if training:
             trainer.add_metric(e_label, training[0].lag_seconds)
+        for arm, tally in sorted(m.shadow.items()):
+            labels = [m.name, arm]
+            mirrored.add_metric(labels, tally.mirrored)
+            compared.add_metric(labels, tally.compared)
+            agreed.add_metric(labels, tally.agreed)
+            status_differs.add_metric(labels, tally.status_differs)
+            shadow_errors.add_metric(labels, tally.shadow_errors)
+            cumulative = 0
+            shadow_buckets: list[tuple[str, float]] = []
+            for edge_ms, count in zip(
+                [*LATENCY_EDGES_MS, math.inf], tally.shadow_histogram, strict=True
+            ):
+                cumulative += count
+                edge = "+Inf" if math.isinf(edge_ms) else str(edge_ms / 1000)
+                shadow_buckets.append((edge, cumulative))
+            shadow_latency.add_metric(labels, shadow_buckets, tally.shadow_latency_ms / 1000)
         srm_flag.add_metric(e_label, 1.0 if m.srm.get("flagged") else 0.0)
         if m.srm.get("p_value") is not None:
             srm_p.add_metric(e_label, m.srm["p_value"])
@@ -270,6 +317,12 @@ def families(experiments: Iterable[ExperimentMetrics]) -> list[Metric]:
         trainer,
         srm_flag,
         srm_p,
+        mirrored,
+        compared,
+        agreed,
+        status_differs,
+        shadow_errors,
+        shadow_latency,
     ]
 
 

@@ -36,6 +36,7 @@ from banditgate.contracts import JoinCounter
 from banditgate.intervals import WeightSums, cressie_read_interval
 from banditgate.policy import default_weights, normalise
 from banditgate.spec import ExperimentSpec
+from experiments import shadow_results
 from experiments.ledger import BUCKET_MS, ArmTally, Bucket, Ledger, control_arm, wall_ms
 from experiments.planning import PlanError, plan
 from experiments.sequential import SequentialComparison
@@ -393,6 +394,11 @@ def summarize(
         },
         "regret": regret,
         "srm": srm(spec, override, merged),
+        "shadow": shadow_results.summary(
+            spec.shadow.primary if spec.shadow is not None else None, merged.shadow
+        )
+        if spec.mode == "shadow" or merged.shadow
+        else None,
         "sequential": sequential_summary(
             spec,
             ledger,

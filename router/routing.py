@@ -248,6 +248,7 @@ class Router:
                 call.method,
                 primary,
                 primary_body,
+                plan.pointer,
             )
 
     def _request_for(

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from redis.asyncio.client import Pipeline
@@ -48,10 +49,17 @@ class ShadowPlan:
     shadows: tuple[str, ...]
     fraction: float
     compare_bodies: bool
+    pointer: str | None = None
 
     @classmethod
     def from_spec(cls, spec: ShadowSpec) -> ShadowPlan:
-        return cls(spec.primary, tuple(spec.shadows), spec.percent / 100.0, spec.compare_bodies)
+        return cls(
+            spec.primary,
+            tuple(spec.shadows),
+            spec.percent / 100.0,
+            spec.compare_bodies or spec.compare_pointer is not None,
+            spec.compare_pointer,
+        )
 
     def selects(self, event_id: str) -> bool:
         if self.fraction >= 1.0:
@@ -99,14 +107,40 @@ class ShadowResults(StreamWriter[ShadowResult]):
             )
 
 
-def same_body(primary: bytes, shadow: bytes) -> bool:
-    """Equal bytes, or equal JSON documents (key order and spacing do not count)."""
-    if primary == shadow:
+_MISSING = object()
+
+
+def resolve_pointer(document: Any, pointer: str) -> Any:
+    """The value at an RFC 6901 JSON pointer, or `_MISSING` when there is none."""
+    if pointer == "":
+        return document
+    value = document
+    for token in pointer[1:].split("/"):
+        token = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(value, dict):
+            if token not in value:
+                return _MISSING
+            value = value[token]
+        elif isinstance(value, list) and token.isdigit() and int(token) < len(value):
+            value = value[int(token)]
+        else:
+            return _MISSING
+    return value
+
+
+def same_body(primary: bytes, shadow: bytes, pointer: str | None = None) -> bool:
+    """Equal bytes, or equal JSON documents (key order and spacing do not count); with a
+    pointer, equal values at that pointer in both (absent in either: not equal)."""
+    if pointer is None and primary == shadow:
         return True
     try:
-        return bool(orjson.loads(primary) == orjson.loads(shadow))
+        ours, theirs = orjson.loads(primary), orjson.loads(shadow)
     except orjson.JSONDecodeError:
         return False
+    if pointer is None:
+        return bool(ours == theirs)
+    value = resolve_pointer(ours, pointer)
+    return value is not _MISSING and bool(value == resolve_pointer(theirs, pointer))
 
 
 class ShadowMirror:
@@ -155,6 +189,7 @@ class ShadowMirror:
         method: str,
         primary: ArmCall,
         primary_body: bytes | None,
+        pointer: str | None = None,
     ) -> bool:
         """Start one mirrored call unless `max_inflight` are already running; never waits."""
         if len(self.calls.tasks) >= self.max_inflight:
@@ -164,7 +199,7 @@ class ShadowMirror:
             return False
         self.stats.started += 1
         coro = self._mirror(
-            experiment, event_id, arm, url, body, headers, method, primary, primary_body
+            experiment, event_id, arm, url, body, headers, method, primary, primary_body, pointer
         )
         self.calls.spawn(coro, arm.name)
         return True
@@ -180,6 +215,7 @@ class ShadowMirror:
         method: str,
         primary: ArmCall,
         primary_body: bytes | None,
+        pointer: str | None,
     ) -> None:
         started = time.perf_counter()
         shadow: ArmCall
@@ -210,7 +246,9 @@ class ShadowMirror:
             "shadow": shadow,
         }
         if primary_body is not None:
-            result["same_body"] = response is not None and same_body(primary_body, response.body)
+            result["same_body"] = response is not None and same_body(
+                primary_body, response.body, pointer
+            )
         self.results.put(result)
 
     async def stop(self, grace_s: float = 2.0) -> None:

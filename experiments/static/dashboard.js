@@ -238,6 +238,27 @@
       `<p class="note">Anytime-valid (${esc(seq.method)}): look as often as you like; the chance of ever declaring a difference that is not there stays below ${pct(seq.alpha, 0)} (Bonferroni over ${seq.comparisons.length} comparison${seq.comparisons.length === 1 ? "" : "s"}).</p>`;
   }
 
+  // Each shadow arm against the primary it mirrors (experiments/shadow_results.py).
+  function drawShadow(shadow) {
+    const panel = $("shadow-panel");
+    panel.hidden = !shadow;
+    if (!shadow) return;
+    const ms = (l) => (l && isNum(l.p50) ? `${num(l.p50, 3)} / ${num(l.p99, 3)} ms` : "–");
+    const rows = shadow.arms.map(
+      (a) =>
+        `<tr data-arm="${esc(a.arm)}"><td><span class="swatch" style="background:${colorOf(a.arm)}"></span>${esc(a.arm)}</td>` +
+        `<td>${int(a.mirrored)}</td>` +
+        `<td class="agreement">${a.compared ? pct(a.agreement_rate, 1) : '<span class="muted">not compared</span>'}</td>` +
+        `<td>${pct(a.status_differs_rate, 1)}</td>` +
+        `<td>${a.shadow_error_rate ? `<span class="bad">${pct(a.shadow_error_rate, 1)}</span>` : pct(a.shadow_error_rate, 1)}</td>` +
+        `<td>${pct(a.primary_error_rate, 1)}</td>` +
+        `<td>${ms(a.shadow_latency_ms)}</td><td>${ms(a.primary_latency_ms)}</td></tr>`,
+    );
+    $("shadow").innerHTML = rows.length
+      ? `<table id="shadow-table"><thead><tr><th>shadow arm</th><th>mirrored</th><th>agrees with ${esc(shadow.primary || "primary")}</th><th>status differs</th><th>shadow errors</th><th>primary errors</th><th>shadow p50 / p99</th><th>primary p50 / p99</th></tr></thead><tbody>${rows.join("")}</tbody></table>`
+      : '<p class="muted">No mirrored requests in this window yet.</p>';
+  }
+
   // Units the anytime-valid test needs for 80% power at the effect seen so far, and the
   // hours that takes at the current traffic (experiments.planning via the stats API).
   function toSignificance(c) {
@@ -314,6 +335,7 @@
     drawCi(d.stats);
     drawArms(d.stats);
     drawSequential(d.stats.sequential);
+    drawShadow(d.stats.shadow);
     drawRollout(d);
     drawVersions(d);
     state.renders += 1;

@@ -6,6 +6,7 @@ import os
 import shutil
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from banditgate import keys
+from banditgate.events import shadow_batch_fields
 from banditgate.redis import Redis
 from experiments.controller import Controller
 from tests.experiments.conftest import Control, decision, spec_doc, write_decisions
@@ -28,6 +30,10 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+# Screenshots of the pages the tests drive, kept for a person to look at (CI keeps the folder).
+ARTIFACTS = Path(os.environ.get("BANDITGATE_TEST_ARTIFACTS", "test-artifacts"))
+ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
 
 def chromium_path() -> str:
@@ -270,3 +276,41 @@ async def test_unknown_experiment_page_is_404(control: Control, name: str) -> No
     assert body["error"]["type"] == "UnknownExperiment"
     status, _ = await control.call("GET", "/dashboard/_static/../app.py", key=None)
     assert status == 404
+
+
+async def test_shadow_arms_are_compared_with_the_primary(
+    control: Control, browser: Browser, redis: Redis, name: str
+) -> None:
+    spec = spec_doc(
+        name,
+        arms=("live", "next"),
+        mode="shadow",
+        shadow={"primary": "live", "shadows": ["next"], "compare_bodies": True},
+    )
+    await control.call("POST", "/v1/experiments", spec)
+    now = int(time.time() * 1000)
+    results = [
+        {
+            "event_id": str(i),
+            "experiment": name,
+            "ts_ms": now - 60_000 + i,
+            "primary": {"arm": "live", "status": 200, "latency_ms": 12.0},
+            "shadow": {"arm": "next", "status": 500 if i < 4 else 200, "latency_ms": 30.0},
+            "same_body": i % 5 != 0,
+        }
+        for i in range(40)
+    ]
+    await redis.xadd(keys.shadow_results(name), shadow_batch_fields(results))  # type: ignore[arg-type]
+    stats = await control.get(f"/v1/experiments/{name}/stats")
+    (entry,) = stats["shadow"]["arms"]
+    assert entry["agreement_rate"] == 32 / 40 and entry["shadow_error_rate"] == 4 / 40
+
+    page, problems = await open_page(browser, f"{control.url}/dashboard/{name}")
+    assert await page.is_visible("#shadow-panel")
+    row = page.locator('#shadow-table tr[data-arm="next"]')
+    cells = await row.locator("td").all_inner_texts()
+    assert cells[1] == "40"
+    assert cells[2] == "80.0%" and cells[4] == "10.0%"
+    assert "agrees with live" in await page.inner_text("#shadow-table thead")
+    await page.screenshot(path=str(ARTIFACTS / f"shadow-{name}.png"), full_page=True)
+    assert problems == []
