@@ -130,6 +130,8 @@ class Bucket:
     )
     signatures_overflow: bool = False
     shadow: dict[str, ShadowTally] = field(default_factory=dict)  # by shadow arm
+    # Per arm: decisions counted by latency bucket (LATENCY_BUCKETS_S, then the rest).
+    latency: dict[str, np.ndarray] = field(default_factory=dict)
 
     def arm(self, name: str) -> ArmTally:
         tally = self.arms.get(name)
@@ -149,6 +151,12 @@ class Bucket:
                 mine = self.propensity[arms] = PropensityTally.empty(len(arms))
             mine.add(theirs)
         self.signatures_overflow |= other.signatures_overflow
+        for arm_name, histogram in other.latency.items():
+            mine_latency = self.latency.get(arm_name)
+            if mine_latency is None:
+                self.latency[arm_name] = histogram.copy()
+            else:
+                mine_latency += histogram
         for shadow_arm, shadow_tally in other.shadow.items():
             self.shadow.setdefault(shadow_arm, ShadowTally()).add(shadow_tally)
         for signature, counts in other.signatures.items():
@@ -194,6 +202,7 @@ class Ledger:
         self.control: str | None = None
         self.lock = asyncio.Lock()
         self.last_decision_ms = 0
+        self.first_decision_ms: int | None = None
         self.last_joined_ms = 0
 
     # -- feeding ---------------------------------------------------------------------------
@@ -247,7 +256,11 @@ class Ledger:
         status = np.fromiter((int(d.get("status", 0)) for d in kept), np.int64, n)
         failed = (status >= 500) | np.fromiter(("error" in d for d in kept), bool, n)
         latency_ms = np.fromiter((float(d.get("latency_ms", 0.0)) for d in kept), np.float64, n)
-        self.last_decision_ms = max(self.last_decision_ms, max(int(d["ts_ms"]) for d in kept))
+        stamps = [int(d["ts_ms"]) for d in kept]
+        self.last_decision_ms = max(self.last_decision_ms, max(stamps))
+        earliest = min(stamps)
+        if self.first_decision_ms is None or earliest < self.first_decision_ms:
+            self.first_decision_ms = earliest
 
         def per_arm(
             mask: np.ndarray | None = None, weights: np.ndarray | None = None
@@ -290,7 +303,7 @@ class Ledger:
             propensity.sum_p += columns["action_p"]
             propensity.sum_pp += r_pmf.T @ r_pmf
             self._signatures(bucket, arms, r_pmf, r_chosen)
-        # Lifetime totals for Prometheus.
+        # Latency histograms per arm (percentiles over time), lifetime totals for Prometheus.
         edges = np.asarray(LATENCY_BUCKETS_S)
         slot = np.searchsorted(edges, latency_ms / 1000.0, side="left")
         classes = status // 100
@@ -302,7 +315,13 @@ class Ledger:
             life.decisions += int(counts[i])
             life.errors += int(columns["errors"][i])
             life.latency_sum_s += float(columns["latency_ms"][i]) / 1000.0
-            for j, c in enumerate(np.bincount(slot[mine], minlength=len(edges) + 1)):
+            histogram = np.bincount(slot[mine], minlength=len(edges) + 1)
+            held = bucket.latency.get(arm)
+            if held is None:
+                bucket.latency[arm] = histogram
+            else:
+                held += histogram
+            for j, c in enumerate(histogram):
                 life.latency_counts[j] += int(c)
             values, tallies = np.unique(classes[mine], return_counts=True)
             for value, count in zip(values, tallies, strict=True):
