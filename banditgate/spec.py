@@ -465,6 +465,33 @@ class BlueGreenSpec(_Strict):
     )
 
 
+class CaptureSpec(_Strict):
+    """Data capture: a sample of each arm's requests and responses, as JSON lines on disk."""
+
+    sample_percent: float = Field(
+        default=10.0, ge=0, le=100, description="Share of requests captured (by event id)."
+    )
+    request: bool = Field(default=True, description="Capture the request body.")
+    response: bool = Field(default=True, description="Capture the response body.")
+    max_body_bytes: int = Field(
+        default=256 * 1024,
+        ge=1,
+        le=16 * 1024 * 1024,
+        description="A longer body is cut here and marked truncated.",
+    )
+    s3_url: str | None = Field(
+        default=None,
+        description="Upload closed capture files to s3://bucket/prefix (boto3, the s3 extra).",
+    )
+
+    @field_validator("s3_url")
+    @classmethod
+    def _s3(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("s3://") or len(value) <= 5):
+            raise ValueError("must look like s3://bucket/prefix")
+        return value
+
+
 class ShadowSpec(_Strict):
     """Shadow: the primary answers; requests are mirrored to the shadows, whose answers are dropped."""
 
@@ -516,6 +543,10 @@ class ExperimentSpec(_Strict):
     canary: CanarySpec | None = Field(default=None, description="Required in canary mode.")
     bluegreen: BlueGreenSpec | None = Field(default=None, description="Required in bluegreen mode.")
     shadow: ShadowSpec | None = Field(default=None, description="Required in shadow mode.")
+    capture: CaptureSpec | None = Field(
+        default=None,
+        description="Data capture of requests and responses per arm (off when absent).",
+    )
     description: str = Field(default="", description="Free text for people.")
 
     @model_validator(mode="after")

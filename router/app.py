@@ -23,6 +23,7 @@ from banditgate.metrics import ProcessMetrics
 from banditgate.redis import Redis, connect
 from banditgate.tasks import TaskGroup
 from router.backends import HttpBackend
+from router.capture import DataCapture
 from router.decision_log import DecisionLog
 from router.metrics import RouterMetrics
 from router.routing import Invocation, Outcome, Router
@@ -124,6 +125,15 @@ class RouterApp:
         self.log: DecisionLog | None = None
         self.router: Router | None = None
         self.mirror: ShadowMirror | None = None
+        self.capture = DataCapture(
+            settings.data_dir,
+            max_buffer=settings.capture_buffer_max,
+            max_buffer_bytes=settings.capture_buffer_max_bytes,
+            max_file_bytes=settings.capture_file_max_bytes,
+            s3_endpoint_url=settings.capture_s3_endpoint_url,
+            s3_region=settings.capture_s3_region,
+            metrics=self.process_metrics,
+        )
         self.tasks = TaskGroup("router")
         self.started = False
 
@@ -152,10 +162,15 @@ class RouterApp:
             metrics=self.metrics,
         )
         self.router = Router(
-            runtime=self.runtime, backend=self.backend, log=self.log, mirror=self.mirror
+            runtime=self.runtime,
+            backend=self.backend,
+            log=self.log,
+            mirror=self.mirror,
+            capture=self.capture,
         )
         self.log.start()
         self.mirror.start()
+        self.capture.start()
         self.tasks.spawn(self.runtime.watcher.watch(), "announcements")
         # Serve only once every experiment's policy is loaded; a later resync is in the background.
         with contextlib.suppress(TimeoutError):
@@ -168,6 +183,7 @@ class RouterApp:
             await self.log.stop()
         if self.mirror is not None:
             await self.mirror.stop()
+        await self.capture.stop()
         await self.backend.close()
         if self.redis is not None and self._owns_redis:
             await self.redis.aclose()

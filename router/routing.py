@@ -16,6 +16,7 @@ from banditgate.featurize import ContextFeatures, action_lines, text_features
 from banditgate.policy import ActionSet, sample_index
 from router.allocation import allocate
 from router.backends import Backend, BackendResponse, forward_headers
+from router.capture import Captured, DataCapture
 from router.decision_log import DecisionLog
 from router.runtime import ExperimentState, Runtime
 from router.shadow import ShadowMirror
@@ -87,11 +88,13 @@ class Router:
         backend: Backend,
         log: DecisionLog,
         mirror: ShadowMirror | None = None,
+        capture: DataCapture | None = None,
     ) -> None:
         self.runtime = runtime
         self.backend = backend
         self.log = log
         self.mirror = mirror
+        self.capture = capture
 
     def choose(
         self,
@@ -209,13 +212,52 @@ class Router:
                 latency_ms=(time.perf_counter() - started) * 1000,
                 error=exc.message,
             )
+            if state.capture is not None:
+                self.captured(state, call, choice, exc.status, 0.0, None, error=exc.message)
             exc.event_id = event_id  # type: ignore[attr-defined]
             exc.variant = choice.arm  # type: ignore[attr-defined]
             raise
         self.record(state, choice, status=response.status, latency_ms=response.latency_ms)
+        if state.capture is not None:
+            self.captured(state, call, choice, response.status, response.latency_ms, response)
         if state.shadow is not None:
             self.after_response(state, call, choice, response)
         return self._outcome(call, choice, response)
+
+    def captured(
+        self,
+        state: ExperimentState,
+        call: Invocation,
+        choice: Choice,
+        status: int,
+        latency_ms: float,
+        response: BackendResponse | None,
+        error: str | None = None,
+    ) -> None:
+        """Hand a sampled request and its answer to data capture; never waits or raises."""
+        plan = state.capture
+        capture = self.capture
+        if plan is None or capture is None or not plan.selects(choice.event_id):
+            return
+        capture.submit(
+            Captured(
+                experiment=state.name,
+                arm=choice.arm,
+                event_id=choice.event_id,
+                ts=time.time(),
+                policy_version=choice.version,
+                status=status,
+                latency_ms=latency_ms,
+                request=call.body if plan.request else None,
+                request_type=call.headers.get("content-type", "application/octet-stream"),
+                response=response.body if plan.response and response is not None else None,
+                response_type=response.content_type.decode("latin-1")
+                if response is not None and response.content_type
+                else "application/octet-stream",
+                plan=plan,
+                error=error,
+            )
+        )
 
     def after_response(
         self, state: ExperimentState, call: Invocation, choice: Choice, response: BackendResponse

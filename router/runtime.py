@@ -25,6 +25,7 @@ from banditgate.registry import PolicyRegistry
 from banditgate.spec import Arm, ExperimentSpec
 from banditgate.store import override_applies
 from banditgate.watcher import ExperimentWatcher
+from router.capture import CapturePlan
 from router.shadow import ShadowPlan
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class ExperimentState:
     loaded_version: int = 0
     reads_body: bool = False
     shadow: ShadowPlan | None = None
+    capture: CapturePlan | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -89,6 +91,7 @@ def build_state(
         loaded_version=version,
         reads_body=_reads_body(spec),
         shadow=ShadowPlan.from_spec(spec.shadow) if spec.mode == "shadow" and spec.shadow else None,
+        capture=CapturePlan.from_spec(spec.capture) if spec.capture is not None else None,
     )
 
 
