@@ -149,3 +149,9 @@ def worker_heartbeat(host: str, worker: str) -> str:
 
 def experiment_keys_pattern(experiment: str) -> str:
     return f"{_tag(experiment)}:*"
+
+
+def log_writer_seq(experiment: str, writer: str) -> str:
+    """The last batch sequence number one router's log writer stored in this experiment's
+    stream: a batch replayed after a write that may have happened is skipped, not doubled."""
+    return f"{_tag(experiment)}:logseq:{writer}"

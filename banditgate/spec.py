@@ -105,6 +105,12 @@ class ContextSpec(_Strict):
     text: str | None = Field(
         default=None, description="Pointer to a text field for the built-in text featurizer."
     )
+    max_bytes: int = Field(
+        default=64 * 1024,
+        ge=256,
+        le=4 * 1024 * 1024,
+        description="Largest context, as logged (JSON bytes); a request with more gets 413.",
+    )
 
     @field_validator("body")
     @classmethod

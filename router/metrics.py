@@ -21,6 +21,9 @@ class WriterMetrics:
     dropped: Counter
     flush_failures: Counter
     pending: Gauge
+    unencodable: Counter | None = None
+    rejected: Counter | None = None
+    spill_bytes: Gauge | None = None
 
 
 class RouterMetrics:
@@ -36,7 +39,19 @@ class RouterMetrics:
             ),
             pending=metrics.gauge(
                 "banditgate_router_decision_log_pending",
-                "Decisions in memory waiting for Redis (after the last flush attempt).",
+                "Decisions waiting for Redis, in memory or spilled (after the last flush attempt).",
+            ),
+            unencodable=metrics.counter(
+                "banditgate_router_decisions_unencodable",
+                "Decisions that could not be encoded: that request's log entry is lost (logged).",
+            ),
+            rejected=metrics.counter(
+                "banditgate_router_decisions_rejected",
+                "Decisions Redis kept refusing alone (e.g. above proto-max-bulk-len): dropped.",
+            ),
+            spill_bytes=metrics.gauge(
+                "banditgate_router_decision_log_spill_bytes",
+                "Bytes of decisions in the local spill file, waiting for Redis.",
             ),
         )
         shadow_dropped = metrics.counter(

@@ -10,7 +10,13 @@ from typing import Any
 import orjson
 
 from banditgate.contracts import MAX_ACTION_ID_CHARS, check_event_id
-from banditgate.errors import BackendError, InvalidInput, MalformedJSON, UnknownVariant
+from banditgate.errors import (
+    BackendError,
+    InvalidInput,
+    MalformedJSON,
+    PayloadTooLarge,
+    UnknownVariant,
+)
 from banditgate.events import ArmCall, Decision, new_event_id
 from banditgate.featurize import ContextFeatures, action_lines, text_features
 from banditgate.policy import ActionSet, sample_index
@@ -70,6 +76,17 @@ class Outcome:
     event_id: str
     variant: str
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+def check_context_size(state: ExperimentState, context: ContextFeatures) -> None:
+    """The context is logged with every decision: its size is bounded per experiment."""
+    limit = state.spec.context.max_bytes
+    size = len(orjson.dumps(context))
+    if size > limit:
+        raise PayloadTooLarge(
+            f"context: {size} bytes as logged, above this experiment's {limit} (context.max_bytes)",
+            field="context",
+        )
 
 
 def parse_json(body: bytes, what: str = "request body") -> Any:
@@ -145,7 +162,7 @@ class Router:
             "mode": state.spec.mode,
             "context": choice.context,
             "arms": list(choice.actions.names),
-            "pmf": choice.pmf,
+            "pmf": [float(p) for p in choice.pmf],
             "chosen": choice.arm,
             "forced": choice.forced,
             "status": status,
@@ -189,6 +206,7 @@ class Router:
         state = self.runtime.get(call.experiment)
         headers = call.headers
         context, body = self._context(state, call)
+        check_context_size(state, context)
         if call.protocol == "v2" and body is None and call.body:
             body = parse_json(call.body)
         event_id = self._event_id(call, body)
@@ -299,6 +317,7 @@ class Router:
             event_id = check_event_id(event_id, "event_id", status=400)
         actions = _rank_actions(payload.get("actions"))
         context = state.featurizer.from_rank(context_in)
+        check_context_size(state, context)
         choice = self.choose(state, context, event_id, actions=actions, body=context_in)
         self.record(state, choice, status=200, latency_ms=0.0)
         order = sorted(range(len(choice.pmf)), key=lambda i: (i != choice.index, -choice.pmf[i]))

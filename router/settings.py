@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from banditgate.settings import CoreSettings
@@ -23,6 +25,27 @@ class RouterSettings(CoreSettings):
     log_buffer_max: int = Field(
         default=500_000, description="Decisions held in memory while Redis is away."
     )
+    log_batch_max_bytes: int = Field(
+        default=512 * 1024,
+        ge=1024,
+        description="Most bytes of decisions in one Redis stream entry (keep below "
+        "Redis's proto-max-bulk-len).",
+    )
+    log_buffer_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of decisions held in memory while Redis is away; then they spill.",
+    )
+    log_spill_dir: Path | None = Field(
+        default=None,
+        description="Directory of the decision-log spill files (default: data_dir/spill).",
+    )
+    log_spill_max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=0,
+        description="Largest spill file per log writer; beyond it decisions are dropped "
+        "and counted (0: no spill file).",
+    )
     event_index: bool = Field(default=True, description="Index event id -> experiment for rewards.")
     shadow_max_inflight: int = Field(
         default=256, description="Mirrored calls in flight at once; more are dropped and counted."
@@ -30,3 +53,9 @@ class RouterSettings(CoreSettings):
     shadow_timeout_s: float = Field(
         default=10.0, description="Timeout of a mirrored call when its arm sets none."
     )
+
+    @property
+    def spill_dir(self) -> Path | None:
+        if not self.log_spill_max_bytes:
+            return None
+        return self.log_spill_dir or self.data_dir / "spill"
