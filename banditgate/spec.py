@@ -72,6 +72,12 @@ class Arm(_Strict):
         le=600,
         description="Backend response timeout (default: BANDITGATE_BACKEND_TIMEOUT_S).",
     )
+    connect_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=60,
+        description="Backend connect timeout (default: BANDITGATE_BACKEND_CONNECT_TIMEOUT_S).",
+    )
 
     @field_validator("url")
     @classmethod

@@ -18,12 +18,20 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from banditgate.errors import BanditgateError, MalformedJSON, NotReady, PayloadTooLarge
+from banditgate.errors import (
+    BanditgateError,
+    MalformedJSON,
+    NotReady,
+    Overloaded,
+    PayloadTooLarge,
+)
 from banditgate.metrics import ProcessMetrics
 from banditgate.redis import Redis, connect
 from banditgate.tasks import TaskGroup
+from router.arm_health import ArmHealth
 from router.backends import HttpBackend
 from router.decision_log import DecisionLog
+from router.disconnect import DisconnectWatch
 from router.metrics import RouterMetrics
 from router.routing import Invocation, Outcome, Router
 from router.runtime import Runtime
@@ -120,6 +128,13 @@ class RouterApp:
             connect_timeout_s=settings.backend_connect_timeout_s,
             max_connections=settings.backend_max_connections,
         )
+        self.health = ArmHealth(
+            failures_to_eject=settings.arm_failures_to_eject,
+            cooldown_s=settings.arm_cooldown_s,
+            max_cooldown_s=settings.arm_max_cooldown_s,
+            on_change=self._arm_changed,
+        )
+        self.inflight = 0
         self.runtime: Runtime | None = None
         self.log: DecisionLog | None = None
         self.router: Router | None = None
@@ -156,7 +171,13 @@ class RouterApp:
             metrics=self.metrics,
         )
         self.router = Router(
-            runtime=self.runtime, backend=self.backend, log=self.log, mirror=self.mirror
+            runtime=self.runtime,
+            backend=self.backend,
+            log=self.log,
+            mirror=self.mirror,
+            health=self.health,
+            retry_unreachable=self.settings.retry_unreachable,
+            on_retry=self.metrics.retries.inc,
         )
         self.log.start()
         self.mirror.start()
@@ -283,17 +304,47 @@ class RouterApp:
 
     async def _invoke(self, scope: Scope, receive: Receive, send: Send, call: Invocation) -> None:
         assert self.router is not None
-        call.body = await read_body(scope, receive, self.settings.max_body_bytes)
-        call.headers = header_dict(scope)
-        try:
-            outcome = await self.router.invoke(call)
-        except BanditgateError as error:
-            extra: list[tuple[bytes, bytes]] = []
-            if call.protocol == "sagemaker":
-                extra.append((b"x-amzn-errortype", error.type.encode()))
-            await send_error(send, error, extra)
+        if self.inflight >= self.settings.max_inflight:
+            await self._overloaded(send)
             return
-        await self._send_outcome(send, outcome)
+        self.inflight += 1
+        try:
+            call.body = await read_body(scope, receive, self.settings.max_body_bytes)
+            call.headers = header_dict(scope)
+            watch = DisconnectWatch(
+                receive, after_s=self.settings.disconnect_check_s, tasks=self.tasks
+            )
+            try:
+                outcome = await self.router.invoke(call)
+            except asyncio.CancelledError:
+                if not watch.absorb():
+                    raise
+                self.metrics.client_disconnects.inc()
+                return
+            except BanditgateError as error:
+                extra: list[tuple[bytes, bytes]] = []
+                if call.protocol == "sagemaker":
+                    extra.append((b"x-amzn-errortype", error.type.encode()))
+                await send_error(send, error, extra)
+                return
+            finally:
+                watch.close()
+            await self._send_outcome(send, outcome)
+        finally:
+            self.inflight -= 1
+
+    async def _overloaded(self, send: Send) -> None:
+        self.metrics.overloaded.inc()
+        error = Overloaded(
+            f"this worker has {self.settings.max_inflight} requests in flight; retry later"
+        )
+        retry_after = str(self.settings.retry_after_s).encode()
+        await send_error(send, error, [(b"retry-after", retry_after)])
+
+    def _arm_changed(self, arm: tuple[str, str], ejected: bool) -> None:
+        if ejected:
+            self.metrics.arm_ejections.inc()
+        self.metrics.arms_ejected.set(len(self.health.ejected()))
 
     async def _send_outcome(self, send: Send, outcome: Outcome) -> None:
         headers = [

@@ -72,6 +72,30 @@ class RouterMetrics:
                 "Shadow results in memory waiting for Redis (after the last flush attempt).",
             ),
         )
+        self.arms_ejected = metrics.gauge(
+            "banditgate_router_arms_ejected",
+            "Arms this router has ejected (consecutive failures) or is probing.",
+        )
+        self.arm_ejections = metrics.counter(
+            "banditgate_router_arm_ejections",
+            "Arms ejected after consecutive failures (each failed probe counts again).",
+        )
+        self.retries = metrics.counter(
+            "banditgate_router_retries",
+            "Requests sent to a second arm because the first could not be connected to.",
+        )
+        self.client_disconnects = metrics.counter(
+            "banditgate_router_client_disconnects",
+            "Requests whose client went away before the backend answered (call cancelled).",
+        )
+        self.overloaded = metrics.counter(
+            "banditgate_router_overloaded",
+            "Requests refused with 503 and Retry-After: the worker's in-flight limit was reached.",
+        )
+        self.redis_up = metrics.gauge(
+            "banditgate_router_redis_up",
+            "1 when the router reached Redis at its last check, 0 while degraded (still routing).",
+        )
         self.swaps = metrics.counter(
             "banditgate_router_policy_swaps",
             "Policies swapped in by this router (a new version or learner loaded).",

@@ -11,10 +11,30 @@ class RouterSettings(CoreSettings):
     max_body_bytes: int = Field(
         default=6 * 1024 * 1024, description="Largest request body (413 above)."
     )
-    backend_timeout_s: float = Field(default=60.0, description="Default backend response timeout.")
-    backend_connect_timeout_s: float = Field(default=2.0, description="Backend connect timeout.")
+    backend_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Default backend response timeout (an arm's timeout_s wins).",
+    )
+    backend_connect_timeout_s: float = Field(
+        default=1.0, gt=0, description="Default backend connect timeout (an arm's wins)."
+    )
     backend_max_connections: int = Field(
-        default=0, description="Per-host connection cap (0 = none)."
+        default=128,
+        ge=0,
+        description="Requests in flight per backend host and worker; more wait (0 = no cap).",
+    )
+    arm_failures_to_eject: int = Field(
+        default=5, ge=1, description="Consecutive failures after which an arm is ejected."
+    )
+    arm_cooldown_s: float = Field(
+        default=5.0, gt=0, description="First ejection's length; each failed probe doubles it."
+    )
+    arm_max_cooldown_s: float = Field(default=60.0, gt=0, description="Longest ejection.")
+    retry_unreachable: bool = Field(
+        default=True,
+        description="Send a request another arm when its arm could not be connected to "
+        "(nothing was sent); the retry is its own logged decision.",
     )
     flush_interval_s: float = Field(
         default=0.005, description="Decisions reach Redis within this delay."
@@ -45,6 +65,20 @@ class RouterSettings(CoreSettings):
         ge=0,
         description="Largest spill file per log writer; beyond it decisions are dropped "
         "and counted (0: no spill file).",
+    )
+    max_inflight: int = Field(
+        default=1024,
+        ge=1,
+        description="Routed requests in flight per worker; beyond, 503 with Retry-After.",
+    )
+    retry_after_s: int = Field(
+        default=1, ge=1, description="Retry-After of a 503 when the worker is at max_inflight."
+    )
+    disconnect_check_s: float = Field(
+        default=0.25,
+        gt=0,
+        description="A request running this long has its client watched; "
+        "a disconnect cancels its backend call.",
     )
     event_index: bool = Field(default=True, description="Index event id -> experiment for rewards.")
     shadow_max_inflight: int = Field(
