@@ -7,6 +7,9 @@ from __future__ import annotations
 
 EXPERIMENTS = "bg:experiments"
 ANNOUNCE_CHANNEL = "bg:announce"
+# Set by every router: a Redis without it has lost its data (restarted empty), so the
+# routers write back the specs and policies they serve.
+DATA_MARKER = "bg:data-marker"
 # Rewards whose experiment is not known yet, and their bookkeeping: one hash tag, one slot.
 UNROUTED_REWARDS = "bg:{unrouted}:rewards"
 UNROUTED_COUNTERS = "bg:{unrouted}:counters"

@@ -181,6 +181,10 @@ class RouterApp:
         )
         self.log.start()
         self.mirror.start()
+        try:
+            await self.runtime.mark()
+        except Exception as exc:  # Redis away at start-up: routing waits for the resync
+            log.warning("cannot reach Redis at start-up (%s)", exc)
         self.tasks.spawn(self.runtime.watcher.watch(), "announcements")
         # Serve only once every experiment's policy is loaded; a later resync is in the background.
         with contextlib.suppress(TimeoutError):
@@ -369,28 +373,46 @@ class RouterApp:
         await send_response(send, 200, orjson.dumps(result), JSON, headers)
 
     async def _ready(self, send: Send) -> None:
-        problems: list[str] = []
-        if self.redis is None or self.runtime is None or not self.started:
+        """Ready = can route: experiments synced, policies loaded, an arm to send to.
+
+        Redis being away does not stop routing (decisions wait in the log): it is
+        reported as `degraded`, with 200, and in banditgate_router_redis_up.
+        """
+        runtime = self.runtime
+        if self.redis is None or runtime is None or not self.started:
             raise NotReady("starting")
+        problems: list[str] = []
+        redis_error: str | None = None
+        names: list[str] = []
         try:
-            await asyncio.wait_for(self.redis.ping(), timeout=1.0)
-            names = await self.runtime.store.names()
+            await asyncio.wait_for(self.redis.ping(), timeout=0.5)
+            names = await asyncio.wait_for(runtime.store.names(), timeout=0.5)
         except Exception as exc:
-            raise NotReady(f"redis unreachable: {exc}") from None
-        missing = [n for n in names if self.runtime.serves(n) and n not in self.runtime.experiments]
+            redis_error = str(exc) or type(exc).__name__
+        self.metrics.redis_up.set(0 if redis_error else 1)
+        if not runtime.ready:
+            problems.append("experiments not synced")
+        missing = [n for n in names if runtime.serves(n) and n not in runtime.experiments]
         if missing:
             problems.append(f"no policy loaded for {missing}")
-        if not self.runtime.ready:
-            problems.append("experiments not synced")
+        experiments: dict[str, Any] = {}
+        usable = 0
+        for name, state in runtime.experiments.items():
+            ejected = [arm for arm in state.arms if not self.health.usable((name, arm))]
+            usable += len(state.arms) - len(ejected)
+            experiments[name] = {"policy_version": state.loaded_version, "mode": state.spec.mode}
+            if ejected:
+                experiments[name]["ejected_arms"] = ejected
+        if experiments and not usable:
+            problems.append("every arm is ejected")
         if problems:
+            if redis_error is not None:
+                problems.append(f"redis unreachable: {redis_error}")
             raise NotReady("; ".join(problems))
-        body = {
-            "status": "ready",
-            "experiments": {
-                name: {"policy_version": state.loaded_version, "mode": state.spec.mode}
-                for name, state in self.runtime.experiments.items()
-            },
-        }
+        body: dict[str, Any] = {"status": "ready", "experiments": experiments}
+        if redis_error is not None:
+            body["status"] = "degraded"
+            body["redis"] = f"unreachable: {redis_error}"
         await send_response(send, 200, orjson.dumps(body))
 
 
