@@ -7,6 +7,9 @@ from __future__ import annotations
 
 EXPERIMENTS = "bg:experiments"
 ANNOUNCE_CHANNEL = "bg:announce"
+# Set by every router: a Redis without it has lost its data (restarted empty), so the
+# routers write back the specs and policies they serve.
+DATA_MARKER = "bg:data-marker"
 # Rewards whose experiment is not known yet, and their bookkeeping: one hash tag, one slot.
 UNROUTED_REWARDS = "bg:{unrouted}:rewards"
 UNROUTED_COUNTERS = "bg:{unrouted}:counters"
@@ -149,3 +152,9 @@ def worker_heartbeat(host: str, worker: str) -> str:
 
 def experiment_keys_pattern(experiment: str) -> str:
     return f"{_tag(experiment)}:*"
+
+
+def log_writer_seq(experiment: str, writer: str) -> str:
+    """The last batch sequence number one router's log writer stored in this experiment's
+    stream: a batch replayed after a write that may have happened is skipped, not doubled."""
+    return f"{_tag(experiment)}:logseq:{writer}"

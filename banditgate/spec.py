@@ -72,6 +72,12 @@ class Arm(_Strict):
         le=600,
         description="Backend response timeout (default: BANDITGATE_BACKEND_TIMEOUT_S).",
     )
+    connect_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=60,
+        description="Backend connect timeout (default: BANDITGATE_BACKEND_CONNECT_TIMEOUT_S).",
+    )
 
     @field_validator("url")
     @classmethod
@@ -104,6 +110,12 @@ class ContextSpec(_Strict):
     )
     text: str | None = Field(
         default=None, description="Pointer to a text field for the built-in text featurizer."
+    )
+    max_bytes: int = Field(
+        default=64 * 1024,
+        ge=256,
+        le=4 * 1024 * 1024,
+        description="Largest context, as logged (JSON bytes); a request with more gets 413.",
     )
 
     @field_validator("body")

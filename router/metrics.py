@@ -22,6 +22,9 @@ class WriterMetrics:
     dropped: Counter
     flush_failures: Counter
     pending: Gauge
+    unencodable: Counter | None = None
+    rejected: Counter | None = None
+    spill_bytes: Gauge | None = None
 
 
 class RouterMetrics:
@@ -37,7 +40,19 @@ class RouterMetrics:
             ),
             pending=metrics.gauge(
                 "banditgate_router_decision_log_pending",
-                "Decisions in memory waiting for Redis (after the last flush attempt).",
+                "Decisions waiting for Redis, in memory or spilled (after the last flush attempt).",
+            ),
+            unencodable=metrics.counter(
+                "banditgate_router_decisions_unencodable",
+                "Decisions that could not be encoded: that request's log entry is lost (logged).",
+            ),
+            rejected=metrics.counter(
+                "banditgate_router_decisions_rejected",
+                "Decisions Redis kept refusing alone (e.g. above proto-max-bulk-len): dropped.",
+            ),
+            spill_bytes=metrics.gauge(
+                "banditgate_router_decision_log_spill_bytes",
+                "Bytes of decisions in the local spill file, waiting for Redis.",
             ),
         )
         shadow_dropped = metrics.counter(
@@ -61,6 +76,30 @@ class RouterMetrics:
         self.in_flight = metrics.gauge(
             "banditgate_router_in_flight",
             "Data-plane requests this router is answering now (summed over its workers).",
+        )
+        self.arms_ejected = metrics.gauge(
+            "banditgate_router_arms_ejected",
+            "Arms this router has ejected (consecutive failures) or is probing.",
+        )
+        self.arm_ejections = metrics.counter(
+            "banditgate_router_arm_ejections",
+            "Arms ejected after consecutive failures (each failed probe counts again).",
+        )
+        self.retries = metrics.counter(
+            "banditgate_router_retries",
+            "Requests sent to a second arm because the first could not be connected to.",
+        )
+        self.client_disconnects = metrics.counter(
+            "banditgate_router_client_disconnects",
+            "Requests whose client went away before the backend answered (call cancelled).",
+        )
+        self.overloaded = metrics.counter(
+            "banditgate_router_overloaded",
+            "Requests refused with 503 and Retry-After: the worker's in-flight limit was reached.",
+        )
+        self.redis_up = metrics.gauge(
+            "banditgate_router_redis_up",
+            "1 when the router reached Redis at its last check, 0 while degraded (still routing).",
         )
         self.swaps = metrics.counter(
             "banditgate_router_policy_swaps",

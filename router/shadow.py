@@ -7,7 +7,7 @@ and counted rather than queued, so a slow or dead shadow costs the primary
 nothing but a dictionary lookup. Results go to the experiment's shadow stream
 through a batched writer (`router/stream_writer.py`), at most one write per
 `linger_s`; while Redis is away it holds up to `max_buffer` results, then drops
-the oldest and counts them.
+the oldest and counts them (or spills them to a file, given `spill_dir`).
 """
 
 from __future__ import annotations
@@ -17,20 +17,20 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
-from redis.asyncio.client import Pipeline
 
 from banditgate import keys
 from banditgate.errors import BackendError
-from banditgate.events import ArmCall, ShadowResult, shadow_batch_fields
+from banditgate.events import ArmCall, ShadowResult
 from banditgate.redis import Redis
 from banditgate.spec import Arm, ShadowSpec
 from banditgate.tasks import TaskGroup
 from router.backends import Backend, BackendResponse
 from router.metrics import RouterMetrics, WriterMetrics
-from router.stream_writer import StreamWriter
+from router.stream_writer import Entry, StreamWriter
 
 log = logging.getLogger(__name__)
 
@@ -87,24 +87,26 @@ class ShadowResults(StreamWriter[ShadowResult]):
         max_buffer: int = 100_000,
         linger_s: float = 0.05,
         stream_maxlen: int = 1_000_000,
+        spill_dir: Path | None = None,
         metrics: WriterMetrics | None = None,
     ) -> None:
         super().__init__(
-            redis, max_batch=max_batch, max_buffer=max_buffer, linger_s=linger_s, metrics=metrics
+            redis,
+            max_batch=max_batch,
+            max_buffer=max_buffer,
+            linger_s=linger_s,
+            stream_maxlen=stream_maxlen,
+            spill_dir=spill_dir,
+            metrics=metrics,
         )
-        self.stream_maxlen = stream_maxlen
 
-    def write(self, pipe: Pipeline, batch: list[ShadowResult]) -> None:
-        by_experiment: dict[str, list[ShadowResult]] = {}
-        for result in batch:
-            by_experiment.setdefault(result["experiment"], []).append(result)
-        for experiment, results in by_experiment.items():
-            pipe.xadd(
-                keys.shadow_results(experiment),
-                shadow_batch_fields(results),  # type: ignore[arg-type]
-                maxlen=self.stream_maxlen,
-                approximate=True,
-            )
+    def entry(self, record: ShadowResult) -> Entry:
+        return Entry(
+            record["experiment"], record["event_id"], record["ts_ms"], 0, orjson.dumps(record)
+        )
+
+    def stream(self, group: str) -> str:
+        return keys.shadow_results(group)
 
 
 _MISSING = object()
