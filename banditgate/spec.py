@@ -201,9 +201,10 @@ class GateSpec(_Strict):
 class PolicySpec(_Strict):
     """How arms are chosen in bandit mode, and how the policy learns."""
 
-    learner: Literal["vw", "thompson", "static"] = Field(
+    learner: Literal["vw", "thompson", "linear_thompson", "static"] = Field(
         default="vw",
         description="vw: contextual bandit; thompson: Beta-Bernoulli per arm, no context; "
+        "linear_thompson: contextual Thompson sampling (Bayesian linear regression per arm); "
         "static: fixed weights.",
     )
     exploration: Exploration = Field(

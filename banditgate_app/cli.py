@@ -309,10 +309,17 @@ def policy_publish(
     experiment: Annotated[str, typer.Option("--experiment", "-e")],
     note: Annotated[str, typer.Option(help="Free text kept with the version.")] = "",
     activate: Annotated[bool, typer.Option(help="Serve it at once.")] = True,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Publish even if significantly worse than the serving policy off-policy."
+        ),
+    ] = False,
     url: Url = DEFAULT_URL,
     admin_key: AdminKey = None,
 ) -> None:
-    """Publish a model by hand: checked against the experiment, then served by every router."""
+    """Publish a model by hand: checked against the experiment and, off-policy on recent joined
+    examples, against the serving policy (refused if significantly worse, unless --force)."""
     try:
         data = model.read_bytes()
     except OSError as exc:
@@ -322,6 +329,7 @@ def policy_publish(
         "note": note,
         "source": "manual",
         "activate": activate,
+        "force": force,
     }
     published = call(
         control_client(url, admin_key),
@@ -330,8 +338,17 @@ def policy_publish(
         body,
     )
     version = published["version"]["version"]
+    _print_check(published.get("check"))
     tail = "" if activate else f" (not serving it; `banditgate policy activate {version}` does)"
     console.print(f"published {experiment} policy version {version}{tail}")
+
+
+def _print_check(check: dict[str, Any] | None) -> None:
+    """The off-policy check's estimates and verdict, as the control plane reported them."""
+    if not check:
+        return
+    console.print(check["report"], markup=False, highlight=False)
+    console.print(("forced past the check: " if check["refused"] else "") + check["reason"])
 
 
 @policy_app.command("list")
@@ -375,14 +392,21 @@ def policy_activate(
     version: Annotated[int, typer.Argument()],
     experiment: Annotated[str, typer.Option("--experiment", "-e")],
     url: Url = DEFAULT_URL,
+    force: Annotated[
+        bool,
+        typer.Option(help="Serve it even if significantly worse than the serving policy."),
+    ] = False,
     admin_key: AdminKey = None,
 ) -> None:
-    """Serve an earlier (or any) version again: a rollback. The model must still fit the spec."""
-    call(
+    """Serve an earlier (or any) version again: a rollback. The model must still fit the spec,
+    and pass the same off-policy check as a publish (unless --force)."""
+    answer = call(
         control_client(url, admin_key),
         "POST",
-        f"/v1/experiments/{quoted(experiment)}/policies/{version}/activate",
+        f"/v1/experiments/{quoted(experiment)}/policies/{version}/activate"
+        + ("?force=true" if force else ""),
     )
+    _print_check(answer.get("check"))
     console.print(f"{experiment} now serves policy version {version}")
 
 
