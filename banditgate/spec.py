@@ -78,6 +78,13 @@ class Arm(_Strict):
         le=60,
         description="Backend connect timeout (default: BANDITGATE_BACKEND_CONNECT_TIMEOUT_S).",
     )
+    instances: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="Instances serving this arm, if known: /metrics then reports its load per "
+        "instance (banditgate_arm_invocations_per_instance).",
+    )
 
     @field_validator("url")
     @classmethod

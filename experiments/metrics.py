@@ -43,11 +43,11 @@ from banditgate.contracts import TRAINER_GROUP, JoinCounter
 from banditgate.metrics import ProcessMetrics
 from banditgate.redis import Redis, stream_id_ms
 from banditgate.spec import ExperimentSpec
-from experiments.ledger import LATENCY_BUCKETS_S, Ledger, join_counters, read_after
+from experiments.ledger import BUCKET_MS, LATENCY_BUCKETS_S, Ledger, join_counters, read_after
 from experiments.lifecycle import status_of
 from experiments.service import ControlService, Service
 from experiments.shadow_results import LATENCY_EDGES_MS, ShadowTally
-from experiments.stats import srm
+from experiments.stats import latency_quantile, srm
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,43 @@ class GroupLag:
     pending: int
 
 
+LOAD_WINDOW_S = 60
+
+
+@dataclass
+class ArmLoad:
+    """An arm's recent load, for autoscalers: the last LOAD_WINDOW_S of decisions."""
+
+    requests_per_second: float
+    latency_p50_s: float | None
+    latency_p99_s: float | None
+    instances: int | None
+
+    @property
+    def per_instance(self) -> float | None:
+        return self.requests_per_second / self.instances if self.instances else None
+
+
+def arm_load(spec: ExperimentSpec, ledger: Ledger, now_ms: int) -> dict[str, ArmLoad]:
+    """Requests per second and latency percentiles per arm over the last full minute of
+    10 s buckets (the bucket in progress is left out, so the rate does not sag)."""
+    end = now_ms - now_ms % BUCKET_MS
+    recent = ledger.merged(end - LOAD_WINDOW_S * 1000, end)
+    out = {}
+    for arm in spec.arms:
+        tally = recent.arms.get(arm.name)
+        histogram = recent.latency.get(arm.name)
+        p50 = latency_quantile(histogram, 0.5)
+        p99 = latency_quantile(histogram, 0.99)
+        out[arm.name] = ArmLoad(
+            requests_per_second=(tally.decisions if tally else 0) / LOAD_WINDOW_S,
+            latency_p50_s=p50 / 1000 if p50 is not None else None,
+            latency_p99_s=p99 / 1000 if p99 is not None else None,
+            instances=arm.instances,
+        )
+    return out
+
+
 @dataclass
 class ExperimentMetrics:
     name: str
@@ -75,6 +112,7 @@ class ExperimentMetrics:
     lengths: dict[str, int] = field(default_factory=dict)
     srm: dict[str, Any] = field(default_factory=dict)
     shadow: dict[str, ShadowTally] = field(default_factory=dict)  # by shadow arm, lifetime
+    load: dict[str, ArmLoad] = field(default_factory=dict)  # by arm, recent
 
 
 async def group_lags(redis: Redis, stream_key: str, stream: str, now_ms: int) -> list[GroupLag]:
@@ -126,6 +164,7 @@ async def gather(service: ControlService) -> list[ExperimentMetrics]:
         async with service.stats.open(spec) as ledger:
             lifetime = copy.deepcopy(ledger.lifetime)
             shadow = copy.deepcopy(ledger.shadow_lifetime)
+            load = arm_load(spec, ledger, now_ms)
             check = await asyncio.to_thread(_srm_of, spec, override, ledger)
         metrics = ExperimentMetrics(
             name=name,
@@ -136,6 +175,7 @@ async def gather(service: ControlService) -> list[ExperimentMetrics]:
             counters=await join_counters(redis, name),
             srm=check,
             shadow=shadow,
+            load=load,
         )
         for stream, key in (("decisions", keys.decisions(name)), ("joined", keys.joined(name))):
             metrics.groups += await group_lags(redis, key, stream, now_ms)
@@ -211,6 +251,30 @@ def families(experiments: Iterable[ExperimentMetrics]) -> list[Metric]:
         "banditgate_srm_flagged", "1 when the sample-ratio-mismatch check fails.", labels=e
     )
     srm_p = GaugeMetricFamily("banditgate_srm_p_value", "Sample-ratio-mismatch p-value.", labels=e)
+    rps = GaugeMetricFamily(
+        "banditgate_arm_requests_per_second",
+        f"Requests routed to the arm per second over the last {LOAD_WINDOW_S} s.",
+        labels=ea,
+    )
+    p50 = GaugeMetricFamily(
+        "banditgate_arm_latency_p50_seconds",
+        f"The arm's median latency over the last {LOAD_WINDOW_S} s.",
+        labels=ea,
+    )
+    p99 = GaugeMetricFamily(
+        "banditgate_arm_latency_p99_seconds",
+        f"The arm's 99th-percentile latency over the last {LOAD_WINDOW_S} s.",
+        labels=ea,
+    )
+    instances = GaugeMetricFamily(
+        "banditgate_arm_instances", "Instances serving the arm, as its spec declares.", labels=ea
+    )
+    per_instance = GaugeMetricFamily(
+        "banditgate_arm_invocations_per_instance",
+        "Requests per second per declared instance (like SageMaker's InvocationsPerInstance, "
+        "per second rather than per minute).",
+        labels=ea,
+    )
     mirrored = CounterMetricFamily(
         "banditgate_shadow_mirrored", "Requests mirrored to a shadow arm.", labels=ea
     )
@@ -276,6 +340,16 @@ def families(experiments: Iterable[ExperimentMetrics]) -> list[Metric]:
         training = [g for g in m.groups if g.stream == "joined" and g.group == TRAINER_GROUP]
         if training:
             trainer.add_metric(e_label, training[0].lag_seconds)
+        for arm, load in m.load.items():
+            labels = [m.name, arm]
+            rps.add_metric(labels, load.requests_per_second)
+            if load.latency_p50_s is not None:
+                p50.add_metric(labels, load.latency_p50_s)
+            if load.latency_p99_s is not None:
+                p99.add_metric(labels, load.latency_p99_s)
+            if load.instances is not None:
+                instances.add_metric(labels, load.instances)
+                per_instance.add_metric(labels, load.per_instance or 0.0)
         for arm, tally in sorted(m.shadow.items()):
             labels = [m.name, arm]
             mirrored.add_metric(labels, tally.mirrored)
@@ -317,6 +391,11 @@ def families(experiments: Iterable[ExperimentMetrics]) -> list[Metric]:
         trainer,
         srm_flag,
         srm_p,
+        rps,
+        p50,
+        p99,
+        instances,
+        per_instance,
         mirrored,
         compared,
         agreed,

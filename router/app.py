@@ -186,6 +186,7 @@ class RouterApp:
             log=self.log,
             mirror=self.mirror,
             capture=self.capture,
+            arm_in_flight=self.metrics.arm_in_flight,
             health=self.health,
             retry_unreachable=self.settings.retry_unreachable,
             on_retry=self.metrics.retries.inc,

@@ -77,6 +77,12 @@ class RouterMetrics:
             "banditgate_router_in_flight",
             "Data-plane requests this router is answering now (summed over its workers).",
         )
+        self.arm_in_flight = metrics.gauge(
+            "banditgate_router_arm_in_flight",
+            "Requests this router has sent to an arm and not yet had answered (a model "
+            "deployment's load signal).",
+            ["experiment", "arm"],
+        )
         self.arms_ejected = metrics.gauge(
             "banditgate_router_arms_ejected",
             "Arms this router has ejected (consecutive failures) or is probing.",

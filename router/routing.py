@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from prometheus_client import Gauge
 
 from banditgate.contracts import MAX_ACTION_ID_CHARS, MAX_EVENT_ID_CHARS, check_event_id
 from banditgate.errors import (
@@ -31,6 +32,7 @@ from router.runtime import ExperimentState, Runtime
 from router.shadow import ShadowMirror
 
 MAX_RANK_ACTIONS = 1000
+MAX_ARM_GAUGES = 10_000
 
 SAGEMAKER_PASSTHROUGH = frozenset(
     {
@@ -116,6 +118,7 @@ class Router:
         log: DecisionLog,
         mirror: ShadowMirror | None = None,
         capture: DataCapture | None = None,
+        arm_in_flight: Gauge | None = None,
         health: ArmHealth | None = None,
         retry_unreachable: bool = True,
         on_retry: Callable[[], None] | None = None,
@@ -125,6 +128,8 @@ class Router:
         self.log = log
         self.mirror = mirror
         self.capture = capture
+        self.arm_in_flight = arm_in_flight
+        self._arm_gauges: dict[tuple[str, str], Any] = {}
         self.health = health if health is not None else ArmHealth()
         self.retry_unreachable = retry_unreachable
         self.retries = 0
@@ -296,6 +301,9 @@ class Router:
             call, arm.url, arm.path, arm.model_name, choice.event_id
         )
         key = (state.name, choice.arm)
+        in_flight = self._arm_in_flight(key)
+        if in_flight is not None:
+            in_flight.inc()
         started = time.perf_counter()
         try:
             response = await self.backend.send(arm, url, call.body, out_headers, method=call.method)
@@ -329,6 +337,9 @@ class Router:
                 retry_of=choice.retry_of,
             )
             raise
+        finally:
+            if in_flight is not None:
+                in_flight.dec()
         if response.status >= 500:
             self.health.failure(key)
         else:
@@ -343,6 +354,17 @@ class Router:
         if state.capture is not None:
             self.captured(state, call, choice, response.status, response.latency_ms, response)
         return response
+
+    def _arm_in_flight(self, key: tuple[str, str]) -> Any:
+        """The per-arm in-flight gauge's child for (experiment, arm), made once."""
+        if self.arm_in_flight is None:
+            return None
+        child = self._arm_gauges.get(key)
+        if child is None:
+            if len(self._arm_gauges) >= MAX_ARM_GAUGES:
+                return None  # bounded: arms come from specs, but specs come and go
+            child = self._arm_gauges[key] = self.arm_in_flight.labels(*key)
+        return child
 
     def captured(
         self,

@@ -128,3 +128,44 @@ async def test_requests_in_flight_are_a_gauge_an_autoscaler_can_read(start_route
         gate.set()
         assert await asyncio.gather(*calls) == [200, 200, 200]
         assert await scrape(url, "banditgate_router_in_flight") == 0.0
+
+
+async def test_requests_in_flight_per_arm(start_router, name):
+    """banditgate_router_arm_in_flight: what each model deployment is answering now."""
+    gate = asyncio.Event()
+
+    async def held(request: web.Request, body: bytes) -> web.StreamResponse:
+        await gate.wait()
+        return web.json_response({"predicted_label": 1})
+
+    async with run_backend(Backend(reply=held)) as slow, run_backend() as fast:
+        url, _ = await start_router(make_spec(name, [("slow", slow.url), ("fast", fast.url)]))
+
+        async def call(arm: str) -> int:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    f"{url}/endpoints/{name}/invocations",
+                    json={"features": ["x"]},
+                    headers={"x-amzn-sagemaker-target-variant": arm},
+                ) as response,
+            ):
+                await response.read()
+                return response.status
+
+        calls = [asyncio.create_task(call("slow")) for _ in range(2)]
+        assert await call("fast") == 200
+
+        async def per_arm() -> dict[str, float]:
+            async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as response:
+                values = metric_values(await response.text(), "banditgate_router_arm_in_flight")
+            return {dict(labels)["arm"]: v for labels, v in values.items()}
+
+        async def two_slow() -> bool:
+            return (await per_arm()).get("slow") == 2.0
+
+        await wait_for(two_slow)
+        assert (await per_arm())["fast"] == 0.0
+        gate.set()
+        assert await asyncio.gather(*calls) == [200, 200]
+        assert (await per_arm())["slow"] == 0.0
