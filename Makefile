@@ -61,7 +61,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy banditgate banditgate_app router reward_ingest trainer experiments
+	$(BIN)/mypy banditgate banditgate_app router reward_ingest trainer experiments monitor
 	$(BIN)/lint-imports
 
 # docs/reference.md is generated from the settings classes, the spec and the CLI;

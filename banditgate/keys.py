@@ -158,3 +158,18 @@ def log_writer_seq(experiment: str, writer: str) -> str:
     """The last batch sequence number one router's log writer stored in this experiment's
     stream: a batch replayed after a write that may have happened is skipped, not doubled."""
     return f"{_tag(experiment)}:logseq:{writer}"
+
+
+def monitor_baseline(experiment: str) -> str:
+    """The data-quality baseline (statistics and constraints JSON) the monitor compares to."""
+    return f"{_tag(experiment)}:monitor:baseline"
+
+
+def monitor_latest(experiment: str) -> str:
+    """Hash arm -> the monitor's latest report for that arm (JSON)."""
+    return f"{_tag(experiment)}:monitor:latest"
+
+
+def monitor_lease(experiment: str) -> str:
+    """Held by the monitor worker checking this experiment now (one at a time)."""
+    return f"{_tag(experiment)}:monitor:lease"

@@ -512,6 +512,40 @@ class CaptureSpec(_Strict):
         return value
 
 
+class MonitorThresholds(_Strict):
+    """Distances above which a feature has drifted from the baseline."""
+
+    numeric: float = Field(
+        default=0.1, gt=0, le=1, description="Kolmogorov-Smirnov distance for numeric features."
+    )
+    categorical: float = Field(
+        default=0.1, gt=0, le=1, description="L-infinity distance for categorical features."
+    )
+    completeness: float = Field(
+        default=0.05, ge=0, le=1, description="How far completeness may fall below the baseline's."
+    )
+
+
+class MonitorSpec(_Strict):
+    """Data-quality and drift monitoring of captured traffic against a baseline."""
+
+    every_s: float = Field(
+        default=3600.0, ge=10, le=7 * 86400, description="How often each arm is checked."
+    )
+    window_s: float | None = Field(
+        default=None,
+        ge=10,
+        le=30 * 86400,
+        description="How much captured traffic each check reads (default: every_s).",
+    )
+    features: list[str] | None = Field(
+        default=None, description="Features to check (default: every feature in the baseline)."
+    )
+    thresholds: MonitorThresholds = Field(
+        default_factory=MonitorThresholds, description="Distances that count as drift."
+    )
+
+
 class ShadowSpec(_Strict):
     """Shadow: the primary answers; requests are mirrored to the shadows, whose answers are dropped."""
 
@@ -567,6 +601,10 @@ class ExperimentSpec(_Strict):
         default=None,
         description="Data capture of requests and responses per arm (off when absent).",
     )
+    monitor: MonitorSpec | None = Field(
+        default=None,
+        description="Drift and data-quality checks of captured traffic (needs capture).",
+    )
     description: str = Field(default="", description="Free text for people.")
 
     @model_validator(mode="after")
@@ -583,6 +621,8 @@ class ExperimentSpec(_Strict):
             if name not in known:
                 raise _FieldError(path, f"unknown arm {name!r}; arms are {sorted(known)}")
 
+        if self.monitor is not None and self.capture is None:
+            raise _FieldError(("monitor",), "monitoring reads captured traffic: add capture")
         share = self.policy.min_arm_share
         if share * len(self.arms) > 1:
             raise _FieldError(

@@ -45,6 +45,7 @@ from banditgate.redis import Redis, stream_id_ms
 from banditgate.spec import ExperimentSpec
 from experiments.ledger import BUCKET_MS, LATENCY_BUCKETS_S, Ledger, join_counters, read_after
 from experiments.lifecycle import status_of
+from experiments.monitor_api import latest_reports
 from experiments.service import ControlService, Service
 from experiments.shadow_results import LATENCY_EDGES_MS, ShadowTally
 from experiments.stats import latency_quantile, srm
@@ -113,6 +114,7 @@ class ExperimentMetrics:
     srm: dict[str, Any] = field(default_factory=dict)
     shadow: dict[str, ShadowTally] = field(default_factory=dict)  # by shadow arm, lifetime
     load: dict[str, ArmLoad] = field(default_factory=dict)  # by arm, recent
+    monitor: dict[str, Any] = field(default_factory=dict)  # by arm, the latest check
 
 
 async def group_lags(redis: Redis, stream_key: str, stream: str, now_ms: int) -> list[GroupLag]:
@@ -176,6 +178,7 @@ async def gather(service: ControlService) -> list[ExperimentMetrics]:
             srm=check,
             shadow=shadow,
             load=load,
+            monitor=await latest_reports(redis, name),
         )
         for stream, key in (("decisions", keys.decisions(name)), ("joined", keys.joined(name))):
             metrics.groups += await group_lags(redis, key, stream, now_ms)
@@ -275,6 +278,26 @@ def families(experiments: Iterable[ExperimentMetrics]) -> list[Metric]:
         "per second rather than per minute).",
         labels=ea,
     )
+    violations = GaugeMetricFamily(
+        "banditgate_monitor_violations",
+        "Data-quality and drift violations in the arm's latest monitoring check.",
+        labels=ea,
+    )
+    checked = GaugeMetricFamily(
+        "banditgate_monitor_records",
+        "Captured records the arm's latest monitoring check read.",
+        labels=ea,
+    )
+    distance = GaugeMetricFamily(
+        "banditgate_monitor_distance",
+        "Each feature's distance from the baseline in the latest check (KS or L-infinity).",
+        labels=[*ea, "feature"],
+    )
+    checked_at = GaugeMetricFamily(
+        "banditgate_monitor_last_check_timestamp_seconds",
+        "When the arm's latest monitoring check finished (Unix time).",
+        labels=ea,
+    )
     mirrored = CounterMetricFamily(
         "banditgate_shadow_mirrored", "Requests mirrored to a shadow arm.", labels=ea
     )
@@ -350,6 +373,13 @@ def families(experiments: Iterable[ExperimentMetrics]) -> list[Metric]:
             if load.instances is not None:
                 instances.add_metric(labels, load.instances)
                 per_instance.add_metric(labels, load.per_instance or 0.0)
+        for arm, report in sorted(m.monitor.items()):
+            labels = [m.name, arm]
+            violations.add_metric(labels, len(report.get("violations") or []))
+            checked.add_metric(labels, report.get("records", 0))
+            checked_at.add_metric(labels, report.get("finished_ms", 0) / 1000)
+            for feature, value in sorted((report.get("distances") or {}).items()):
+                distance.add_metric([*labels, feature], value)
         for arm, tally in sorted(m.shadow.items()):
             labels = [m.name, arm]
             mirrored.add_metric(labels, tally.mirrored)
@@ -391,6 +421,10 @@ def families(experiments: Iterable[ExperimentMetrics]) -> list[Metric]:
         trainer,
         srm_flag,
         srm_p,
+        violations,
+        checked,
+        distance,
+        checked_at,
         rps,
         p50,
         p99,

@@ -165,6 +165,39 @@
     );
   }
 
+  // The monitoring worker's latest check per arm (monitor/, through /v1/.../monitor).
+  async function refreshMonitor() {
+    try {
+      const response = await fetch(`../v1/experiments/${encodeURIComponent(NAME)}/monitor`, { headers: { accept: "application/json" } });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      drawMonitor(await response.json());
+    } catch (err) {
+      $("monitor").innerHTML = `<p class="muted">monitoring unavailable (${esc(err.message)})</p>`;
+    }
+  }
+
+  function drawMonitor(m) {
+    state.monitor = m;
+    const panel = $("monitor-panel");
+    panel.hidden = !m.configured;
+    if (!m.configured) return;
+    const arms = Object.keys(m.arms).sort();
+    if (!m.baseline || !arms.length) {
+      $("monitor").innerHTML = `<p class="muted">${m.baseline ? "No check has run yet." : "No baseline yet: banditgate monitor baseline -e " + esc(NAME) + " --from training-data.parquet"}</p>`;
+      return;
+    }
+    const rows = arms.map((arm) => {
+      const r = m.arms[arm];
+      const found = r.violations || [];
+      const worst = Object.entries(r.distances || {}).sort((a, b) => b[1] - a[1])[0];
+      const list = found.map((v) => `<li>${esc(v.feature_name)}: ${esc(v.description)}</li>`).join("");
+      return `<tr data-arm="${esc(arm)}"><td><span class="swatch" style="background:${colorOf(arm)}"></span>${esc(arm)}</td><td>${time(r.finished_ms)}</td><td>${int(r.records)}</td>` +
+        `<td class="violations">${found.length ? `<span class="bad">${found.length}</span>` : '<span class="good">0</span>'}</td>` +
+        `<td>${worst ? `${esc(worst[0])} ${num(worst[1], 3)}` : "–"}</td><td class="left"><ul class="history">${list}</ul></td></tr>`;
+    });
+    $("monitor").innerHTML = `<table id="monitor-table"><thead><tr><th>arm</th><th>checked</th><th>records</th><th>violations</th><th>largest distance</th><th class="left">what</th></tr></thead><tbody>${rows.join("")}</tbody></table>`;
+  }
+
   // Reward per arm for each value of one context feature (the segments API).
   async function refreshSegments() {
     const select = $("segment-feature");
@@ -474,6 +507,7 @@
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       render(await response.json());
       await refreshSegments();
+      await refreshMonitor();
     } catch (err) {
       $("updated").textContent = `refresh failed (${err.message}); retrying`;
     }
