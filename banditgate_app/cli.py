@@ -47,6 +47,7 @@ from banditgate_app.demo.backend import EXAMPLE_PORTS, run_classifiers
 from banditgate_app.demo.cli import demo
 from banditgate_app.demo.reviews import SCENARIOS
 from experiments.cli import register as register_experiments
+from monitor.cli import register as register_monitor
 from reward_ingest.cli import register as register_ingest
 from trainer.cli import register as register_trainer
 
@@ -61,6 +62,7 @@ app.add_typer(policy_app, name="policy")
 register_ingest(app)
 register_trainer(app)
 register_experiments(app)
+register_monitor(app)
 app.command("demo")(demo)
 
 Files = Annotated[list[Path], typer.Option("--file", "-f", help="Experiment spec (YAML or JSON).")]
