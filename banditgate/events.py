@@ -35,6 +35,7 @@ class Decision(TypedDict):
     shadow: NotRequired[list[dict[str, Any]]]
     # Actions the request excluded: logged with probability 0, never chosen.
     excluded: NotRequired[list[str]]
+    retry_of: NotRequired[str]  # the failed attempt (nothing sent) this request retried
 
 
 class ArmCall(TypedDict):

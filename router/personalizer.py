@@ -30,7 +30,7 @@ from router.ranking import (
     parse_personalizer_rank,
     ranked_decision,
 )
-from router.routing import Router
+from router.routing import Router, check_context_size
 from router.runtime import ExperimentState
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,7 @@ class PersonalizerRouter:
         assert request.actions is not None
         event_id = request.event_id or new_event_id()
         context = state.featurizer.from_rank(request.context)
+        check_context_size(state, context)
         ranked = decide(state, context, event_id, request.actions, request.excluded)
         await self._log(state, event_id, [ranked], request.defer)
         body = {
@@ -107,6 +108,7 @@ class PersonalizerRouter:
         assert request.actions is not None
         event_id = request.event_id or new_event_id()
         context = state.featurizer.from_rank(request.context)
+        check_context_size(state, context)
         slots = decide_slots(state, context, event_id, request.actions, request.slots)
         await self._log(state, event_id, slots, request.defer)
         body = {
