@@ -67,7 +67,8 @@ async def served(
     monkeypatch.setenv("BANDITGATE_ADMIN_KEYS", ADMIN_KEY)
     monkeypatch.setenv("BANDITGATE_REWARD_KEYS", REWARD_KEY)
     monkeypatch.setenv("BANDITGATE_DEFERRED_SWEEP_S", "0.1")
-    async with serve_asgi(serve_app(redis=redis)) as url:
+    # A test that stalls fails here with its traceback instead of holding the suite.
+    async with asyncio.timeout(120), serve_asgi(serve_app(redis=redis)) as url:
         yield url
 
 
