@@ -22,9 +22,11 @@ from banditgate.errors import BanditgateError, MalformedJSON, NotReady, PayloadT
 from banditgate.metrics import ProcessMetrics
 from banditgate.redis import Redis, connect
 from banditgate.tasks import TaskGroup
+from router import sagemaker
 from router.backends import HttpBackend
 from router.decision_log import DecisionLog
 from router.metrics import RouterMetrics
+from router.replays import Replays
 from router.routing import Invocation, Outcome, Router
 from router.runtime import Runtime
 from router.settings import RouterSettings
@@ -152,7 +154,13 @@ class RouterApp:
             metrics=self.metrics,
         )
         self.router = Router(
-            runtime=self.runtime, backend=self.backend, log=self.log, mirror=self.mirror
+            runtime=self.runtime,
+            backend=self.backend,
+            log=self.log,
+            mirror=self.mirror,
+            replays=Replays(window_s=self.settings.replay_window_s)
+            if self.settings.replay_window_s > 0
+            else None,
         )
         self.log.start()
         self.mirror.start()
@@ -220,7 +228,7 @@ class RouterApp:
         if len(parts) == 4 and parts[1] == "endpoints" and parts[3] == "invocations":
             if method != "POST":
                 raise BanditgateError("use POST", status=405)
-            await self._invoke(scope, receive, send, Invocation(parts[2], "sagemaker", b"", {}))
+            await self._invoke_sagemaker(scope, receive, send, parts[2])
             return True
         if parts[1:3] == ["v2", "models"] and len(parts) >= 4:
             return await self._v2(parts, method, scope, receive, send)
@@ -290,6 +298,43 @@ class RouterApp:
             await send_error(send, error, extra)
             return
         await self._send_outcome(send, outcome)
+
+    async def _invoke_sagemaker(
+        self, scope: Scope, receive: Receive, send: Send, experiment: str
+    ) -> None:
+        """InvokeEndpoint: every failure in the shape botocore models (router/sagemaker.py)."""
+        assert self.router is not None and self.runtime is not None
+        call = Invocation(experiment, "sagemaker", b"", {})
+        try:
+            call.body = await read_body(scope, receive, self.settings.max_body_bytes)
+            call.headers = header_dict(scope)
+            outcome = await self.router.invoke(call)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            if not isinstance(error, BanditgateError):
+                log.exception("InvokeEndpoint on %r failed", experiment)
+            await sagemaker.send_error(
+                send,
+                sagemaker.from_error(error, loading=self._loading(experiment)),
+                event_id=getattr(error, "event_id", None),
+                variant=getattr(error, "variant", None),
+            )
+            return
+        if outcome.status >= 400:
+            failure = sagemaker.model_error(outcome.status, outcome.body, outcome.variant)
+            await sagemaker.send_error(
+                send, failure, event_id=outcome.event_id, variant=outcome.variant
+            )
+            return
+        await self._send_outcome(send, outcome)
+
+    def _loading(self, experiment: str) -> bool:
+        """Known to this router but not (yet) served: starting, or its policy failed to load."""
+        runtime = self.runtime
+        if runtime is None or not runtime.serves(experiment):
+            return False
+        return not runtime.ready or experiment in runtime.watcher.specs
 
     async def _send_outcome(self, send: Send, outcome: Outcome) -> None:
         headers = [

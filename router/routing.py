@@ -17,6 +17,7 @@ from banditgate.policy import ActionSet, sample_index
 from router.allocation import allocate
 from router.backends import Backend, BackendResponse, forward_headers
 from router.decision_log import DecisionLog
+from router.replays import Replays, replay_key
 from router.runtime import ExperimentState, Runtime
 from router.shadow import ShadowMirror
 
@@ -87,11 +88,14 @@ class Router:
         backend: Backend,
         log: DecisionLog,
         mirror: ShadowMirror | None = None,
+        replays: Replays[Choice] | None = None,
     ) -> None:
+        """`replays`: decisions kept per client request, so a retry is answered from its first."""
         self.runtime = runtime
         self.backend = backend
         self.log = log
         self.mirror = mirror
+        self.replays = replays
 
     def choose(
         self,
@@ -172,7 +176,8 @@ class Router:
             return {**features, **text_features(text)}, None
         return featurizer.from_request(None, call.headers), None
 
-    def _event_id(self, call: Invocation, body: Any) -> str:
+    def _event_id(self, call: Invocation, body: Any) -> str | None:
+        """The client's event id, if it sent one."""
         headers = call.headers
         if call.protocol == "sagemaker":
             given = headers.get("x-amzn-sagemaker-inference-id")
@@ -183,7 +188,7 @@ class Router:
             return check_event_id(given, "X-Banditgate-Event-Id", status=400)
         if call.protocol == "v2" and isinstance(body, dict) and isinstance(body.get("id"), str):
             return check_event_id(body["id"], "id", status=400)
-        return new_event_id()
+        return None
 
     async def invoke(self, call: Invocation) -> Outcome:
         state = self.runtime.get(call.experiment)
@@ -191,29 +196,43 @@ class Router:
         context, body = self._context(state, call)
         if call.protocol == "v2" and body is None and call.body:
             body = parse_json(call.body)
-        event_id = self._event_id(call, body)
-        target = headers.get("x-amzn-sagemaker-target-variant") or headers.get(
-            "x-banditgate-variant"
-        )
-        choice = self.choose(state, context, event_id, target=target, headers=headers, body=body)
+        given = self._event_id(call, body)
+        key = replay_key(state.name, headers, given) if self.replays is not None else None
+        choice = self.replays.get(key) if self.replays is not None and key is not None else None
+        if choice is not None and choice.arm not in state.arms:
+            choice = None  # the arm was removed since: decide afresh
+        replayed = choice is not None
+        if choice is None:
+            target = headers.get("x-amzn-sagemaker-target-variant") or headers.get(
+                "x-banditgate-variant"
+            )
+            event_id = given or new_event_id()
+            choice = self.choose(
+                state, context, event_id, target=target, headers=headers, body=body
+            )
+            if self.replays is not None and key is not None:
+                self.replays.put(key, choice)
+        event_id = choice.event_id
         arm = state.arms[choice.arm]
         url, out_headers = self._request_for(call, arm.url, arm.path, arm.model_name, event_id)
         started = time.perf_counter()
         try:
             response = await self.backend.send(arm, url, call.body, out_headers, method=call.method)
         except BackendError as exc:
-            self.record(
-                state,
-                choice,
-                status=exc.status,
-                latency_ms=(time.perf_counter() - started) * 1000,
-                error=exc.message,
-            )
+            if not replayed:
+                self.record(
+                    state,
+                    choice,
+                    status=exc.status,
+                    latency_ms=(time.perf_counter() - started) * 1000,
+                    error=exc.message,
+                )
             exc.event_id = event_id  # type: ignore[attr-defined]
             exc.variant = choice.arm  # type: ignore[attr-defined]
             raise
-        self.record(state, choice, status=response.status, latency_ms=response.latency_ms)
-        if state.shadow is not None:
+        if not replayed:
+            self.record(state, choice, status=response.status, latency_ms=response.latency_ms)
+        if state.shadow is not None and not replayed:
             self.after_response(state, call, choice, response)
         return self._outcome(call, choice, response)
 

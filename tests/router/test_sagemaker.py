@@ -108,7 +108,8 @@ async def test_unknown_target_variant_is_400_through_boto3(start_router, name):
         else:
             raise AssertionError("expected a client error")
     assert error["ResponseMetadata"]["HTTPStatusCode"] == 400
-    assert error["Error"]["Code"] == "UnknownVariant"
+    assert error["Error"]["Code"] == "ValidationError"
+    assert "unknown target variant 'nope'" in error["Error"]["Message"]
 
 
 async def _count(redis, name, n):  # type: ignore[no-untyped-def]
