@@ -22,7 +22,7 @@ from banditgate.errors import BanditgateError, MalformedJSON, NotReady, PayloadT
 from banditgate.metrics import ProcessMetrics
 from banditgate.redis import Redis, connect
 from banditgate.tasks import TaskGroup
-from router import sagemaker
+from router import oip, sagemaker
 from router.backends import HttpBackend
 from router.decision_log import DecisionLog
 from router.metrics import RouterMetrics
@@ -230,8 +230,9 @@ class RouterApp:
                 raise BanditgateError("use POST", status=405)
             await self._invoke_sagemaker(scope, receive, send, parts[2])
             return True
-        if parts[1:3] == ["v2", "models"] and len(parts) >= 4:
-            return await self._v2(parts, method, scope, receive, send)
+        if parts[1] == "v2":
+            await self._v2(parts, method, scope, receive, send)
+            return True
         if len(parts) >= 3 and parts[1] == "proxy":
             call = Invocation(
                 parts[2],
@@ -249,41 +250,95 @@ class RouterApp:
                 raise BanditgateError("use POST", status=405)
             await self._rank(parts[3], scope, receive, send)
             return True
-        if path == "/health/live" or path == "/v2/health/live":
+        if path == "/health/live":
             await send_response(send, 200, b'{"status":"live"}')
             return True
-        if path == "/health/ready" or path == "/v2/health/ready":
+        if path == "/health/ready":
             await self._ready(send)
             return True
         return False
 
     async def _v2(
         self, parts: list[str], method: str, scope: Scope, receive: Receive, send: Send
-    ) -> bool:
+    ) -> None:
+        """Open Inference Protocol: every answer, errors included, in its shape (router/oip.py)."""
+        try:
+            await self._v2_route(parts, method, scope, receive, send)
+        except BanditgateError as error:
+            headers: list[tuple[bytes, bytes]] = []
+            event_id = getattr(error, "event_id", None)
+            if event_id is not None:
+                headers.append((b"x-banditgate-event-id", event_id.encode("latin-1")))
+            variant = getattr(error, "variant", None)
+            if variant is not None:
+                headers.append((b"x-banditgate-variant", variant.encode("latin-1")))
+            body = oip.error_body(oip.error_message(error))
+            await send_response(send, error.status, body, JSON, headers)
+
+    async def _v2_route(
+        self, parts: list[str], method: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        assert self.runtime is not None
+        if len(parts) == 2 or parts[2:] == [""]:
+            _require(method, "GET")
+            await send_response(send, 200, orjson.dumps(oip.server_metadata()))
+            return
+        if parts[2:] == ["health", "live"]:
+            _require(method, "GET")
+            await send_response(send, 200, b'{"live":true}')
+            return
+        if parts[2:] == ["health", "ready"]:
+            _require(method, "GET")
+            try:
+                await self._readiness()
+            except NotReady as error:
+                body = {"ready": False, "error": error.message}
+                await send_response(send, 400, orjson.dumps(body))
+                return
+            await send_response(send, 200, b'{"ready":true}')
+            return
+        if parts[2] != "models" or len(parts) < 4:
+            raise BanditgateError(f"no route for {scope['path']}", status=404)
         experiment = parts[3]
         tail = parts[4:]
-        if tail and tail[0] == "versions" and len(tail) >= 2:
-            tail = tail[2:]
-        if tail == ["infer"] and method == "POST":
-            await self._invoke(scope, receive, send, Invocation(experiment, "v2", b"", {}))
-            return True
-        assert self.runtime is not None
-        if tail == ["ready"] and method == "GET":
+        version: str | None = None
+        if tail[:1] == ["versions"] and len(tail) >= 2:
+            version, tail = tail[1], tail[2:]
+        if tail == ["infer"]:
+            _require(method, "POST")
+            path = f"versions/{version}/" if version else ""
+            await self._invoke(
+                scope, receive, send, Invocation(experiment, "v2", b"", {}, path=path)
+            )
+            return
+        if tail == ["ready"]:
+            _require(method, "GET")
             state = self.runtime.get(experiment)
-            await send_response(send, 200, orjson.dumps({"name": state.name, "ready": True}))
-            return True
-        if not tail and method == "GET":
+            ready = await oip.ready_arms(self.backend, list(state.arms.values()), version)
+            if not ready:
+                body = {
+                    "name": experiment,
+                    "ready": False,
+                    "error": f"no arm of {experiment!r} is ready",
+                }
+                await send_response(send, 400, orjson.dumps(body))
+                return
+            await send_response(send, 200, orjson.dumps({"name": experiment, "ready": True}))
+            return
+        if not tail:
+            _require(method, "GET")
             state = self.runtime.get(experiment)
-            body = {
-                "name": state.name,
-                "versions": [],
-                "platform": "banditgate",
-                "inputs": [],
-                "outputs": [],
-            }
-            await send_response(send, 200, orjson.dumps(body))
-            return True
-        return False
+            metadata = await oip.model_metadata(
+                self.backend, experiment, list(state.arms.values()), version
+            )
+            if metadata is None:
+                raise BanditgateError(
+                    f"no arm of {experiment!r} answered its model metadata (only v2 arms have it)",
+                    status=503,
+                )
+            await send_response(send, 200, orjson.dumps(metadata))
+            return
+        raise BanditgateError(f"no route for {scope['path']}", status=404)
 
     async def _invoke(self, scope: Scope, receive: Receive, send: Send, call: Invocation) -> None:
         assert self.router is not None
@@ -292,6 +347,8 @@ class RouterApp:
         try:
             outcome = await self.router.invoke(call)
         except BanditgateError as error:
+            if call.protocol == "v2":
+                raise  # rendered in the protocol's shape by _v2
             extra: list[tuple[bytes, bytes]] = []
             if call.protocol == "sagemaker":
                 extra.append((b"x-amzn-errortype", error.type.encode()))
@@ -359,6 +416,18 @@ class RouterApp:
         await send_response(send, 200, orjson.dumps(result), JSON, headers)
 
     async def _ready(self, send: Send) -> None:
+        await self._readiness()
+        body = {
+            "status": "ready",
+            "experiments": {
+                name: {"policy_version": state.loaded_version, "mode": state.spec.mode}
+                for name, state in self.runtime.experiments.items()  # type: ignore[union-attr]
+            },
+        }
+        await send_response(send, 200, orjson.dumps(body))
+
+    async def _readiness(self) -> None:
+        """Raise NotReady unless Redis answers and every served experiment is loaded."""
         problems: list[str] = []
         if self.redis is None or self.runtime is None or not self.started:
             raise NotReady("starting")
@@ -374,14 +443,11 @@ class RouterApp:
             problems.append("experiments not synced")
         if problems:
             raise NotReady("; ".join(problems))
-        body = {
-            "status": "ready",
-            "experiments": {
-                name: {"policy_version": state.loaded_version, "mode": state.spec.mode}
-                for name, state in self.runtime.experiments.items()
-            },
-        }
-        await send_response(send, 200, orjson.dumps(body))
+
+
+def _require(method: str, expected: str) -> None:
+    if method != expected:
+        raise BanditgateError(f"use {expected}", status=405)
 
 
 def create_app(

@@ -14,6 +14,7 @@ from banditgate.errors import BackendError, InvalidInput, MalformedJSON, Unknown
 from banditgate.events import ArmCall, Decision, new_event_id
 from banditgate.featurize import ContextFeatures, action_lines, text_features
 from banditgate.policy import ActionSet, sample_index
+from router import oip
 from router.allocation import allocate
 from router.backends import Backend, BackendResponse, forward_headers
 from router.decision_log import DecisionLog
@@ -47,7 +48,7 @@ class Invocation:
     body: bytes
     headers: Mapping[str, str]  # names lowercased
     method: str = "POST"
-    path: str = ""  # http protocol: the path after /proxy/{experiment}
+    path: str = ""  # http: the path after /proxy/{experiment}; v2: "versions/{v}/" or ""
     query: str = ""
 
 
@@ -166,6 +167,9 @@ class Router:
         featurizer = state.featurizer
         if not state.reads_body or not call.body:
             return featurizer.from_request(None, call.headers), None
+        if call.protocol == "v2":  # JSON, or the binary tensor extension's JSON header
+            body = parse_json(oip.json_part(call.body, call.headers))
+            return featurizer.from_request(body, call.headers), body
         content_type = call.headers.get("content-type", "application/json")
         if "json" in content_type:
             body = parse_json(call.body)
@@ -194,8 +198,9 @@ class Router:
         state = self.runtime.get(call.experiment)
         headers = call.headers
         context, body = self._context(state, call)
-        if call.protocol == "v2" and body is None and call.body:
-            body = parse_json(call.body)
+        binary = call.protocol == "v2" and oip.header_length(call.body, headers) is not None
+        if call.protocol == "v2" and body is None and call.body and not binary:
+            body = parse_json(call.body)  # for its id (a binary body is forwarded unparsed)
         given = self._event_id(call, body)
         key = replay_key(state.name, headers, given) if self.replays is not None else None
         choice = self.replays.get(key) if self.replays is not None and key is not None else None
@@ -278,8 +283,7 @@ class Router:
             out["x-amzn-sagemaker-inference-id"] = event_id
             return f"{base}{path or '/invocations'}", out
         if call.protocol == "v2":
-            out = {"content-type": headers.get("content-type", "application/json")}
-            return f"{base}/v2/models/{model}/infer", out
+            return f"{base}/v2/models/{model}/{call.path}infer", oip.forward_headers(headers)
         out = forward_headers(headers, _CONTROL_HEADERS)
         out["x-banditgate-event-id"] = event_id
         query = f"?{call.query}" if call.query else ""
@@ -294,6 +298,11 @@ class Router:
                 headers.append((b"x-amzn-sagemaker-custom-attributes", custom))
         elif call.protocol == "http":
             headers.extend(response.passthrough_headers())
+        elif call.protocol == "v2":
+            for name in oip.RESPONSE_HEADERS:
+                value = response.header(name)
+                if value is not None:
+                    headers.append((name, value))
         return Outcome(
             status=response.status,
             body=response.body,
