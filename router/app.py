@@ -29,6 +29,7 @@ from router.metrics import RouterMetrics
 from router.replays import Replays
 from router.routing import Invocation, Outcome, Router
 from router.runtime import Runtime
+from router.sagemaker_stream import StreamRelay
 from router.settings import RouterSettings
 from router.shadow import ShadowMirror
 
@@ -41,6 +42,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON = b"application/json"
+# /endpoints/{experiment}/<route>: SageMaker Runtime's InvokeEndpoint family.
+SAGEMAKER_ROUTES = frozenset({"invocations", "invocations-response-stream", "async-invocations"})
 
 
 async def send_response(
@@ -126,6 +129,7 @@ class RouterApp:
         self.log: DecisionLog | None = None
         self.router: Router | None = None
         self.mirror: ShadowMirror | None = None
+        self.streams: StreamRelay | None = None
         self.tasks = TaskGroup("router")
         self.started = False
 
@@ -162,6 +166,11 @@ class RouterApp:
             if self.settings.replay_window_s > 0
             else None,
         )
+        self.streams = StreamRelay(
+            router=self.router,
+            timeout_s=self.settings.backend_timeout_s,
+            connect_timeout_s=self.settings.backend_connect_timeout_s,
+        )
         self.log.start()
         self.mirror.start()
         self.tasks.spawn(self.runtime.watcher.watch(), "announcements")
@@ -177,6 +186,8 @@ class RouterApp:
         if self.mirror is not None:
             await self.mirror.stop()
         await self.backend.close()
+        if self.streams is not None:
+            await self.streams.close()
         if self.redis is not None and self._owns_redis:
             await self.redis.aclose()
         self.process_metrics.close()
@@ -225,10 +236,10 @@ class RouterApp:
         parts = path.split("/")
         method: str = scope["method"]
         # /endpoints/{experiment}/invocations
-        if len(parts) == 4 and parts[1] == "endpoints" and parts[3] == "invocations":
+        if len(parts) == 4 and parts[1] == "endpoints" and parts[3] in SAGEMAKER_ROUTES:
             if method != "POST":
                 raise BanditgateError("use POST", status=405)
-            await self._invoke_sagemaker(scope, receive, send, parts[2])
+            await self._invoke_sagemaker(scope, receive, send, parts[2], parts[3])
             return True
         if parts[1] == "v2":
             await self._v2(parts, method, scope, receive, send)
@@ -357,14 +368,24 @@ class RouterApp:
         await self._send_outcome(send, outcome)
 
     async def _invoke_sagemaker(
-        self, scope: Scope, receive: Receive, send: Send, experiment: str
+        self, scope: Scope, receive: Receive, send: Send, experiment: str, route: str
     ) -> None:
-        """InvokeEndpoint: every failure in the shape botocore models (router/sagemaker.py)."""
+        """InvokeEndpoint(WithResponseStream): failures in botocore's shapes (router/sagemaker.py)."""
         assert self.router is not None and self.runtime is not None
         call = Invocation(experiment, "sagemaker", b"", {})
         try:
+            if route == "async-invocations":
+                raise sagemaker.SageMakerError(
+                    sagemaker.VALIDATION_ERROR,
+                    "InvokeEndpointAsync is not supported: banditgate answers requests as they "
+                    "come (use InvokeEndpoint or InvokeEndpointWithResponseStream)",
+                )
             call.body = await read_body(scope, receive, self.settings.max_body_bytes)
             call.headers = header_dict(scope)
+            if route == "invocations-response-stream":
+                assert self.streams is not None
+                await self.streams.relay(send, call)
+                return
             outcome = await self.router.invoke(call)
         except asyncio.CancelledError:
             raise

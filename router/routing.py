@@ -141,6 +141,7 @@ class Router:
         status: int,
         latency_ms: float,
         error: str | None = None,
+        ttfb_ms: float | None = None,
     ) -> Decision:
         decision: Decision = {
             "event_id": choice.event_id,
@@ -160,6 +161,8 @@ class Router:
             decision["action_features"] = list(choice.actions.features)
         if error is not None:
             decision["error"] = error
+        if ttfb_ms is not None:
+            decision["ttfb_ms"] = round(ttfb_ms, 3)
         self.log.append(decision, state.index_ttl_s)
         return decision
 
@@ -194,7 +197,8 @@ class Router:
             return check_event_id(body["id"], "id", status=400)
         return None
 
-    async def invoke(self, call: Invocation) -> Outcome:
+    def decide(self, call: Invocation) -> tuple[ExperimentState, Choice, bool]:
+        """(state, choice, replayed): a retry of a request already decided gets its decision."""
         state = self.runtime.get(call.experiment)
         headers = call.headers
         context, body = self._context(state, call)
@@ -206,17 +210,19 @@ class Router:
         choice = self.replays.get(key) if self.replays is not None and key is not None else None
         if choice is not None and choice.arm not in state.arms:
             choice = None  # the arm was removed since: decide afresh
-        replayed = choice is not None
-        if choice is None:
-            target = headers.get("x-amzn-sagemaker-target-variant") or headers.get(
-                "x-banditgate-variant"
-            )
-            event_id = given or new_event_id()
-            choice = self.choose(
-                state, context, event_id, target=target, headers=headers, body=body
-            )
-            if self.replays is not None and key is not None:
-                self.replays.put(key, choice)
+        if choice is not None:
+            return state, choice, True
+        target = headers.get("x-amzn-sagemaker-target-variant") or headers.get(
+            "x-banditgate-variant"
+        )
+        event_id = given or new_event_id()
+        choice = self.choose(state, context, event_id, target=target, headers=headers, body=body)
+        if self.replays is not None and key is not None:
+            self.replays.put(key, choice)
+        return state, choice, False
+
+    async def invoke(self, call: Invocation) -> Outcome:
+        state, choice, replayed = self.decide(call)
         event_id = choice.event_id
         arm = state.arms[choice.arm]
         url, out_headers = self._request_for(call, arm.url, arm.path, arm.model_name, event_id)
