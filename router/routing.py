@@ -6,16 +6,25 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
 from banditgate.contracts import MAX_ACTION_ID_CHARS, check_event_id
-from banditgate.errors import BackendError, InvalidInput, MalformedJSON, UnknownVariant
+from banditgate.errors import (
+    BackendError,
+    BanditgateError,
+    InvalidInput,
+    MalformedJSON,
+    UnknownVariant,
+)
 from banditgate.events import ArmCall, Decision, new_event_id
 from banditgate.featurize import ContextFeatures, action_lines, text_features
 from banditgate.policy import ActionSet, sample_index
+from banditgate.spec import Arm
 from router import oip
 from router.allocation import allocate
+from router.arm_credentials import ArmCredentials, needs_credentials
 from router.backends import Backend, BackendResponse, forward_headers
 from router.decision_log import DecisionLog
 from router.replays import Replays, replay_key
@@ -97,6 +106,7 @@ class Router:
         self.log = log
         self.mirror = mirror
         self.replays = replays
+        self.credentials = ArmCredentials()
 
     def choose(
         self,
@@ -225,7 +235,14 @@ class Router:
         state, choice, replayed = self.decide(call)
         event_id = choice.event_id
         arm = state.arms[choice.arm]
-        url, out_headers = self._request_for(call, arm.url, arm.path, arm.model_name, event_id)
+        try:
+            url, out_headers = self.arm_request(call, arm, event_id)
+        except BanditgateError as exc:  # the arm's request cannot be built (a missing secret)
+            if not replayed:
+                self.record(state, choice, status=exc.status, latency_ms=0.0, error=exc.message)
+            exc.event_id = event_id  # type: ignore[attr-defined]
+            exc.variant = choice.arm  # type: ignore[attr-defined]
+            raise
         started = time.perf_counter()
         try:
             response = await self.backend.send(arm, url, call.body, out_headers, method=call.method)
@@ -265,9 +282,7 @@ class Router:
         primary_body = response.body if plan.compare_bodies else None
         for name in plan.shadows:
             arm = state.arms[name]
-            url, headers = self._request_for(
-                call, arm.url, arm.path, arm.model_name, choice.event_id
-            )
+            url, headers = self.arm_request(call, arm, choice.event_id)
             mirror.submit(
                 state.name,
                 choice.event_id,
@@ -279,6 +294,21 @@ class Router:
                 primary,
                 primary_body,
             )
+
+    def arm_request(
+        self, call: Invocation, arm: Arm, event_id: str, *, stream: bool = False
+    ) -> tuple[str, dict[str, str]]:
+        """(url, headers) of the request to `arm`, with its own headers, secrets and signature."""
+        path = arm.path
+        if arm.protocol == "sagemaker-runtime" and call.protocol == "sagemaker" and path is None:
+            operation = "invocations-response-stream" if stream else "invocations"
+            path = f"/endpoints/{quote(arm.model_name, safe='')}/{operation}"
+        url, headers = self._request_for(call, arm.url, path, arm.model_name, event_id)
+        if needs_credentials(arm):
+            headers = self.credentials.apply(
+                arm, call.headers, headers, method=call.method, url=url, body=call.body
+            )
+        return url, headers
 
     def _request_for(
         self, call: Invocation, base: str, path: str | None, model: str, event_id: str

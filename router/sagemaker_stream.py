@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from banditgate.errors import BackendError, BackendTimeout
+from banditgate.errors import BackendError, BackendTimeout, BanditgateError
 from router import eventstream, sagemaker
 from router.routing import Invocation, Router
 
@@ -61,7 +61,21 @@ class StreamRelay:
         router = self.router
         state, choice, replayed = router.decide(call)
         arm = state.arms[choice.arm]
-        url, headers = router._request_for(call, arm.url, arm.path, arm.model_name, choice.event_id)
+        try:
+            if arm.protocol == "sagemaker-runtime":
+                # Its answer is an event stream already; relaying it is not built yet.
+                raise sagemaker.SageMakerError(
+                    sagemaker.VALIDATION_ERROR,
+                    f"streaming to arm {arm.name!r} (protocol sagemaker-runtime) is not supported",
+                )
+            url, headers = router.arm_request(call, arm, choice.event_id, stream=True)
+        except (sagemaker.SageMakerError, BanditgateError) as exc:
+            if not replayed:
+                status = getattr(exc, "status", 500)
+                router.record(state, choice, status=status, latency_ms=0.0, error=exc.message)
+            exc.event_id = choice.event_id  # type: ignore[union-attr]
+            exc.variant = choice.arm  # type: ignore[union-attr]
+            raise
         accept = call.headers.get("x-amzn-sagemaker-accept")
         if accept is not None:
             headers["accept"] = accept
