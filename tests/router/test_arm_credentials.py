@@ -196,3 +196,52 @@ async def test_sagemaker_runtime_arms_are_signed_with_sigv4(start_router, redis,
 
 async def _count(redis, name, n):  # type: ignore[no-untyped-def]
     return len(await logged_decisions(redis, name)) >= n
+
+
+async def test_a_sagemaker_runtime_arm_in_front_of_motos_sagemaker(
+    start_router, redis, name, monkeypatch
+):
+    from moto.server import ThreadedMotoServer
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "arm-secret-key")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    await asyncio.to_thread(server.start)
+    try:
+        host, port = server.get_host_and_port()
+        moto_url = f"http://{host}:{port}"
+        results = {
+            "region": "eu-west-3",
+            "results": [{"Body": "answer from moto", "ContentType": "text/plain"}],
+        }
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{moto_url}/moto-api/static/sagemaker/endpoint-results", json=results) as r,
+        ):
+            assert r.status == 201
+        url, _ = await start_router(
+            spec(
+                name,
+                [
+                    {
+                        "name": "aws",
+                        "url": moto_url,
+                        "protocol": "sagemaker-runtime",
+                        "model": "prod-endpoint",
+                        "region": "eu-west-3",
+                    }
+                ],
+            )
+        )
+        client = runtime_client(url)
+        response = await asyncio.to_thread(
+            client.invoke_endpoint, EndpointName=name, Body=b"{}", ContentType="application/json"
+        )
+    finally:
+        await asyncio.to_thread(server.stop)
+    assert response["Body"].read() == b"answer from moto"
+    assert response["ContentType"] == "text/plain"
+    assert response["InvokedProductionVariant"] == "aws"
+    await wait_for(lambda: _count(redis, name, 1))
+    (decision,) = await logged_decisions(redis, name)
+    assert decision["chosen"] == "aws" and decision["status"] == 200
