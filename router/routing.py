@@ -41,6 +41,7 @@ SAGEMAKER_PASSTHROUGH = frozenset(
         "x-amzn-sagemaker-target-model",
         "x-amzn-sagemaker-session-id",
         "x-amzn-sagemaker-enable-explanations",
+        "x-amzn-sagemaker-target-container-hostname",
         "x-amzn-sagemaker-inference-component",
     }
 )
