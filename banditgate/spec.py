@@ -98,16 +98,18 @@ class Arm(_Strict):
         description="Backend response timeout (default: BANDITGATE_BACKEND_TIMEOUT_S).",
     )
 
-    headers: dict[str, str] = Field(
-        default_factory=dict,
+    # None rather than empty by default: a spec that uses neither stays readable by
+    # routers that predate them (the stored JSON leaves out None).
+    headers: dict[str, str] | None = Field(
+        default=None,
         description="Headers sent with every request to this arm (the spec is readable: "
         "put secrets in auth, which reads them from the router's environment).",
     )
     auth: ArmAuth | None = Field(
         default=None, description="Credentials from the router's environment for this arm."
     )
-    forward_headers: list[str] = Field(
-        default_factory=list,
+    forward_headers: list[str] | None = Field(
+        default=None,
         description="Client request headers passed on to this arm too (e.g. authorization, "
         "cookie); none by default.",
     )
@@ -120,7 +122,9 @@ class Arm(_Strict):
 
     @field_validator("headers")
     @classmethod
-    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+    def _headers(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
         out: dict[str, str] = {}
         for name, text in value.items():
             _check_header_name(name)
@@ -131,7 +135,9 @@ class Arm(_Strict):
 
     @field_validator("forward_headers")
     @classmethod
-    def _forward_headers(cls, value: list[str]) -> list[str]:
+    def _forward_headers(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
         for name in value:
             _check_header_name(name)
         return [name.lower() for name in value]

@@ -47,11 +47,12 @@ class ArmCredentials:
         url: str,
         body: bytes,
     ) -> dict[str, str]:
-        for name in arm.forward_headers:
+        for name in arm.forward_headers or ():
             value = client_headers.get(name)
             if value is not None:
                 out[name] = value
-        out.update(arm.headers)
+        if arm.headers:
+            out.update(arm.headers)
         if arm.auth is not None:
             token = self.environ.get(arm.auth.bearer_env)
             if not token:
