@@ -31,7 +31,7 @@ from bench.router import free_port, wait_port  # noqa: E402
 
 EXPERIMENT = "bench-stream"
 
-BACKEND = '''
+BACKEND = """
 import asyncio, sys
 import httptools, uvloop
 
@@ -54,7 +54,7 @@ async def main(port):
     await server.serve_forever()
 
 uvloop.run(main(int(sys.argv[1])))
-'''
+"""
 
 
 async def prepare(url: str, backend_url: str) -> None:
