@@ -10,7 +10,8 @@ becomes, and why:
   `OriginalStatusCode` / `OriginalMessage` when the arm answered. Not retried by
   botocore: retrying a failed model call only repeats it (and, before event ids were
   kept per client request, made a fresh decision each time);
-- no arm can answer: `ServiceUnavailable` 503 (retried by botocore, as it should be);
+- no arm can answer, or this router is at its in-flight limit: `ServiceUnavailable` 503
+  (retried by botocore, as it should be);
 - the experiment exists but this router has not loaded it yet: `ModelNotReadyException`;
 - anything else: `InternalFailure` 500.
 """
@@ -27,6 +28,7 @@ from banditgate.errors import (
     BanditgateError,
     NoHealthyArm,
     NotReady,
+    Overloaded,
     UnknownExperiment,
 )
 
@@ -91,7 +93,7 @@ def from_error(error: BaseException, *, loading: bool = False) -> SageMakerError
                 ErrorCode=kind,
             )
         return SageMakerError(VALIDATION_ERROR, f"Endpoint {error.name} not found.", ErrorCode=kind)
-    if isinstance(error, NoHealthyArm):
+    if isinstance(error, NoHealthyArm | Overloaded):
         return SageMakerError(SERVICE_UNAVAILABLE, error.message, ErrorCode=kind)
     if isinstance(error, NotReady):
         return SageMakerError(MODEL_NOT_READY, error.message, ErrorCode=kind)

@@ -59,7 +59,8 @@ class StreamRelay:
 
     async def relay(self, send: Any, call: Invocation) -> None:
         router = self.router
-        state, choice, replayed = router.decide(call)
+        decided = router.decide(call)
+        state, choice, replayed = decided.state, decided.choice, decided.replayed
         arm = state.arms[choice.arm]
         try:
             if arm.protocol == "sagemaker-runtime":

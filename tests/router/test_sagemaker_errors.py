@@ -124,7 +124,7 @@ async def test_model_errors_quote_the_arm(start_router, redis, name):
         assert "OriginalStatusCode" not in error.response
 
         error = await invoke_error(client, model_error, EndpointName=name, TargetVariant="down")
-        assert "arm 'down' failed: cannot connect" in error.response["Error"]["Message"]
+        assert "arm 'down' unreachable: cannot connect" in error.response["Error"]["Message"]
 
     await wait_for(lambda: _count(redis, name, 4))
     decisions = {d["chosen"]: d for d in await logged_decisions(redis, name)}
@@ -244,24 +244,26 @@ async def test_boto3_default_retries_with_an_arm_down_log_one_decision_per_call(
             aws_secret_access_key="testing",
         )
 
-        def call(i: int) -> str:
-            try:
-                response = client.invoke_endpoint(
-                    EndpointName=name, Body=b'{"features": ["x"]}', ContentType="application/json"
-                )
-            except client.exceptions.ModelError as exc:
-                assert exc.response["ResponseMetadata"]["RetryAttempts"] == 0
-                return "down"
-            return str(response["InvokedProductionVariant"])
+        def call(i: int) -> tuple[str, int]:
+            response = client.invoke_endpoint(
+                EndpointName=name, Body=b'{"features": ["x"]}', ContentType="application/json"
+            )
+            retries = response["ResponseMetadata"]["RetryAttempts"]
+            return str(response["InvokedProductionVariant"]), retries
 
-        variants = [await asyncio.to_thread(call, i) for i in range(20)]
-    assert "down" in variants and "up" in variants
-    assert len(up.requests) == variants.count("up")
+        answers = [await asyncio.to_thread(call, i) for i in range(20)]
+    # The router sends a request that could not reach "down" to "up" itself: no client retries.
+    assert answers == [("up", 0)] * 20
+    assert len(up.requests) == 20
     await wait_for(lambda: _count(redis, name, 20))
     await asyncio.sleep(0.05)
     decisions = await logged_decisions(redis, name)
-    assert len(decisions) == 20
-    assert sorted(d["chosen"] for d in decisions) == sorted(variants)
+    failed_attempts = {d["retry_of"] for d in decisions if "retry_of" in d}
+    answered = [d for d in decisions if d["event_id"] not in failed_attempts]
+    # One decision per client call; the attempts that never reached "down" are logged apart.
+    assert len(answered) == 20
+    assert {d["chosen"] for d in answered} == {"up"}
+    assert all(d["chosen"] == "down" for d in decisions if d["event_id"] in failed_attempts)
 
 
 async def test_the_error_body_is_sagemakers(start_router, name):
