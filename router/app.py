@@ -111,6 +111,27 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+WEBSOCKET_REFUSED = (
+    "connection upgrades (WebSocket, h2c) are not proxied by banditgate; call the arm directly"
+)
+
+
+def _upgrade(scope: Scope) -> bool:
+    return any(name == b"upgrade" for name, _ in scope["headers"])
+
+
+async def refuse_websocket(scope: Scope, send: Send) -> None:
+    """WebSocket upgrades are not proxied: a 400 that says so, where the server lets us."""
+    message = WEBSOCKET_REFUSED
+    if "websocket.http.response" in scope.get("extensions", {}):
+        body = orjson.dumps({"error": {"type": "BadRequest", "message": message}})
+        headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode())]
+        await send({"type": "websocket.http.response.start", "status": 400, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+        return
+    await send({"type": "websocket.close", "code": 1008, "reason": message})
+
+
 def header_dict(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
 
@@ -253,6 +274,9 @@ class RouterApp:
         if kind == "lifespan":
             await self._lifespan(receive, send)
             return
+        if kind == "websocket":
+            await refuse_websocket(scope, send)
+            return
         if kind != "http":
             return
         if await self.handle(scope, receive, send):
@@ -289,6 +313,8 @@ class RouterApp:
             await self._v2(parts, method, scope, receive, send)
             return True
         if len(parts) >= 3 and parts[1] == "proxy":
+            if _upgrade(scope):  # no WebSocket library: the upgrade arrives as plain HTTP
+                raise BanditgateError(WEBSOCKET_REFUSED, status=400, field="Upgrade")
             call = Invocation(
                 parts[2],
                 "http",
@@ -297,6 +323,8 @@ class RouterApp:
                 method=method,
                 path="/".join(parts[3:]),
                 query=scope.get("query_string", b"").decode("latin-1"),
+                client=(scope.get("client") or ("",))[0] or "",
+                scheme=scope.get("scheme", "http"),
             )
             await self._invoke(scope, receive, send, call)
             return True

@@ -67,6 +67,8 @@ class Invocation:
     method: str = "POST"
     path: str = ""  # http: the path after /proxy/{experiment}; v2: "versions/{v}/" or ""
     query: str = ""
+    client: str = ""  # http: the client's address, for X-Forwarded-For
+    scheme: str = "http"  # http: the scheme the client used, for X-Forwarded-Proto
 
 
 @dataclass
@@ -521,6 +523,18 @@ class Router:
             return f"{base}/v2/models/{model}/{call.path}infer", oip.forward_headers(headers)
         out = forward_headers(headers, _CONTROL_HEADERS)
         out["x-banditgate-event-id"] = event_id
+        # As reverse proxies do: who asked, how, and for which host (the arm gets its own Host).
+        if call.client:
+            earlier = headers.get("x-forwarded-for")
+            # A server that trusts the peer (uvicorn's proxy headers) already made the
+            # header's last address the client: the chain is then complete as it is.
+            if earlier and earlier.rsplit(",", 1)[-1].strip() == call.client:
+                out["x-forwarded-for"] = earlier
+            else:
+                out["x-forwarded-for"] = f"{earlier}, {call.client}" if earlier else call.client
+        out.setdefault("x-forwarded-proto", call.scheme)
+        if "host" in headers:
+            out.setdefault("x-forwarded-host", headers["host"])
         query = f"?{call.query}" if call.query else ""
         return f"{base}/{call.path.lstrip('/')}{query}", out
 
