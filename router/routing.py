@@ -313,12 +313,10 @@ class Router:
         try:
             response = await self._forward(state, call, choice, replayed=replayed)
         except BackendError as exc:
-            if not (
-                isinstance(exc, NOT_SENT)
-                and self.retry_unreachable
-                and not choice.forced
-                and len(choice.actions.names) > 1
-            ):
+            unreachable = isinstance(exc, NOT_SENT) and not choice.forced
+            if unreachable and len(choice.actions.names) == 1:
+                exc.no_arm_left = True  # type: ignore[attr-defined]
+            if not (unreachable and self.retry_unreachable and len(choice.actions.names) > 1):
                 raise
             retry = self.choose(
                 state,
@@ -329,6 +327,7 @@ class Router:
                 exclude=choice.arm,
             )
             if retry is None:
+                exc.no_arm_left = True  # type: ignore[attr-defined]
                 raise
             # Nothing reached the first arm: the request goes to another one, as a new
             # decision with its own pmf. It keeps the event id the client sees and rewards;
@@ -340,7 +339,13 @@ class Router:
             retry.retry_of = failed_id
             if self.replays is not None and decided.key is not None:
                 self.replays.put(decided.key, retry)  # a client retry goes where this went
-            response = await self._forward(state, call, retry, replayed=replayed)
+            try:
+                response = await self._forward(state, call, retry, replayed=replayed)
+            except BackendError as again:
+                if isinstance(again, NOT_SENT) and len(choice.actions.names) == 2:
+                    # Both arms were tried: none can answer.
+                    setattr(again, "no_arm_left", True)  # noqa: B010
+                raise
             choice = retry
         if state.shadow is not None and not replayed:
             self.after_response(state, call, choice, response)

@@ -97,6 +97,11 @@ def from_error(error: BaseException, *, loading: bool = False) -> SageMakerError
         return SageMakerError(SERVICE_UNAVAILABLE, error.message, ErrorCode=kind)
     if isinstance(error, NotReady):
         return SageMakerError(MODEL_NOT_READY, error.message, ErrorCode=kind)
+    if isinstance(error, BackendError) and getattr(error, "no_arm_left", False):
+        # Every arm was tried (or is out): retrying later is right, and botocore does.
+        return SageMakerError(
+            SERVICE_UNAVAILABLE, f"no arm can answer: {error.message}", ErrorCode=kind
+        )
     if isinstance(error, BackendTimeout):
         variant = getattr(error, "variant", None) or "the arm"
         return SageMakerError(

@@ -179,6 +179,32 @@ def test_service_unavailable_parses_as_botocores_class():
     assert client.exceptions.from_code("ServiceUnavailable") is client.exceptions.ServiceUnavailable
 
 
+async def test_service_unavailable_when_no_arm_can_answer_and_retries_log_nothing_more(
+    start_router, redis, name
+):
+    url, _ = await start_router(
+        make_spec(name, [("a", closed_port_url()), ("b", closed_port_url())])
+    )
+    single = f"{name}-one"
+    single_url, _ = await start_router(make_spec(single, [("only", closed_port_url())]))
+    client = runtime_client(url, retries={"mode": "standard", "max_attempts": 3})
+    error = await invoke_error(client, client.exceptions.ServiceUnavailable, EndpointName=name)
+    assert error.response["Error"]["Message"].startswith("no arm can answer: arm ")
+    assert error.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    assert error.response["ResponseMetadata"]["RetryAttempts"] > 0  # botocore retried
+    await wait_for(lambda: _count(redis, name, 2))
+    await asyncio.sleep(0.05)
+    decisions = await logged_decisions(redis, name)
+    # The client's request: its first arm's failed attempt and the other arm's failure.
+    # botocore's retries were answered from that decision and logged nothing more.
+    assert sorted(d["chosen"] for d in decisions) == ["a", "b"]
+    assert len({d["event_id"].removesuffix("~1") for d in decisions}) == 1
+
+    client = runtime_client(single_url)
+    error = await invoke_error(client, client.exceptions.ServiceUnavailable, EndpointName=single)
+    assert "arm 'only' unreachable" in error.response["Error"]["Message"]
+
+
 async def test_a_router_fault_is_internal_failure(start_router, name):
     async with run_backend() as one:
         url, app = await start_router(make_spec(name, [("a", one.url)]))
