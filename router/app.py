@@ -33,6 +33,7 @@ from router.backends import HttpBackend
 from router.decision_log import DecisionLog
 from router.disconnect import DisconnectWatch
 from router.metrics import RouterMetrics
+from router.proxy_path import proxy_tail
 from router.routing import Invocation, Outcome, Router
 from router.runtime import Runtime
 from router.settings import RouterSettings
@@ -254,15 +255,10 @@ class RouterApp:
         if parts[1:3] == ["v2", "models"] and len(parts) >= 4:
             return await self._v2(parts, method, scope, receive, send)
         if len(parts) >= 3 and parts[1] == "proxy":
-            call = Invocation(
-                parts[2],
-                "http",
-                b"",
-                {},
-                method=method,
-                path="/".join(parts[3:]),
-                query=scope.get("query_string", b"").decode("latin-1"),
+            tail, query = proxy_tail(
+                scope.get("raw_path") or path.encode(), scope.get("query_string", b"")
             )
+            call = Invocation(parts[2], "http", b"", {}, method=method, path=tail, query=query)
             await self._invoke(scope, receive, send, call)
             return True
         if len(parts) == 5 and parts[1:3] == ["v1", "experiments"] and parts[4] == "rank":
