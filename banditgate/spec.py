@@ -78,6 +78,12 @@ class Arm(_Strict):
         le=60,
         description="Backend connect timeout (default: BANDITGATE_BACKEND_CONNECT_TIMEOUT_S).",
     )
+    health_path: str | None = Field(
+        default=None,
+        pattern=r"^/[\x21-\x7e]*$",
+        description="Path a router GETs to check an ejected arm (e.g. /ping): a 2xx re-admits "
+        "it, and no client request is used as a probe (default: none, a request probes).",
+    )
 
     @field_validator("url")
     @classmethod

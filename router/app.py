@@ -32,6 +32,7 @@ from router.arm_health import ArmHealth
 from router.backends import HttpBackend
 from router.decision_log import DecisionLog
 from router.disconnect import DisconnectWatch
+from router.health_checks import HealthChecker
 from router.metrics import RouterMetrics
 from router.proxy_path import proxy_tail
 from router.routing import Invocation, Outcome, Router
@@ -187,9 +188,12 @@ class RouterApp:
         except Exception as exc:  # Redis away at start-up: routing waits for the resync
             log.warning("cannot reach Redis at start-up (%s)", exc)
         self.tasks.spawn(self.runtime.watcher.watch(), "announcements")
+        self.checker = HealthChecker(health=self.health, runtime=self.runtime, backend=self.backend)
+        self.tasks.spawn(self.checker.run(), "arm-health-checks")
         # Serve only once every experiment's policy is loaded; a later resync is in the background.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.runtime.watcher.watching.wait(), timeout=30)
+        self.checker.refresh()
         self.started = True
 
     async def shutdown(self) -> None:
