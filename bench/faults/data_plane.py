@@ -263,6 +263,7 @@ class Scenario:
     recover: Callable[[dict[str, Any]], Awaitable[None]] | None = None
     redis_args: tuple[str, ...] = ("--appendonly", "no")
     arm_timeout_s: float | None = None
+    health_path: str | None = None
     seconds: float | None = None
     recover_at: float = 0.5  # share of the run
 
@@ -278,7 +279,11 @@ async def run(
         for arm in arms:
             await arm.start()
         redis = connect(redis_server.url, socket_timeout=2, socket_connect_timeout=0.5)
-        extra = {"timeout_s": scenario.arm_timeout_s} if scenario.arm_timeout_s else {}
+        extra: dict[str, Any] = {}
+        if scenario.arm_timeout_s:
+            extra["timeout_s"] = scenario.arm_timeout_s
+        if scenario.health_path:
+            extra["health_path"] = scenario.health_path
         spec = parse_spec(
             {
                 "name": EXPERIMENT,
@@ -415,6 +420,14 @@ SCENARIOS = [
         arm_timeout_s=1.0,
         seconds=20,  # detection costs what is in flight to it: a longer window shows the rest
     ),
+    Scenario(
+        "arm-hangs-checked",
+        "one of two arms hangs (arm timeout 1 s; health_path set, so no request probes it)",
+        _hang_arm,
+        arm_timeout_s=1.0,
+        health_path="/ping",
+        seconds=20,
+    ),
     Scenario("arm-refuses", "one of two arms refuses connections (process gone)", _refuse_arm),
     Scenario(
         "arm-resets-after-processing",
@@ -460,7 +473,7 @@ async def main_async(args: argparse.Namespace) -> None:
         seconds = args.seconds
         if scenario.name == "redis-freeze":
             scenario.seconds = seconds + 2
-        if scenario.name == "arm-hangs" and args.hang_seconds:
+        if scenario.name.startswith("arm-hangs") and args.hang_seconds:
             scenario.seconds = args.hang_seconds
         row = await run(scenario, seconds, args.concurrency, args.pause_s)
         print(row, flush=True)
