@@ -30,6 +30,7 @@ from banditgate.redis import Redis, connect
 from banditgate.tasks import TaskGroup
 from router.arm_health import ArmHealth
 from router.backends import HttpBackend
+from router.capture import DataCapture
 from router.decision_log import DecisionLog
 from router.disconnect import DisconnectWatch
 from router.health_checks import HealthChecker
@@ -141,6 +142,15 @@ class RouterApp:
         self.log: DecisionLog | None = None
         self.router: Router | None = None
         self.mirror: ShadowMirror | None = None
+        self.capture = DataCapture(
+            settings.data_dir,
+            max_buffer=settings.capture_buffer_max,
+            max_buffer_bytes=settings.capture_buffer_max_bytes,
+            max_file_bytes=settings.capture_file_max_bytes,
+            s3_endpoint_url=settings.capture_s3_endpoint_url,
+            s3_region=settings.capture_s3_region,
+            metrics=self.process_metrics,
+        )
         self.tasks = TaskGroup("router")
         self.started = False
 
@@ -177,12 +187,15 @@ class RouterApp:
             backend=self.backend,
             log=self.log,
             mirror=self.mirror,
+            capture=self.capture,
+            arm_in_flight=self.metrics.arm_in_flight,
             health=self.health,
             retry_unreachable=self.settings.retry_unreachable,
             on_retry=self.metrics.retries.inc,
         )
         self.log.start()
         self.mirror.start()
+        self.capture.start()
         try:
             await self.runtime.mark()
         except Exception as exc:  # Redis away at start-up: routing waits for the resync
@@ -202,6 +215,7 @@ class RouterApp:
             await self.log.stop()
         if self.mirror is not None:
             await self.mirror.stop()
+        await self.capture.stop()
         await self.backend.close()
         if self.redis is not None and self._owns_redis:
             await self.redis.aclose()
@@ -241,11 +255,15 @@ class RouterApp:
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Answer an HTTP request if it is a data-plane route; False leaves it untouched."""
+        in_flight = self.metrics.in_flight
+        in_flight.inc()
         try:
             return await self._dispatch(scope["path"], scope, receive, send)
         except BanditgateError as error:
             await send_error(send, error)
             return True
+        finally:
+            in_flight.dec()
 
     async def _dispatch(self, path: str, scope: Scope, receive: Receive, send: Send) -> bool:
         parts = path.split("/")

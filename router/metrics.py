@@ -1,7 +1,8 @@
 """The router's own counters (`banditgate_router_*`): what it lost or changed in memory.
 
-Incremented where the event happens, never per request: drops, failed flushes and policy
-swaps are rare, and the queue gauges are set once per flush attempt. Exposed by the
+Incremented where the event happens: drops, failed flushes and policy swaps are rare, the
+queue gauges are set once per flush attempt, and the one per-request value, the requests
+in flight, is a gauge without labels (an autoscaler's signal: it sums over the pods). Exposed by the
 process's /metrics (see banditgate/metrics.py for several workers).
 """
 
@@ -71,6 +72,16 @@ class RouterMetrics:
                 "banditgate_router_shadow_pending",
                 "Shadow results in memory waiting for Redis (after the last flush attempt).",
             ),
+        )
+        self.in_flight = metrics.gauge(
+            "banditgate_router_in_flight",
+            "Data-plane requests this router is answering now (summed over its workers).",
+        )
+        self.arm_in_flight = metrics.gauge(
+            "banditgate_router_arm_in_flight",
+            "Requests this router has sent to an arm and not yet had answered (a model "
+            "deployment's load signal).",
+            ["experiment", "arm"],
         )
         self.arms_ejected = metrics.gauge(
             "banditgate_router_arms_ejected",

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from prometheus_client import Gauge
 
 from banditgate.contracts import MAX_ACTION_ID_CHARS, MAX_EVENT_ID_CHARS, check_event_id
 from banditgate.errors import (
@@ -25,11 +26,13 @@ from banditgate.policy import ActionSet, sample_index
 from router.allocation import allocate
 from router.arm_health import ArmHealth, spread
 from router.backends import NOT_SENT, Backend, BackendResponse, forward_headers
+from router.capture import Captured, DataCapture
 from router.decision_log import DecisionLog
 from router.runtime import ExperimentState, Runtime
 from router.shadow import ShadowMirror
 
 MAX_RANK_ACTIONS = 1000
+MAX_ARM_GAUGES = 10_000
 
 SAGEMAKER_PASSTHROUGH = frozenset(
     {
@@ -128,6 +131,8 @@ class Router:
         backend: Backend,
         log: DecisionLog,
         mirror: ShadowMirror | None = None,
+        capture: DataCapture | None = None,
+        arm_in_flight: Gauge | None = None,
         health: ArmHealth | None = None,
         retry_unreachable: bool = True,
         on_retry: Callable[[], None] | None = None,
@@ -136,6 +141,9 @@ class Router:
         self.backend = backend
         self.log = log
         self.mirror = mirror
+        self.capture = capture
+        self.arm_in_flight = arm_in_flight
+        self._arm_gauges: dict[tuple[str, str], Any] = {}
         self.health = health if health is not None else ArmHealth()
         self.retry_unreachable = retry_unreachable
         self.retries = 0
@@ -307,6 +315,9 @@ class Router:
             call, arm.url, arm.path, arm.model_name, choice.event_id
         )
         key = (state.name, choice.arm)
+        in_flight = self._arm_in_flight(key)
+        if in_flight is not None:
+            in_flight.inc()
         started = time.perf_counter()
         try:
             response = await self.backend.send(arm, url, call.body, out_headers, method=call.method)
@@ -324,6 +335,8 @@ class Router:
                 error=exc.message,
                 retry_of=choice.retry_of,
             )
+            if state.capture is not None:
+                self.captured(state, call, logged, exc.status, 0.0, None, error=exc.message)
             exc.event_id = logged.event_id  # type: ignore[attr-defined]
             exc.variant = choice.arm  # type: ignore[attr-defined]
             raise
@@ -338,6 +351,9 @@ class Router:
                 retry_of=choice.retry_of,
             )
             raise
+        finally:
+            if in_flight is not None:
+                in_flight.dec()
         if response.status >= 500:
             self.health.failure(key)
         else:
@@ -349,7 +365,55 @@ class Router:
             latency_ms=response.latency_ms,
             retry_of=choice.retry_of,
         )
+        if state.capture is not None:
+            self.captured(state, call, choice, response.status, response.latency_ms, response)
         return response
+
+    def _arm_in_flight(self, key: tuple[str, str]) -> Any:
+        """The per-arm in-flight gauge's child for (experiment, arm), made once."""
+        if self.arm_in_flight is None:
+            return None
+        child = self._arm_gauges.get(key)
+        if child is None:
+            if len(self._arm_gauges) >= MAX_ARM_GAUGES:
+                return None  # bounded: arms come from specs, but specs come and go
+            child = self._arm_gauges[key] = self.arm_in_flight.labels(*key)
+        return child
+
+    def captured(
+        self,
+        state: ExperimentState,
+        call: Invocation,
+        choice: Choice,
+        status: int,
+        latency_ms: float,
+        response: BackendResponse | None,
+        error: str | None = None,
+    ) -> None:
+        """Hand a sampled request and its answer to data capture; never waits or raises."""
+        plan = state.capture
+        capture = self.capture
+        if plan is None or capture is None or not plan.selects(choice.event_id):
+            return
+        capture.submit(
+            Captured(
+                experiment=state.name,
+                arm=choice.arm,
+                event_id=choice.event_id,
+                ts=time.time(),
+                policy_version=choice.version,
+                status=status,
+                latency_ms=latency_ms,
+                request=call.body if plan.request else None,
+                request_type=call.headers.get("content-type", "application/octet-stream"),
+                response=response.body if plan.response and response is not None else None,
+                response_type=response.content_type.decode("latin-1")
+                if response is not None and response.content_type
+                else "application/octet-stream",
+                plan=plan,
+                error=error,
+            )
+        )
 
     def after_response(
         self, state: ExperimentState, call: Invocation, choice: Choice, response: BackendResponse
@@ -382,6 +446,7 @@ class Router:
                 call.method,
                 primary,
                 primary_body,
+                plan.pointer,
             )
 
     def _request_for(

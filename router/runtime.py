@@ -32,6 +32,7 @@ from banditgate.registry import PolicyRegistry
 from banditgate.spec import Arm, ExperimentSpec
 from banditgate.store import override_applies
 from banditgate.watcher import ExperimentWatcher
+from router.capture import CapturePlan
 from router.shadow import ShadowPlan
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class ExperimentState:
     loaded_version: int = 0
     reads_body: bool = False
     shadow: ShadowPlan | None = None
+    capture: CapturePlan | None = None
     model: bytes | None = None  # the active policy's model, to write back if Redis loses it
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -97,6 +99,7 @@ def build_state(
         loaded_version=version,
         reads_body=_reads_body(spec),
         shadow=ShadowPlan.from_spec(spec.shadow) if spec.mode == "shadow" and spec.shadow else None,
+        capture=CapturePlan.from_spec(spec.capture) if spec.capture is not None else None,
     )
 
 

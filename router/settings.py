@@ -84,6 +84,19 @@ class RouterSettings(CoreSettings):
     shadow_max_inflight: int = Field(
         default=256, description="Mirrored calls in flight at once; more are dropped and counted."
     )
+    capture_buffer_max: int = Field(
+        default=10_000, description="Data-capture records held for the writer; more are dropped."
+    )
+    capture_buffer_max_bytes: int = Field(
+        default=64 * 1024 * 1024, description="Bytes of bodies held for the capture writer."
+    )
+    capture_file_max_bytes: int = Field(
+        default=64 * 1024 * 1024, description="A capture file is closed (and uploaded) past this."
+    )
+    capture_s3_endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint for capture uploads (an S3-compatible store)."
+    )
+    capture_s3_region: str | None = Field(default=None, description="S3 region for capture.")
     shadow_timeout_s: float = Field(
         default=10.0, description="Timeout of a mirrored call when its arm sets none."
     )
