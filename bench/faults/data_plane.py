@@ -271,9 +271,28 @@ class Scenario:
 async def run(
     scenario: Scenario, seconds: float, concurrency: int, pause_s: float
 ) -> dict[str, Any]:
+    servers: list[RedisServer] = []
+    try:
+        return await _run(scenario, seconds, concurrency, pause_s, servers)
+    finally:
+        for server in servers:  # never leave a redis-server behind, even when interrupted
+            if server.process is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    server.signal(signal.SIGCONT)
+            server.kill()
+
+
+async def _run(
+    scenario: Scenario,
+    seconds: float,
+    concurrency: int,
+    pause_s: float,
+    servers: list[RedisServer],
+) -> dict[str, Any]:
     seconds = scenario.seconds or seconds
     with tempfile.TemporaryDirectory(prefix="bg-faults-") as tmp:
         redis_server = RedisServer(Path(tmp), *scenario.redis_args)
+        servers.append(redis_server)
         redis_server.start()
         arms = [Arm(), Arm()]
         for arm in arms:
