@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from banditgate.redis import EmbeddedRedis, resolve_redis_url
+from banditgate.redis import EmbeddedRedis, check_server_mode, resolve_redis_url
 from banditgate.settings import CoreSettings
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ def redis_url(settings: CoreSettings | None = None) -> Iterator[str]:
     """The configured Redis URL, or an embedded server's, stopped on the way out."""
     url, embedded = resolve_redis_url(settings or CoreSettings())
     try:
+        if embedded is None:
+            check_server_mode(url)
         yield url
     finally:
         close_embedded(embedded)
