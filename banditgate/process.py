@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from banditgate.redis import EmbeddedRedis, check_server_mode, resolve_redis_url
+from banditgate.redis import EmbeddedRedis, RedisModeError, check_server_mode, resolve_redis_url
 from banditgate.settings import CoreSettings
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,11 @@ def redis_url(settings: CoreSettings | None = None) -> Iterator[str]:
     url, embedded = resolve_redis_url(settings or CoreSettings())
     try:
         if embedded is None:
-            check_server_mode(url)
+            try:
+                check_server_mode(url)
+            except RedisModeError as exc:
+                # Every command starts here: refuse to start, with the reason and no traceback.
+                raise SystemExit(f"error: {exc}") from None
         yield url
     finally:
         close_embedded(embedded)

@@ -65,6 +65,15 @@ def cli(port: int, *args: str, timeout: float = 10.0) -> str:
     return done.stdout
 
 
+def wait_ping(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cli(port, "ping").strip() == "PONG":
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"redis-server on {port} did not start")
+
+
 class LocalCluster:
     """`masters` masters with `replicas` replicas each, on loopback, in a temporary directory.
 
@@ -143,13 +152,8 @@ class LocalCluster:
             stderr=subprocess.DEVNULL,
         )
 
-    def _wait_ping(self, port: int, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if cli(port, "ping").strip() == "PONG":
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"redis-server on {port} did not start")
+    def _wait_ping(self, port: int) -> None:
+        wait_ping(port)
 
     def alive(self) -> list[int]:
         return [port for port, process in self.processes.items() if process.poll() is None]
