@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.redis_cluster import LocalCluster, available
 from tests.reward_ingest.conftest import clock, settings  # noqa: F401  (fixtures)
 from tests.router.conftest import start_router  # noqa: F401  (fixture)
-from tests.redis_cluster import LocalCluster, available
 
 
 @pytest.fixture(scope="session")
