@@ -28,9 +28,9 @@ def plain_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A plain (non-cluster) redis-server of our own, on a free port."""
     port = free_ports(1)[0]
     directory = tmp_path_factory.mktemp("plain")
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
     process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-        + ["--appendonly", "no", "--dir", str(directory)],
+        [*command, "--appendonly", "no", "--dir", str(directory)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
