@@ -143,6 +143,8 @@ class LocalCluster:
                 "",
                 "--appendonly",
                 "no",
+                "--repl-diskless-sync-delay",
+                "0",
                 "--loglevel",
                 "warning",
                 "--logfile",
@@ -166,6 +168,11 @@ class LocalCluster:
             for port in self.alive():
                 info = cli(port, "cluster", "info")
                 if "cluster_state:ok" not in info or f"cluster_size:{self.masters}" not in info:
+                    ready = False
+                    break
+                # A replica that has not finished its first sync cannot take over.
+                replication = cli(port, "info", "replication")
+                if "role:slave" in replication and "master_link_status:up" not in replication:
                     ready = False
                     break
             if ready:
