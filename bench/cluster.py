@@ -31,13 +31,13 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.joiner import prepare as prepare_join  # noqa: E402
-from bench.router import free_port, parse_wrk, wait_port, wrk_script  # noqa: E402
 from banditgate import keys  # noqa: E402
 from banditgate.events import decode_decision_batch  # noqa: E402
 from banditgate.redis import connect  # noqa: E402
 from banditgate.spec import parse_spec  # noqa: E402
 from banditgate.store import ExperimentStore  # noqa: E402
+from bench.joiner import prepare as prepare_join  # noqa: E402
+from bench.router import free_port, parse_wrk, wait_port, wrk_script  # noqa: E402
 from reward_ingest.settings import IngestSettings  # noqa: E402
 from reward_ingest.worker import Joiner  # noqa: E402
 from tests.redis_cluster import LocalCluster, free_ports, wait_ping  # noqa: E402
@@ -98,8 +98,15 @@ def wrk_both(ports: list[int], script: Path, duration: float) -> float:
     """One wrk per router, at once: a round robin by connection. Total req/s."""
     runs = [
         subprocess.Popen(
-            ["wrk", "-t1", "-c16", f"-d{max(1, round(duration))}s", "-s", str(script)]
-            + [f"http://127.0.0.1:{port}"],
+            [
+                "wrk",
+                "-t1",
+                "-c16",
+                f"-d{max(1, round(duration))}s",
+                "-s",
+                str(script),
+                f"http://127.0.0.1:{port}",
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -198,8 +205,21 @@ def main() -> None:
     directory = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     single_port = free_ports(1)[0]
     single = subprocess.Popen(
-        ["redis-server", "--port", str(single_port), "--bind", "127.0.0.1", "--save", ""]
-        + ["--appendonly", "no", "--dir", str(directory), "--loglevel", "warning"],
+        [
+            "redis-server",
+            "--port",
+            str(single_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+            "--loglevel",
+            "warning",
+        ],
         stdout=subprocess.DEVNULL,
     )
     cluster = LocalCluster(masters=3)
