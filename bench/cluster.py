@@ -31,6 +31,8 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import redis as redis_sync  # noqa: E402
+
 from banditgate import keys  # noqa: E402
 from banditgate.events import decode_decision_batch  # noqa: E402
 from banditgate.redis import connect  # noqa: E402
@@ -119,6 +121,15 @@ def wrk_both(ports: list[int], script: Path, duration: float) -> float:
         if result.get("non2xx"):
             raise RuntimeError(f"non-2xx answers: {output}")
         total += result["rps"]
+    return total
+
+
+def redis_cpu(ports: list[int]) -> float:
+    """CPU seconds used so far by the redis-servers on `ports` (INFO cpu, main threads)."""
+    total = 0.0
+    for port in ports:
+        info = redis_sync.Redis(port=port).info("cpu")
+        total += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
     return total
 
 
@@ -243,8 +254,11 @@ def main() -> None:
             for target, url in urls.items():
                 asyncio.run(prepare_routing(url, backend_url))
                 routers, ports = start_routers(url, backend_url)
+                servers = [single_port] if target == "single" else cluster.ports
+                cpu_before = redis_cpu(servers)
                 try:
                     rps = wrk_both(ports, script, args.duration)
+                    used = redis_cpu(servers) - cpu_before
                 finally:
                     for router in routers:
                         router.terminate()
@@ -253,7 +267,9 @@ def main() -> None:
                 logged = asyncio.run(count_decisions(url))
                 sent = rps * max(1, round(args.duration))
                 print(
-                    f"{target:8s} {rps:8,.0f} decisions/s  (logged {logged:,}, ~{sent:,.0f} sent)"
+                    f"{target:8s} {rps:8,.0f} decisions/s  (logged {logged:,}, ~{sent:,.0f} sent); "
+                    f"Redis CPU {used:.2f} s: {logged / max(used, 1e-9):,.0f} decisions per "
+                    "Redis CPU-second"
                 )
                 rates[target].append(rps)
         ratios = [c / s for c, s in zip(rates["cluster"], rates["single"], strict=True)]
