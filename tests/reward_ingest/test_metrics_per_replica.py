@@ -7,7 +7,6 @@ import re
 import aiohttp
 
 
-
 def _value(text: str, name: str) -> float:
     match = re.search(rf"^{name}_total ([0-9.e+]+)$", text, re.MULTILINE)
     assert match, f"{name} missing from /metrics"
