@@ -7,6 +7,9 @@ assertions, only the Redis under it changes.
 
 from __future__ import annotations
 
+from tests.e2e.test_many_routers import (  # noqa: F401
+    test_three_routers_log_every_decision_once_and_swap_on_one_announcement,
+)
 from tests.experiments.test_publish_api import (  # noqa: F401
     test_export_flush_asks_the_exporters_and_reports_their_answers,
     test_publish_validates_stores_and_serves,
