@@ -186,6 +186,50 @@ class GateSpec(_Strict):
     )
 
 
+class ChangeSpec(_Strict):
+    """Detecting a change in an arm's reward on the joined stream, and the response."""
+
+    detector: Literal["window", "off"] = Field(
+        default="window",
+        description="window: each arm's recent rewards per context cell against its older ones "
+        "(a z test); off: no detection.",
+    )
+    window: int = Field(
+        default=200, ge=20, le=100_000, description="Recent rewards per arm and cell compared."
+    )
+    threshold: float = Field(
+        default=5.0,
+        ge=3,
+        le=50,
+        description="|z| that signals a change (higher: fewer false alarms).",
+    )
+    min_shift: float = Field(
+        default=0.05,
+        gt=0,
+        le=1,
+        description="Smallest change of the mean that counts, as a share of the reward range.",
+    )
+    discount: float = Field(
+        default=0.998,
+        gt=0,
+        le=1,
+        description="On a change the learner restarts from recent examples: one n events old "
+        "is kept with probability discount^n (1: keep them all).",
+    )
+    memory: int = Field(
+        default=2_000, ge=0, le=100_000, description="Recent examples kept for that restart."
+    )
+    explore_events: int = Field(
+        default=2_000,
+        ge=0,
+        le=1_000_000,
+        description="After a change, explore wider for this many examples...",
+    )
+    explore_epsilon: float = Field(
+        default=0.1, ge=0, le=1, description="...with at least this epsilon (vw learner)."
+    )
+
+
 class PolicySpec(_Strict):
     """How arms are chosen in bandit mode, and how the policy learns."""
 
@@ -224,6 +268,14 @@ class PolicySpec(_Strict):
     )
     learning_rate: float = Field(default=0.01, gt=0, le=10, description="Learning rate (VW -l).")
     vw_args: str = Field(default="", description="Extra VW arguments, appended as given.")
+    prior_reward: float | None = Field(
+        default=None,
+        description="The reward the vw policy assumes for an arm before it has data on it "
+        "(null: 0).",
+    )
+    change: ChangeSpec = Field(
+        default_factory=ChangeSpec, description="Change detection and the response to it."
+    )
 
     @field_validator("interactions")
     @classmethod

@@ -38,7 +38,7 @@ from prometheus_client.core import (
 from redis.exceptions import ResponseError
 
 from banditgate import keys
-from banditgate.contracts import TRAINER_GROUP, JoinCounter
+from banditgate.contracts import TRAINER_CHANGES, TRAINER_GROUP, JoinCounter
 from banditgate.metrics import ProcessMetrics
 from banditgate.redis import Redis, stream_id_ms
 from banditgate.spec import ExperimentSpec
@@ -72,6 +72,7 @@ class ExperimentMetrics:
     groups: list[GroupLag] = field(default_factory=list)
     lengths: dict[str, int] = field(default_factory=dict)
     srm: dict[str, Any] = field(default_factory=dict)
+    changes_detected: int = 0
 
 
 async def group_lags(redis: Redis, stream_key: str, stream: str, now_ms: int) -> list[GroupLag]:
@@ -131,6 +132,7 @@ async def gather(service: ControlService) -> list[ExperimentMetrics]:
             lifetime=lifetime,
             counters=await join_counters(redis, name),
             srm=check,
+            changes_detected=int(await redis.hget(keys.trainer_state(name), TRAINER_CHANGES) or 0),
         )
         for stream, key in (("decisions", keys.decisions(name)), ("joined", keys.joined(name))):
             metrics.groups += await group_lags(redis, key, stream, now_ms)
@@ -206,6 +208,11 @@ def families(experiments: Iterable[ExperimentMetrics]) -> list[Metric]:
         "banditgate_srm_flagged", "1 when the sample-ratio-mismatch check fails.", labels=e
     )
     srm_p = GaugeMetricFamily("banditgate_srm_p_value", "Sample-ratio-mismatch p-value.", labels=e)
+    changes = CounterMetricFamily(
+        "banditgate_trainer_changes_detected",
+        "Changes in an arm's reward the trainer detected (and forgot the old data for).",
+        labels=e,
+    )
 
     for m in experiments:
         for arm, life in sorted(m.lifetime.items()):
@@ -246,6 +253,7 @@ def families(experiments: Iterable[ExperimentMetrics]) -> list[Metric]:
         if training:
             trainer.add_metric(e_label, training[0].lag_seconds)
         srm_flag.add_metric(e_label, 1.0 if m.srm.get("flagged") else 0.0)
+        changes.add_metric(e_label, m.changes_detected)
         if m.srm.get("p_value") is not None:
             srm_p.add_metric(e_label, m.srm["p_value"])
     return [
@@ -270,6 +278,7 @@ def families(experiments: Iterable[ExperimentMetrics]) -> list[Metric]:
         trainer,
         srm_flag,
         srm_p,
+        changes,
     ]
 
 
