@@ -35,6 +35,7 @@ class Example:
     chosen: int
     logged_prob: float
     reward: float
+    rewarded: bool = True  # a real reward, not the default of one that never came
 
     @property
     def shared_and_actions(self) -> list[str]:
@@ -64,7 +65,12 @@ def to_example(joined: Joined, spec: ExperimentSpec | None) -> Example | None:
         lines.append(action_line(name, features))
     context = decision.get("context") or {}
     return Example(
-        context, ActionSet(tuple(names), tuple(lines)), index, probability, joined["reward"]
+        context,
+        ActionSet(tuple(names), tuple(lines)),
+        index,
+        probability,
+        joined["reward"],
+        bool(joined.get("rewarded", True)),
     )
 
 

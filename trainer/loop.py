@@ -98,7 +98,10 @@ class TrainingLoop:
             )
         self.seen += 1
         arm = example.actions.names[example.chosen]
-        self.detector.add(arm, example.context, example.reward, self.seen)
+        if example.rewarded:
+            # Defaults join a window late, so their share of an arm's joined stream follows
+            # the traffic of a window ago: watching them would see changes in the policy.
+            self.detector.add(arm, example.context, example.reward, self.seen)
         if self.recent.maxlen:
             self.recent.append((self.seen, example))
         self.learner.learn(example)

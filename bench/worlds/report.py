@@ -45,3 +45,52 @@ def table(report: dict[str, Any]) -> str:
         cells = [_cell(metrics, key, fmt) for key, _, fmt in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def targets(reports: list[dict[str, Any]], policy: str) -> str:
+    """Issue 11's targets for one policy over the worlds run, one line each."""
+    lines = [f"Targets for `{policy}`:", ""]
+    alarms = events = 0.0
+    for report in reports:
+        metrics = report["policies"].get(policy)
+        if metrics is None:
+            continue
+        name, gap = report["world"], report["min_gap"]
+        checks = []
+        if report["stationary"]:
+            reference = report["policies"]["thompson"]["reward"]["mean"]
+            mean = metrics["reward"]["mean"]
+            checks.append(
+                f"reward {mean:.4f} vs Thompson - 0.005 = {reference - 0.005:.4f}: "
+                + ("met" if mean >= reference - 0.005 else "NOT met")
+            )
+            if gap >= 0.03:
+                of = metrics["of_oracle"]["mean"]
+                checks.append(f"/oracle {of:.3f} >= 0.97: " + ("met" if of >= 0.97 else "NOT met"))
+            if gap >= 0.05:
+                worst = metrics["best_share_last"]["worst"]
+                checks.append(
+                    f"worst best-arm share {worst:.2f} >= 0.5: "
+                    + ("met" if worst >= 0.5 else "NOT met")
+                )
+            per_seed = [seed[policy].get("alarms") for seed in report["per_seed"]]
+            alarms += sum(a or 0.0 for a in per_seed)
+            events += len(per_seed) * report["requests"]
+        elif "recovery" in metrics:
+            worst = metrics["recovery"]["worst"]
+            after = metrics["after_change_of_oracle"]["worst"]
+            checks.append(
+                f"worst recovery {worst:.0f} <= 1,000: " + ("met" if worst <= 1000 else "NOT met")
+            )
+            checks.append(
+                f"worst after-change /oracle {after:.3f} >= 0.9: "
+                + ("met" if after >= 0.9 else "NOT met")
+            )
+        lines.append(f"- {name}: " + "; ".join(checks))
+    if events:
+        rate = alarms / events * 100_000
+        lines.append(
+            f"- change alarms on stationary worlds: {alarms:.0f} in {events:,.0f} events "
+            f"= {rate:.2f} per 100,000: " + ("met" if rate < 1 else "NOT met")
+        )
+    return "\n".join(lines)

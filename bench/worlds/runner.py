@@ -131,7 +131,8 @@ class Banditgate(Agent):
     def learn(self, step: Step, arm: str, reward: float, token: Any) -> None:
         actions, index, probability = token
         loop = self.loop
-        loop.observe(Example(step.features, actions, index, probability, reward))
+        example = Example(step.features, actions, index, probability, reward, not step.missing)
+        loop.observe(example)
         if loop.due(0.0):
             outcome = loop.update()
             if outcome.publish and outcome.model is not None:

@@ -167,3 +167,12 @@ async def test_the_trainer_counts_a_change_and_names_it_in_the_lineage(redis, na
     assert int(await redis.hget(f"bg:{{{name}}}:trainer:state", "changes")) == trainer.changes
     notes = [v.note for v in await registry.versions(name)]
     assert any("after a change detected" in note and "a 0.6" in note for note in notes), notes
+
+
+def test_only_real_rewards_are_watched() -> None:
+    """Defaults join a window late: their share follows old traffic, not the arm's reward."""
+    loop, actions = loop_for()
+    for i in range(500):
+        loop.observe(Example({}, actions, 0, 0.5, 0.0, rewarded=i % 2 == 0))
+    (sample,) = loop.detector.samples.values()
+    assert len(sample.recent) + sample.n == 250
