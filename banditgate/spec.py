@@ -268,11 +268,6 @@ class PolicySpec(_Strict):
     )
     learning_rate: float = Field(default=0.01, gt=0, le=10, description="Learning rate (VW -l).")
     vw_args: str = Field(default="", description="Extra VW arguments, appended as given.")
-    prior_reward: float | None = Field(
-        default=None,
-        description="The reward the vw policy assumes for an arm before it has data on it "
-        "(null: 0).",
-    )
     change: ChangeSpec = Field(
         default_factory=ChangeSpec, description="Change detection and the response to it."
     )

@@ -159,14 +159,10 @@ class VWLearner:
     def learn(self, example: Example) -> None:
         # Capping 1/p keeps MTR's regression targets and bounds one example's step.
         probability = max(example.logged_prob, 1.0 / self.spec.max_importance_weight)
-        # The policy learns the cost prior_reward - reward: an arm it has no data on is
-        # estimated at the prior (0 would be the worst reward, so the most-chosen arm, whose
-        # estimate converges first, would look best and keep the traffic).
-        prior = self.spec.prior_reward if self.spec.prior_reward is not None else 0.0
-        label = (example.chosen, prior - example.reward, probability)
-        self.policy.learn(example_lines(example.context, example.actions.lines, label))
         label = (example.chosen, -example.reward, probability)
-        self.rewards.learn(example_lines(example.context, example.actions.lines, label))
+        lines = example_lines(example.context, example.actions.lines, label)
+        self.policy.learn(lines)
+        self.rewards.learn(lines)
         self.n_examples += 1
 
     def model_bytes(self) -> bytes:
