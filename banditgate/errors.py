@@ -92,5 +92,11 @@ class NoHealthyArm(BanditgateError):
     status = 503
 
 
+class Overloaded(BanditgateError):
+    """Too many requests in flight: try again after the response's Retry-After."""
+
+    status = 503
+
+
 class NotReady(BanditgateError):
     status = 503

@@ -1,6 +1,6 @@
 """The Cressie-Read empirical-likelihood interval for an off-policy value, from running sums.
 
-Shared by the trainer's gate (trainer.ope) and the control plane's statistics
+Shared by the trainer's gate (banditgate.ope) and the control plane's statistics
 (experiments.stats), which keeps only sums per arm: the interval needs nothing else.
 No scipy at import: the trainer imports this, and scipy.stats takes seconds to load.
 """

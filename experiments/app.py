@@ -9,7 +9,15 @@ from fastapi import APIRouter, FastAPI
 
 from banditgate.http import document_models, health_routes, install_error_handlers
 from banditgate.redis import Redis
-from experiments import api, dashboard, export_api, metrics, rollout_api
+from experiments import (
+    api,
+    dashboard,
+    export_api,
+    metrics,
+    monitor_api,
+    rollout_api,
+    segments,
+)
 from experiments.service import ControlService
 from experiments.settings import ControlSettings
 
@@ -20,7 +28,7 @@ def build(
     """Routes plus the component that owns their state (`app.state.control`)."""
     service = ControlService(settings, redis=redis)
     router = APIRouter()
-    for module in (api, rollout_api, export_api, dashboard, metrics):
+    for module in (api, rollout_api, export_api, dashboard, metrics, segments, monitor_api):
         router.include_router(module.routes())
     return router, service
 

@@ -142,6 +142,20 @@ class Verdict:
         return "; ".join(self.passed)
 
 
+EARLY_MIN_ERRORS = 5
+EARLY_Z = 2.576  # 99%, one-sided the bound is stricter still
+
+
+def wilson_lower(successes: int, n: int, z: float = EARLY_Z) -> float:
+    """The Wilson score interval's lower end for a binomial proportion."""
+    if n == 0:
+        return 0.0
+    p = successes / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - spread) / (1 + z * z / n))
+
+
 def _pct(rate: float) -> str:
     return f"{rate * 100:.1f}%"
 
@@ -171,6 +185,15 @@ def judge(
     ]
     if short:
         verdict.shortfalls.extend(short)
+        # Errors can be conclusive before min_samples: a canary the routers ejected after
+        # consecutive failures gets few requests, and waiting for more would never end.
+        low = wilson_lower(cand.errors, cand.requests)
+        if cand.errors >= EARLY_MIN_ERRORS and low > base.error_rate + g.max_error_rate_delta:
+            verdict.breaches.append(
+                f"error rate {candidate_name} {cand.errors}/{cand.requests}: at least "
+                f"{_pct(low)} with 99% confidence, against {baseline_name} "
+                f"{_pct(base.error_rate)} +{_pct(g.max_error_rate_delta)} allowed"
+            )
     else:
         delta = cand.error_rate - base.error_rate
         errors = (

@@ -138,4 +138,36 @@ def timeline(served: list[Served], arms: list[str], buckets: int = 60) -> dict[s
             total -= served[i - window].reward
         rolling.append(total / min(i + 1, window))
     out["rolling_reward"] = {"x": list(range(1, n + 1)), "y": rolling}
+    out["cumulative"] = cumulative(served, arms)
+    return out
+
+
+def cumulative(served: list[Served], arms: list[str], points: int = 400) -> dict[str, Any]:
+    """Cumulative average reward and cumulative regret against the per-context oracle, for
+    the bandit and the baselines on the same requests (every arm's answer is known here)."""
+    n = len(served)
+    by_kind: dict[str, dict[str, int]] = {}
+    for s in served:
+        counts = by_kind.setdefault(s.kind, dict.fromkeys(arms, 0))
+        for arm in arms:
+            counts[arm] += bool(s.correct[arm])
+    oracle_arm = {kind: max(arms, key=counts.__getitem__) for kind, counts in by_kind.items()}
+    best_arm = max(arms, key=lambda a: sum(c[a] for c in by_kind.values()))
+    step = max(1, math.ceil(n / points))
+    out: dict[str, Any] = {"x": [], "best_arm_name": best_arm}
+    policies = ("bandit", "uniform", "best_arm", "oracle")
+    for name in policies:
+        out[name] = []
+        out[f"{name}_regret"] = []
+    totals = dict.fromkeys(policies, 0.0)
+    for i, s in enumerate(served, start=1):
+        totals["bandit"] += s.reward
+        totals["uniform"] += sum(s.correct[a] for a in arms) / len(arms)
+        totals["best_arm"] += s.correct[best_arm]
+        totals["oracle"] += s.correct[oracle_arm[s.kind]]
+        if i % step == 0 or i == n:
+            out["x"].append(i)
+            for name in policies:
+                out[name].append(totals[name] / i)
+                out[f"{name}_regret"].append(totals["oracle"] - totals[name])
     return out
