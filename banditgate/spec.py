@@ -154,14 +154,15 @@ class ContextSpec(_Strict):
 class Exploration(_Strict):
     """How the VW policy explores (VW's --cb_explore_adf algorithms)."""
 
-    # Defaults measured in bench/learning.py (BENCHMARKS.md, "Learning quality").
+    # Defaults measured in the world suite (bench/worlds, BENCHMARKS.md "World suite"): bag 5
+    # with -l 0.03 against epsilon 0.02 with -l 0.01, which left the best arm starved.
     type: Literal["epsilon", "cover", "bag", "softmax", "squarecb"] = Field(
-        default="epsilon", description="Exploration algorithm."
+        default="bag", description="Exploration algorithm."
     )
     epsilon: float = Field(
         default=0.02, ge=0, le=1, description="epsilon: share of traffic spread over all arms."
     )
-    n: int = Field(default=3, ge=1, le=64, description="Policies for cover and bag.")
+    n: int = Field(default=5, ge=1, le=64, description="Policies for cover and bag.")
     psi: float = Field(default=0.1, ge=0, description="Cover's disagreement parameter.")
     lambda_: float = Field(
         default=10.0, alias="lambda", gt=0, description="Softmax inverse temperature."
@@ -286,7 +287,7 @@ class PolicySpec(_Strict):
         ge=1,
         description="Cap on 1/p when learning: a rarely logged action cannot jerk the model.",
     )
-    learning_rate: float = Field(default=0.01, gt=0, le=10, description="Learning rate (VW -l).")
+    learning_rate: float = Field(default=0.03, gt=0, le=10, description="Learning rate (VW -l).")
     vw_args: str = Field(default="", description="Extra VW arguments, appended as given.")
     change: ChangeSpec = Field(
         default_factory=ChangeSpec, description="Change detection and the response to it."
