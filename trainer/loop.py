@@ -39,7 +39,7 @@ from banditgate.policy import Policy, build_policy
 from banditgate.spec import ExperimentSpec
 from trainer.change import Alarm, ChangeDetector
 from trainer.gate import EvaluationWindow, judge
-from trainer.learner import Example, Learner, expected, new_learner
+from trainer.learner import Example, Learner, VWLearner, expected, new_learner
 
 MAX_EVIDENCE_FACTOR = 5
 
@@ -260,6 +260,13 @@ class TrainingLoop:
             )
             spec = spec.model_copy(update={"policy": policy})
         learner = new_learner(spec)
+        if isinstance(learner, VWLearner):
+            # A fresh VW policy estimates every arm at reward 0 and climbs toward the truth
+            # as it learns, fastest on the arm with the most data: right after a change that
+            # is the arm that changed, which would then look best. From the middle of the
+            # reward range instead, an arm with little data is neither favoured nor starved.
+            reward = spec.reward
+            learner = VWLearner(spec.policy, cost_offset=(reward.min + reward.max) / 2)
         for example in examples:
             learner.learn(example)
         self.learner = learner
