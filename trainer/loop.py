@@ -259,14 +259,16 @@ class TrainingLoop:
                 update={"exploration": exploration.model_copy(update={"epsilon": wider})}
             )
             spec = spec.model_copy(update={"policy": policy})
-        learner = new_learner(spec)
-        if isinstance(learner, VWLearner):
+        learner: Learner
+        if spec.policy.learner == "vw":
             # A fresh VW policy estimates every arm at reward 0 and climbs toward the truth
             # as it learns, fastest on the arm with the most data: right after a change that
             # is the arm that changed, which would then look best. From the middle of the
             # reward range instead, an arm with little data is neither favoured nor starved.
             reward = spec.reward
             learner = VWLearner(spec.policy, cost_offset=(reward.min + reward.max) / 2)
+        else:
+            learner = new_learner(spec)
         for example in examples:
             learner.learn(example)
         self.learner = learner

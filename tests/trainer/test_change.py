@@ -14,7 +14,7 @@ from banditgate.store import ExperimentStore
 from tests.trainer.conftest import uniform_log, write_joined
 from tests.trainer.test_trainer import Clock, drain, spec_for
 from trainer.change import ChangeDetector, cell_of
-from trainer.learner import Example, new_learner
+from trainer.learner import Example, VWLearner, new_learner
 from trainer.loop import TrainingLoop
 from trainer.worker import Trainer
 
@@ -144,6 +144,11 @@ def test_the_loop_forgets_widens_and_publishes_on_a_change() -> None:
     assert first.record["changes"] == [detection]  # the lineage of the published version
     # Once the change is learned, the traffic follows it.
     assert loop.serving.probabilities({}, actions)[1] > 0.9
+    # The restarted VW learner starts arms at the middle of the reward range, and a
+    # checkpoint keeps that.
+    assert isinstance(loop.learner, VWLearner) and loop.learner.cost_offset == 0.5
+    restored = new_learner(loop.spec, state=loop.learner.state_bytes())
+    assert isinstance(restored, VWLearner) and restored.cost_offset == 0.5
 
 
 def test_stationary_traffic_through_the_loop_raises_no_alarm() -> None:
