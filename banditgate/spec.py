@@ -230,7 +230,7 @@ class ChangeSpec(_Strict):
         description="Smallest change of the mean that counts, as a share of the reward range.",
     )
     discount: float = Field(
-        default=0.998,
+        default=0.99,
         gt=0,
         le=1,
         description="On a change the learner restarts from recent examples: one n events old "
@@ -246,7 +246,7 @@ class ChangeSpec(_Strict):
         description="After a change, explore wider for this many examples...",
     )
     explore_epsilon: float = Field(
-        default=0.1, ge=0, le=1, description="...with at least this epsilon (vw learner)."
+        default=0.3, ge=0, le=1, description="...with at least this epsilon (vw learner)."
     )
 
 
