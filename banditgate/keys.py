@@ -173,3 +173,18 @@ def monitor_latest(experiment: str) -> str:
 def monitor_lease(experiment: str) -> str:
     """Held by the monitor worker checking this experiment now (one at a time)."""
     return f"{_tag(experiment)}:monitor:lease"
+
+
+def ground_truth(experiment: str) -> str:
+    """Ground-truth labels posted for this experiment's events (one entry per label)."""
+    return f"{_tag(experiment)}:groundtruth"
+
+
+def ground_truth_counters(experiment: str) -> str:
+    """Hash: labels received, and labels for events no router logged (or long expired)."""
+    return f"{_tag(experiment)}:groundtruth:counters"
+
+
+def monitor_quality(experiment: str) -> str:
+    """Hash arm -> the latest model-quality report (JSON), from ground truth."""
+    return f"{_tag(experiment)}:monitor:quality"

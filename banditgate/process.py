@@ -71,6 +71,8 @@ def run_uvicorn(
     """
     import uvicorn  # only the HTTP commands pay for it (CLI start-up)
 
+    from banditgate.http_protocol import GuardedHttpToolsProtocol
+
     with _metrics_dir(workers):
         uvicorn.run(
             factory,
@@ -79,7 +81,7 @@ def run_uvicorn(
             port=port,
             workers=workers,
             loop="uvloop",
-            http="httptools",
+            http=GuardedHttpToolsProtocol,  # httptools, with a header-read timeout
             lifespan="on",
             access_log=False,
             timeout_graceful_shutdown=graceful_shutdown_s,

@@ -3,7 +3,7 @@
 A model from outside the trainer (`banditgate policy publish`, `banditgate train
 --from`, the API's publish and activate) never passed the trainer's gate. So it is
 scored with the serving policy on the experiment's most recent joined examples
-(up to `RECENT_EXAMPLES`): IPS, SNIPS and DR values with 95% intervals for both,
+(up to `RECENT_EXAMPLES`, those logged with a probability below 1): IPS, SNIPS and DR values with 95% intervals for both,
 and the paired difference candidate - current. It is refused when it is
 significantly worse: the whole interval of the difference, by the spec's gate
 estimator (DR for SNIPS, which has no paired form), lies below 0. With fewer
@@ -98,7 +98,7 @@ class PolicyRefused(Conflict):
 async def recent_examples(
     redis: Redis, spec: ExperimentSpec, limit: int = RECENT_EXAMPLES
 ) -> list[Example]:
-    """The newest learnable joined examples of the experiment, oldest first."""
+    """The newest randomized joined examples of the experiment (logged p < 1), oldest first."""
     entries = cast(
         list[tuple[bytes, dict[bytes, bytes]]],
         await redis.xrevrange(keys.joined(spec.name), count=limit),
@@ -111,7 +111,10 @@ async def recent_examples(
             example = to_example(decode_joined(fields), spec)
         except (KeyError, ValueError, TypeError, orjson.JSONDecodeError):
             continue
-        if example is not None:
+        # A decision logged with p = 1 (an arm pinned by the client, or a canary's
+        # baseline) says nothing about the other arms: it would pull both policies'
+        # estimates toward whatever they give that arm.
+        if example is not None and example.logged_prob < 1.0:
             examples.append(example)
     return examples
 

@@ -78,6 +78,12 @@ class Arm(_Strict):
         le=60,
         description="Backend connect timeout (default: BANDITGATE_BACKEND_CONNECT_TIMEOUT_S).",
     )
+    health_path: str | None = Field(
+        default=None,
+        pattern=r"^/[\x21-\x7e]*$",
+        description="Path a router GETs to check an ejected arm (e.g. /ping): a 2xx re-admits "
+        "it, and no client request is used as a probe (default: none, a request probes).",
+    )
     instances: int | None = Field(
         default=None,
         ge=1,
@@ -594,6 +600,37 @@ class MonitorSpec(_Strict):
     )
 
 
+class QualitySpec(_Strict):
+    """Model quality per arm from ground-truth labels posted later (POST /v1/ground-truth)."""
+
+    problem: Literal["classification", "regression"] = Field(
+        default="classification", description="What the arms predict."
+    )
+    prediction: str = Field(
+        default="predicted_label",
+        description="Pointer to the prediction in an arm's (captured) response body.",
+    )
+    every_s: float = Field(default=300.0, ge=10, le=86400, description="How often it is computed.")
+    window_s: float = Field(
+        default=3600.0, ge=60, le=30 * 86400, description="Labels and captures each report reads."
+    )
+    min_labels: int = Field(
+        default=30, ge=1, description="Labelled requests an arm needs before it is judged."
+    )
+    alert_drop: float = Field(
+        default=0.05,
+        gt=0,
+        description="Alert when accuracy falls (or MAE rises) by more than this against the "
+        "previous window.",
+    )
+
+    @field_validator("prediction")
+    @classmethod
+    def _prediction(cls, value: str) -> str:
+        parse_pointer(value)
+        return value
+
+
 class ShadowSpec(_Strict):
     """Shadow: the primary answers; requests are mirrored to the shadows, whose answers are dropped."""
 
@@ -612,8 +649,8 @@ class ShadowSpec(_Strict):
     @field_validator("compare_pointer")
     @classmethod
     def _pointer(cls, value: str | None) -> str | None:
-        if value is not None and value != "" and not value.startswith("/"):
-            raise ValueError("a JSON pointer is empty or starts with '/'")
+        if value:
+            parse_pointer(value)  # a PointerError (a ValueError) names what is wrong
         return value
 
 
@@ -653,6 +690,10 @@ class ExperimentSpec(_Strict):
         default=None,
         description="Drift and data-quality checks of captured traffic (needs capture).",
     )
+    quality: QualitySpec | None = Field(
+        default=None,
+        description="Model quality per arm from ground-truth labels (needs capture of responses).",
+    )
     description: str = Field(default="", description="Free text for people.")
 
     @model_validator(mode="after")
@@ -671,6 +712,10 @@ class ExperimentSpec(_Strict):
 
         if self.monitor is not None and self.capture is None:
             raise _FieldError(("monitor",), "monitoring reads captured traffic: add capture")
+        if self.quality is not None and (self.capture is None or not self.capture.response):
+            raise _FieldError(
+                ("quality",), "quality reads the arms' captured answers: add capture with response"
+            )
         share = self.policy.min_arm_share
         if share * len(self.arms) > 1:
             raise _FieldError(

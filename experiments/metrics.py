@@ -116,6 +116,7 @@ class ExperimentMetrics:
     shadow: dict[str, ShadowTally] = field(default_factory=dict)  # by shadow arm, lifetime
     load: dict[str, ArmLoad] = field(default_factory=dict)  # by arm, recent
     monitor: dict[str, Any] = field(default_factory=dict)  # by arm, the latest check
+    quality: dict[str, Any] = field(default_factory=dict)  # by arm, the latest quality report
 
 
 async def group_lags(redis: Redis, stream_key: str, stream: str, now_ms: int) -> list[GroupLag]:
@@ -181,6 +182,7 @@ async def gather(service: ControlService) -> list[ExperimentMetrics]:
             shadow=shadow,
             load=load,
             monitor=await latest_reports(redis, name),
+            quality=await latest_reports(redis, name, keys.monitor_quality(name)),
         )
         for stream, key in (("decisions", keys.decisions(name)), ("joined", keys.joined(name))):
             metrics.groups += await group_lags(redis, key, stream, now_ms)
@@ -305,6 +307,22 @@ def families(experiments: Iterable[ExperimentMetrics]) -> list[Metric]:
         "When the arm's latest monitoring check finished (Unix time).",
         labels=ea,
     )
+    quality = GaugeMetricFamily(
+        "banditgate_quality",
+        "The arm's model quality on ground-truth labels in the latest window "
+        "(metric: accuracy, precision, recall, f1, mae, rmse).",
+        labels=[*ea, "metric"],
+    )
+    labelled = GaugeMetricFamily(
+        "banditgate_quality_labels",
+        "Labelled predictions the arm's latest quality report scored.",
+        labels=ea,
+    )
+    quality_alert = GaugeMetricFamily(
+        "banditgate_quality_alert",
+        "1 when the arm's quality dropped against the previous window by more than alert_drop.",
+        labels=ea,
+    )
     mirrored = CounterMetricFamily(
         "banditgate_shadow_mirrored", "Requests mirrored to a shadow arm.", labels=ea
     )
@@ -387,6 +405,14 @@ def families(experiments: Iterable[ExperimentMetrics]) -> list[Metric]:
             checked_at.add_metric(labels, report.get("finished_ms", 0) / 1000)
             for feature, value in sorted((report.get("distances") or {}).items()):
                 distance.add_metric([*labels, feature], value)
+        for arm, report in sorted(m.quality.items()):
+            labels = [m.name, arm]
+            current = report.get("current") or {}
+            labelled.add_metric(labels, current.get("n", 0))
+            quality_alert.add_metric(labels, 1.0 if report.get("alert") else 0.0)
+            for metric in ("accuracy", "precision", "recall", "f1", "mae", "rmse"):
+                if isinstance(current.get(metric), int | float):
+                    quality.add_metric([*labels, metric], current[metric])
         for arm, tally in sorted(m.shadow.items()):
             labels = [m.name, arm]
             mirrored.add_metric(labels, tally.mirrored)
@@ -430,6 +456,9 @@ def families(experiments: Iterable[ExperimentMetrics]) -> list[Metric]:
         srm_flag,
         srm_p,
         changes,
+        quality,
+        labelled,
+        quality_alert,
         violations,
         checked,
         distance,

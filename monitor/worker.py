@@ -34,6 +34,7 @@ from banditgate.spec import ExperimentSpec
 from banditgate.watcher import ExperimentWatcher
 from monitor.check import check_arm
 from monitor.profile import Thresholds
+from monitor.quality import alert, predictions, read_labels, score
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class Monitor:
         self.report_root = data_dir / "monitor"
         self.watcher = ExperimentWatcher(redis, only=experiments)
         self.last_run: dict[str, float] = {}
+        self.last_quality: dict[str, float] = {}
         self.runs = 0
 
     async def run_once(self, spec: ExperimentSpec, now: float | None = None) -> dict[str, Any]:
@@ -115,9 +117,54 @@ class Monitor:
         self.runs += 1
         return reports
 
+    async def quality_once(self, spec: ExperimentSpec, now: float | None = None) -> dict[str, Any]:
+        """Score every arm's captured predictions against the labels posted for them: this
+        window and the one before it, with an alert on a drop."""
+        assert spec.quality is not None
+        now = now if now is not None else time.time()
+        quality = spec.quality
+        window = quality.window_s
+        labels = await read_labels(self.redis, spec.name, int((now - 2 * window) * 1000))
+
+        def iso(ts: float) -> str:
+            return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+        windows = [(iso(now - 2 * window), iso(now - window)), (iso(now - window), iso(now + 1))]
+        reports: dict[str, Any] = {}
+        for arm in spec.arm_names:
+            predicted = await asyncio.to_thread(
+                predictions, self.capture_root, spec.name, arm, quality.prediction, now - 2 * window
+            )
+            previous, current = score(quality, labels, predicted, windows)
+            reports[arm] = {
+                "arm": arm,
+                "problem": quality.problem,
+                "finished_ms": int(time.time() * 1000),
+                "window_s": window,
+                "current": current,
+                "previous": previous,
+                "alert": alert(quality, current, previous),
+            }
+        await self.redis.hset(
+            keys.monitor_quality(spec.name),
+            mapping={arm: orjson.dumps(r) for arm, r in reports.items()},
+        )
+        for arm, report in reports.items():
+            if report["alert"]:
+                log.warning("%s/%s: model quality alert: %s", spec.name, arm, report["alert"])
+        return reports
+
     async def tick(self) -> None:
         now = time.time()
         for name, spec in list(self.watcher.specs.items()):
+            if spec.quality is not None and now - self.last_quality.get(name, 0.0) >= (
+                spec.quality.every_s
+            ):
+                self.last_quality[name] = now
+                try:
+                    await self.quality_once(spec, now)
+                except Exception:
+                    log.exception("model quality of %s failed; retried next period", name)
             if spec.monitor is None or spec.capture is None:
                 continue
             if now - self.last_run.get(name, 0.0) < spec.monitor.every_s:

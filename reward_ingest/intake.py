@@ -25,12 +25,12 @@ from redis.exceptions import RedisError
 from banditgate import keys
 from banditgate.contracts import JoinCounter, UnroutedCounter, check_event_id
 from banditgate.errors import BanditgateError, InvalidInput, NotReady, UnknownExperiment
+from banditgate.event_index import lookup
 from banditgate.events import Reward, reward_fields
 from banditgate.redis import Redis, RedisHandle
 from banditgate.spec import ExperimentSpec
 from banditgate.tasks import TaskGroup
 from banditgate.watcher import ExperimentWatcher
-from reward_ingest.event_index import lookup
 from reward_ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,9 @@ from router.backends import HttpBackend
 from router.capture import DataCapture
 from router.decision_log import DecisionLog
 from router.disconnect import DisconnectWatch
+from router.health_checks import HealthChecker
 from router.metrics import RouterMetrics
+from router.proxy_path import proxy_tail
 from router.routing import Invocation, Outcome, Router
 from router.runtime import Runtime
 from router.settings import RouterSettings
@@ -199,9 +201,12 @@ class RouterApp:
         except Exception as exc:  # Redis away at start-up: routing waits for the resync
             log.warning("cannot reach Redis at start-up (%s)", exc)
         self.tasks.spawn(self.runtime.watcher.watch(), "announcements")
+        self.checker = HealthChecker(health=self.health, runtime=self.runtime, backend=self.backend)
+        self.tasks.spawn(self.checker.run(), "arm-health-checks")
         # Serve only once every experiment's policy is loaded; a later resync is in the background.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.runtime.watcher.watching.wait(), timeout=30)
+        self.checker.refresh()
         self.started = True
 
     async def shutdown(self) -> None:
@@ -272,15 +277,10 @@ class RouterApp:
         if parts[1:3] == ["v2", "models"] and len(parts) >= 4:
             return await self._v2(parts, method, scope, receive, send)
         if len(parts) >= 3 and parts[1] == "proxy":
-            call = Invocation(
-                parts[2],
-                "http",
-                b"",
-                {},
-                method=method,
-                path="/".join(parts[3:]),
-                query=scope.get("query_string", b"").decode("latin-1"),
+            tail, query = proxy_tail(
+                scope.get("raw_path") or path.encode(), scope.get("query_string", b"")
             )
+            call = Invocation(parts[2], "http", b"", {}, method=method, path=tail, query=query)
             await self._invoke(scope, receive, send, call)
             return True
         if len(parts) == 5 and parts[1:3] == ["v1", "experiments"] and parts[4] == "rank":

@@ -12,19 +12,19 @@ the oldest and counts them (or spills them to a file, given `spill_dir`).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import orjson
 
 from banditgate import keys
 from banditgate.errors import BackendError
 from banditgate.events import ArmCall, ShadowResult
+from banditgate.pointers import resolve
+from banditgate.policy import unit_fraction
 from banditgate.redis import Redis
 from banditgate.spec import Arm, ShadowSpec
 from banditgate.tasks import TaskGroup
@@ -34,13 +34,10 @@ from router.stream_writer import Entry, StreamWriter
 
 log = logging.getLogger(__name__)
 
-_UNIT = 18446744073709551616.0
-
 
 def mirror_fraction(event_id: str) -> float:
     """Where an event id falls in [0, 1): deterministic, so a mirroring decision can be replayed."""
-    digest = hashlib.blake2b(f"shadow\x00{event_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / _UNIT
+    return unit_fraction(f"shadow\x00{event_id}")
 
 
 @dataclass(frozen=True)
@@ -109,25 +106,7 @@ class ShadowResults(StreamWriter[ShadowResult]):
         return keys.shadow_results(group)
 
 
-_MISSING = object()
-
-
-def resolve_pointer(document: Any, pointer: str) -> Any:
-    """The value at an RFC 6901 JSON pointer, or `_MISSING` when there is none."""
-    if pointer == "":
-        return document
-    value = document
-    for token in pointer[1:].split("/"):
-        token = token.replace("~1", "/").replace("~0", "~")
-        if isinstance(value, dict):
-            if token not in value:
-                return _MISSING
-            value = value[token]
-        elif isinstance(value, list) and token.isdigit() and int(token) < len(value):
-            value = value[int(token)]
-        else:
-            return _MISSING
-    return value
+_ABSENT = object()
 
 
 def same_body(primary: bytes, shadow: bytes, pointer: str | None = None) -> bool:
@@ -141,8 +120,10 @@ def same_body(primary: bytes, shadow: bytes, pointer: str | None = None) -> bool
         return False
     if pointer is None:
         return bool(ours == theirs)
-    value = resolve_pointer(ours, pointer)
-    return value is not _MISSING and bool(value == resolve_pointer(theirs, pointer))
+    if pointer == "":
+        return bool(ours == theirs)
+    value = resolve(ours, pointer, _ABSENT)
+    return value is not _ABSENT and bool(value == resolve(theirs, pointer, _ABSENT))
 
 
 class ShadowMirror:

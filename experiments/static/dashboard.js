@@ -176,14 +176,35 @@
     }
   }
 
+  function qualityTable(q) {
+    if (!q || !q.configured) return "";
+    const arms = Object.keys(q.arms).sort();
+    if (!arms.length) return `<p class="muted">Model quality: no report yet (${int(q.labels_received)} labels received).</p>`;
+    const rows = arms.map((arm) => {
+      const r = q.arms[arm];
+      const c = r.current || {};
+      const p = r.previous || {};
+      const main = r.problem === "regression" ? `MAE ${num(c.mae, 4)}` : `accuracy ${pct(c.accuracy, 1)}`;
+      const ci = c.accuracy_ci || c.mae_ci;
+      const before = r.problem === "regression" ? num(p.mae, 4) : pct(p.accuracy, 1);
+      return `<tr data-arm="${esc(arm)}"><td>${esc(arm)}</td><td class="quality">${main}</td><td>${ci ? `[${num(ci[0], 3)}, ${num(ci[1], 3)}]` : "–"}</td><td>${isNum(c.f1) ? num(c.f1, 3) : isNum(c.rmse) ? `RMSE ${num(c.rmse, 4)}` : "–"}</td><td>${int(c.n)}</td><td>${before}</td><td class="left">${r.alert ? `<span class="bad">${esc(r.alert)}</span>` : '<span class="good">ok</span>'}</td></tr>`;
+    });
+    return `<h2 style="margin-top:12px">Model quality on ground truth</h2><table id="quality-table"><thead><tr><th>arm</th><th>this window</th><th>95% CI</th><th>F1</th><th>labels</th><th>previous window</th><th class="left">alert</th></tr></thead><tbody>${rows.join("")}</tbody></table>`;
+  }
+
   function drawMonitor(m) {
     state.monitor = m;
     const panel = $("monitor-panel");
-    panel.hidden = !m.configured;
-    if (!m.configured) return;
+    panel.hidden = !m.configured && !(m.quality && m.quality.configured);
+    if (panel.hidden) return;
     const arms = Object.keys(m.arms).sort();
+    const quality = qualityTable(m.quality);
+    if (!m.configured) {
+      $("monitor").innerHTML = quality;
+      return;
+    }
     if (!m.baseline || !arms.length) {
-      $("monitor").innerHTML = `<p class="muted">${m.baseline ? "No check has run yet." : "No baseline yet: banditgate monitor baseline -e " + esc(NAME) + " --from training-data.parquet"}</p>`;
+      $("monitor").innerHTML = `<p class="muted">${m.baseline ? "No check has run yet." : "No baseline yet: banditgate monitor baseline -e " + esc(NAME) + " --from training-data.parquet"}</p>` + quality;
       return;
     }
     const rows = arms.map((arm) => {
@@ -195,7 +216,7 @@
         `<td class="violations">${found.length ? `<span class="bad">${found.length}</span>` : '<span class="good">0</span>'}</td>` +
         `<td>${worst ? `${esc(worst[0])} ${num(worst[1], 3)}` : "–"}</td><td class="left"><ul class="history">${list}</ul></td></tr>`;
     });
-    $("monitor").innerHTML = `<table id="monitor-table"><thead><tr><th>arm</th><th>checked</th><th>records</th><th>violations</th><th>largest distance</th><th class="left">what</th></tr></thead><tbody>${rows.join("")}</tbody></table>`;
+    $("monitor").innerHTML = `<table id="monitor-table"><thead><tr><th>arm</th><th>checked</th><th>records</th><th>violations</th><th>largest distance</th><th class="left">what</th></tr></thead><tbody>${rows.join("")}</tbody></table>` + quality;
   }
 
   // Reward per arm for each value of one context feature (the segments API).

@@ -2,7 +2,7 @@
 
 One router (with the reward webhook) serves one experiment per mode; the joiner and the
 trainer run in burst mode on a moved clock. In bandit mode the learned policy is
-published; in the other modes the trainer learns (an A/B test warms the bandit up) and
+published and the running router swaps it in; in the other modes the trainer learns (an A/B test warms the bandit up) and
 publishes nothing; the static learner learns nothing at all.
 """
 
@@ -23,8 +23,8 @@ from banditgate_app.apps import serve_app
 from reward_ingest.settings import IngestSettings
 from reward_ingest.worker import Joiner
 from tests.reward_ingest.conftest import Clock, joined_examples
-from tests.support import run_backend, serve_asgi
-from tests.traffic import decisions, invoke_many
+from tests.support import run_backend, serve_asgi, wait_for
+from tests.traffic import decision_count, decisions, invoke_many
 from trainer.worker import Trainer
 
 REQUESTS = 10
@@ -80,6 +80,7 @@ async def test_every_learner_in_every_mode_logs_joins_and_learns(
     monkeypatch.setenv("BANDITGATE_REDIS_URL", redis_url)
     monkeypatch.setenv("BANDITGATE_EXPERIMENTS", ",".join(names.values()))
     store = ExperimentStore(redis)
+    registry = PolicyRegistry(redis)
     clock = Clock()
     async with run_backend() as one, run_backend() as two:
         specs = {
@@ -96,56 +97,78 @@ async def test_every_learner_in_every_mode_logs_joins_and_learns(
                 assert [r.status for r in replies] == [200] * REQUESTS, mode
                 assert [r.event_id for r in replies] == ids
                 event_ids[mode] = ids
-            # Rewards through the real webhook, before the router stops (which flushes the log).
             async with aiohttp.ClientSession() as http:
                 for ids in event_ids.values():
                     body = {"rewards": [{"event_id": e, "value": i % 2} for i, e in enumerate(ids)]}
                     async with http.post(f"{url}/v1/rewards", data=orjson.dumps(body)) as response:
                         assert response.status == 202, await response.text()
 
-    # Logged: every decision, with a pmf of plain floats summing to 1.
-    for mode, experiment in names.items():
-        logged = await decisions(redis, experiment)
-        assert sorted(d["event_id"] for d in logged) == sorted(event_ids[mode]), mode
-        for decision in logged:
-            pmf = decision["pmf"]
-            assert all(type(p) is float for p in pmf) and math.isclose(sum(pmf), 1.0), pmf
-            assert decision["mode"] == mode
+            # Logged: every decision, with a pmf of plain floats summing to 1.
+            for mode, experiment in names.items():
 
-    # Joined: one example each, with its reward.
-    joiner = Joiner(
-        redis=redis,
-        settings=IngestSettings(redis_url=redis_url, data_dir=data_dir, join_clock_skew_ms=0),
-        clock=clock,
-        experiments=list(names.values()),
-    )
-    clock.advance(3600)
-    while await joiner.run_once():
-        pass
-    for mode, experiment in names.items():
-        joined = await joined_examples(redis, experiment)
-        assert sorted(j["decision"]["event_id"] for j in joined) == sorted(event_ids[mode]), mode
-        assert all(j["rewarded"] for j in joined), mode
+                async def all_logged(experiment: str = experiment) -> bool:
+                    return await decision_count(redis, experiment) >= REQUESTS
 
-    # Learned: the trainer consumes every example; bandit mode publishes a policy.
-    trainer = Trainer(
-        redis=redis, clock=clock, batch=UPDATE_EVERY, experiments=list(names.values())
-    )
-    while await trainer.run_once():
-        pass
-    await trainer.close()
-    registry = PolicyRegistry(redis)
-    for mode, experiment in names.items():
-        state = cast(dict[bytes, bytes], await redis.hgetall(keys.trainer_state(experiment)))
-        versions = await registry.versions(experiment)
-        if learner == "static":
-            assert state == {} and versions == [], mode
-            continue
-        assert int(state[b"examples"]) == REQUESTS, mode
-        assert state[b"learner"].decode() == specs[mode].policy.learner
-        if mode == "bandit":
-            assert [v.source for v in versions] == ["trainer"], versions
-            assert versions[0].learner == specs[mode].policy.learner
-            assert await registry.current_version(experiment) == versions[0].version
-        else:
-            assert versions == [], mode
+                await wait_for(all_logged)
+                logged = await decisions(redis, experiment)
+                assert sorted(d["event_id"] for d in logged) == sorted(event_ids[mode]), mode
+                for decision in logged:
+                    pmf = decision["pmf"]
+                    assert all(type(p) is float for p in pmf), pmf
+                    assert math.isclose(sum(pmf), 1.0), pmf
+                    assert decision["mode"] == mode
+
+            # Joined: one example each, with its reward.
+            joiner = Joiner(
+                redis=redis,
+                settings=IngestSettings(
+                    redis_url=redis_url, data_dir=data_dir, join_clock_skew_ms=0
+                ),
+                clock=clock,
+                experiments=list(names.values()),
+            )
+            clock.advance(3600)
+            while await joiner.run_once():
+                pass
+            for mode, experiment in names.items():
+                joined = await joined_examples(redis, experiment)
+                joined_ids = sorted(j["decision"]["event_id"] for j in joined)
+                assert joined_ids == sorted(event_ids[mode]), mode
+                assert all(j["rewarded"] for j in joined), mode
+
+            # Learned: the trainer consumes every example; bandit mode publishes a policy.
+            trainer = Trainer(
+                redis=redis, clock=clock, batch=UPDATE_EVERY, experiments=list(names.values())
+            )
+            while await trainer.run_once():
+                pass
+            await trainer.close()
+            for mode, experiment in names.items():
+                state = cast(
+                    dict[bytes, bytes], await redis.hgetall(keys.trainer_state(experiment))
+                )
+                versions = await registry.versions(experiment)
+                if learner == "static":
+                    assert state == {} and versions == [], mode
+                    continue
+                assert int(state[b"examples"]) == REQUESTS, mode
+                assert state[b"learner"].decode() == specs[mode].policy.learner
+                if mode == "bandit":
+                    assert [v.source for v in versions] == ["trainer"], versions
+                    assert versions[0].learner == specs[mode].policy.learner
+                    assert await registry.current_version(experiment) == versions[0].version
+                else:
+                    assert versions == [], mode
+
+            # Hot-swapped: the running router decides with the published version.
+            if learner != "static":
+                bandit = names["bandit"]
+                published = await registry.current_version(bandit)
+                sent = iter(range(1000))
+
+                async def serving_published() -> bool:
+                    await invoke_many(url, bandit, [f"{bandit}-after-{next(sent)}"])
+                    logged = await decisions(redis, bandit)
+                    return any(d["policy_version"] == published for d in logged)
+
+                await wait_for(serving_published)

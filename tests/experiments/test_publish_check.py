@@ -23,20 +23,23 @@ from banditgate.spec import parse_spec
 from banditgate_app.cli import app
 from reward_ingest.dsjson import dsjson_line
 from tests.experiments.conftest import ADMIN_KEY, Control
-from tests.trainer.conftest import uniform_log, write_joined
+from tests.trainer.conftest import decision, uniform_log, write_joined
 
 ARMS = ("bert-1", "bert-2")
 CONTEXT = {"t.len": "15", "t.pos": "1"}
 
 
 def spec_doc(name: str, learner: str = "vw") -> dict[str, object]:
+    policy: dict[str, object] = {"learner": learner}
+    if learner == "static":
+        policy["weights"] = {"bert-1": 1, "bert-2": 1}
     return {
         "name": name,
         "arms": [
             {"name": arm, "url": "http://127.0.0.1:9", "protocol": "sagemaker"} for arm in ARMS
         ],
         "context": {"text": "features[0]"},
-        "policy": {"learner": learner},
+        "policy": policy,
     }
 
 
@@ -141,6 +144,12 @@ async def test_without_enough_joined_examples_the_model_is_published_and_says_so
 ) -> None:
     assert (await control.call("POST", "/v1/experiments", spec_doc(name)))[0] == 201
     await write_joined(redis, name, logged(name, 40, {"bert-1": 0.6, "bert-2": 0.4}, seed=7))
+    # Decisions logged with p = 1 (pinned arms, a canary's baseline) are not evidence.
+    pinned = [
+        (decision(name, f"pinned-{i}", list(ARMS), [1.0, 0.0], "bert-1", dict(CONTEXT)), 1.0)
+        for i in range(300)
+    ]
+    await write_joined(redis, name, pinned)
     model = stock_vw_model(name, tmp_path, {"bert-1": 0.3, "bert-2": 0.6})
     result = await cli(control, "policy", "publish", str(model), "-e", name)
     assert result.exit_code == 0, result.output
@@ -160,6 +169,11 @@ OTHER_MODELS = {
     "linear_thompson": [
         (b'{"alpha": {"bert-1": 2}, "beta": {"bert-1": 3}}', "not a linear_thompson model"),
         (b"vw model bytes", "not a linear_thompson model"),
+        (LinearThompsonModel().to_bytes()[:-3] + b"}xx", "a damaged linear_thompson model"),
+    ],
+    "static": [
+        (LinearThompsonModel().to_bytes(), "a static policy model is a JSON object of weights"),
+        (b'{"alpha": {"bert-1": 2}}', "a static policy model is a JSON object of weights"),
     ],
 }
 

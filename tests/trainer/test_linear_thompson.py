@@ -134,3 +134,22 @@ async def test_it_learns_and_publishes_through_the_trainer(redis, name):
     assert latest.learner == "linear_thompson" and latest.source == "trainer"
     policy = build_policy(spec, await registry.model(name, latest.version), latest.version)
     assert policy.probabilities({}, ActionSet.from_spec(spec))[1] > 0.9
+
+
+def test_large_numeric_features_keep_the_posterior_well_conditioned() -> None:
+    spec = spec_for()
+    spec = parse_spec({**spec.model_dump(by_alias=True), "context": {"body": ["price"]}})
+    learner = new_learner(spec)
+    actions = ActionSet.from_spec(spec)
+    rng = random.Random(2)
+    for _ in range(2000):
+        price = rng.choice([9.99, 1_250.0, 1e9])
+        chosen = rng.randrange(3)
+        best = 0 if price < 100 else 2
+        reward = 1.0 if rng.random() < (0.7 if chosen == best else 0.3) else 0.0
+        learner.learn(Example({"price": price}, actions, chosen, 1 / 3, reward))
+    policy = validate_model(spec, learner.model_bytes())
+    cheap = policy.probabilities({"price": 9.99}, actions)
+    dear = policy.probabilities({"price": 1e9}, actions)
+    assert cheap[0] > 0.8 and dear[2] > 0.8, (cheap, dear)
+    assert all(math.isfinite(p) and p >= 0 for p in cheap + dear)
