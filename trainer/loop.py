@@ -78,6 +78,8 @@ class TrainingLoop:
         self.widen_left = 0
         self.change_since = 0
         self.changes: list[dict[str, Any]] = []  # detections since the last publish
+        self.known_arms: set[str] = set()
+        self.new_arms: list[str] = []  # arms first seen since the last update
 
     def observe(self, example: Example) -> None:
         """Score the example with the challenger and the serving policy, then learn it."""
@@ -98,6 +100,10 @@ class TrainingLoop:
             )
         self.seen += 1
         arm = example.actions.names[example.chosen]
+        if not self.known_arms.issuperset(example.actions.names):
+            if self.known_arms:
+                self.new_arms += [n for n in example.actions.names if n not in self.known_arms]
+            self.known_arms.update(example.actions.names)
         if example.rewarded:
             # Defaults join a window late, so their share of an arm's joined stream follows
             # the traffic of a window ago: watching them would see changes in the policy.
@@ -124,7 +130,10 @@ class TrainingLoop:
         self.detector.spec = spec.policy.change
         alarms = self.detector.check()
         if alarms:
+            self.new_arms.clear()
             return self._on_change(alarms, publishable)
+        if self.new_arms and self.serving_version > 0:
+            return self._on_new_arms(publishable)
         warmup = spec.policy.update.warmup_events
         if self.serving_version == 0 and self.learner.n_examples < warmup:
             reason = (
@@ -197,6 +206,40 @@ class TrainingLoop:
             # The gate cannot judge a move to arms the serving policy hardly logs, and the
             # serving policy would keep them starved: the widened restart ships as is.
             assert self.challenger is not None
+            record["decision"] = "published"
+            record["changes"] = list(self.changes)
+            record["challenger_examples"] = self.challenger.examples
+            return Outcome(True, self.challenger.model, record)
+        return Outcome(False, None, record)
+
+    def _on_new_arms(self, publishable: bool) -> Outcome:
+        """An arm was added: relearn everything remembered, exploring wider for a while.
+
+        Nothing is forgotten, but a learned policy would give a new arm only its floor:
+        the wider exploration is what lets it show what it earns."""
+        arms, self.new_arms = self.new_arms, []
+        self.change_since = self.recent[0][0] if self.recent else self.seen
+        self.widen_left = self.spec.policy.change.explore_events
+        self._relearn([example for _, example in self.recent], widen=self.widen_left > 0)
+        self._take_snapshot()
+        assert self.challenger is not None
+        detection = {
+            "examples_seen": self.seen,
+            "arms_added": arms,
+            "alarms": [],
+            "relearned": len(self.recent),
+            "explore_events": self.widen_left,
+        }
+        self.changes.append(detection)
+        record: dict[str, Any] = {
+            "decision": "change",
+            "reason": f"arms added: {', '.join(arms)}; exploring wider for "
+            f"{self.widen_left} examples",
+            "n": 0,
+            "change": detection,
+            "current_version": self.serving_version,
+        }
+        if publishable and self.widen_left > 0:
             record["decision"] = "published"
             record["changes"] = list(self.changes)
             record["challenger_examples"] = self.challenger.examples

@@ -256,12 +256,11 @@ class Trainer:
         if outcome.publish and outcome.model is not None:
             note = record.get("reason", "")
             for change in record.get("changes", []):
+                what = [
+                    f"{a['arm']} {a['before']:.3f} -> {a['after']:.3f}" for a in change["alarms"]
+                ] + [f"{arm} added" for arm in change.get("arms_added", [])]
                 note += "; after a change detected at example {}: {}".format(
-                    change["examples_seen"],
-                    ", ".join(
-                        f"{a['arm']} {a['before']:.3f} -> {a['after']:.3f}"
-                        for a in change["alarms"]
-                    ),
+                    change["examples_seen"], ", ".join(what)
                 )
             published = await self.registry.publish(
                 name,

@@ -115,7 +115,7 @@ def run(loop: TrainingLoop, actions: ActionSet, rng: random.Random, n: int, rate
     outcomes = []
     for _ in range(n):
         pmf = loop.serving.probabilities({}, actions)
-        index = rng.choices([0, 1], pmf)[0]
+        index = rng.choices(range(len(pmf)), pmf)[0]
         reward = 1.0 if rng.random() < rates[index] else 0.0
         loop.observe(Example({}, actions, index, pmf[index], reward))
         if loop.due(0.0):
@@ -181,3 +181,29 @@ def test_only_real_rewards_are_watched() -> None:
         loop.observe(Example({}, actions, 0, 0.5, 0.0, rewarded=i % 2 == 0))
     (sample,) = loop.detector.samples.values()
     assert len(sample.recent) + sample.n == 250
+
+
+def test_an_added_arm_is_explored_without_forgetting() -> None:
+    spec = parse_spec(
+        {
+            "name": "added",
+            "arms": [
+                {"name": "a", "url": "http://h:1"},
+                {"name": "b", "url": "http://h:2"},
+                {"name": "c", "url": "http://h:3"},
+            ],
+        }
+    )
+    loop = TrainingLoop(spec, new_learner(spec), build_policy(spec, None, 0), 0)
+    full = ActionSet.from_spec(spec)
+    two = ActionSet(full.names[:2], full.lines[:2])
+    rng = random.Random(5)
+    run(loop, two, rng, 3_000, [0.6, 0.4])
+    assert loop.serving_version > 0
+    outcomes = run(loop, full, rng, 200, [0.6, 0.4, 0.8])
+    (added,) = [o for o in outcomes if "change" in o.record]
+    assert added.publish and added.record["change"]["arms_added"] == ["c"]
+    assert added.record["change"]["relearned"] == 2_000  # everything remembered
+    assert "arms added: c" in added.record["reason"]
+    # The published restart explores: the new arm gets far more than the floor.
+    assert loop.serving.probabilities({}, full)[2] >= 0.1
