@@ -101,8 +101,12 @@ class TrainingLoop:
         self.seen += 1
         arm = example.actions.names[example.chosen]
         if not self.known_arms.issuperset(example.actions.names):
+            # Only the spec's arms: callers of the rank route may send actions of their own.
+            spec_arms = set(self.spec.arm_names)
             if self.known_arms:
-                self.new_arms += [n for n in example.actions.names if n not in self.known_arms]
+                self.new_arms += [
+                    n for n in example.actions.names if n not in self.known_arms and n in spec_arms
+                ]
             self.known_arms.update(example.actions.names)
         if example.rewarded:
             # Defaults join a window late, so their share of an arm's joined stream follows
