@@ -280,10 +280,16 @@ def apply_floor(pmf: Sequence[float], floor: float) -> list[float]:
     return [floor + scale * float(p) / total for p in pmf]
 
 
+def unit_fraction(key: str) -> float:
+    """Where a string falls in [0, 1), uniformly and always the same: sampling by event id
+    (which arm, whether to mirror or capture) that a replay reproduces."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 18446744073709551616.0
+
+
 def sample_index(pmf: Sequence[float], event_id: str, version: int) -> int:
     """Deterministic in (event id, policy version): a decision can be replayed."""
-    digest = hashlib.blake2b(f"{event_id}\x00{version}".encode(), digest_size=8).digest()
-    u = int.from_bytes(digest, "big") / 18446744073709551616.0
+    u = unit_fraction(f"{event_id}\x00{version}")
     cumulative = 0.0
     last = 0
     for index, p in enumerate(pmf):

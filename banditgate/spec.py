@@ -103,6 +103,12 @@ class Arm(_Strict):
         le=60,
         description="Backend connect timeout (default: BANDITGATE_BACKEND_CONNECT_TIMEOUT_S).",
     )
+    health_path: str | None = Field(
+        default=None,
+        pattern=r"^/[\x21-\x7e]*$",
+        description="Path a router GETs to check an ejected arm (e.g. /ping): a 2xx re-admits "
+        "it, and no client request is used as a probe (default: none, a request probes).",
+    )
     instances: int | None = Field(
         default=None,
         ge=1,
@@ -253,14 +259,15 @@ class ContextSpec(_Strict):
 class Exploration(_Strict):
     """How the VW policy explores (VW's --cb_explore_adf algorithms)."""
 
-    # Defaults measured in bench/learning.py (BENCHMARKS.md, "Learning quality").
+    # Defaults measured in the world suite (bench/worlds, BENCHMARKS.md "World suite"): bag 5
+    # with -l 0.03 against epsilon 0.02 with -l 0.01, which left the best arm starved.
     type: Literal["epsilon", "cover", "bag", "softmax", "squarecb"] = Field(
-        default="epsilon", description="Exploration algorithm."
+        default="bag", description="Exploration algorithm."
     )
     epsilon: float = Field(
         default=0.02, ge=0, le=1, description="epsilon: share of traffic spread over all arms."
     )
-    n: int = Field(default=3, ge=1, le=64, description="Policies for cover and bag.")
+    n: int = Field(default=5, ge=1, le=64, description="Policies for cover and bag.")
     psi: float = Field(default=0.1, ge=0, description="Cover's disagreement parameter.")
     lambda_: float = Field(
         default=10.0, alias="lambda", gt=0, description="Softmax inverse temperature."
@@ -304,6 +311,50 @@ class GateSpec(_Strict):
     )
 
 
+class ChangeSpec(_Strict):
+    """Detecting a change in an arm's reward on the joined stream, and the response."""
+
+    detector: Literal["window", "off"] = Field(
+        default="window",
+        description="window: each arm's recent rewards per context cell against its older ones "
+        "(a z test); off: no detection.",
+    )
+    window: int = Field(
+        default=200, ge=20, le=100_000, description="Recent rewards per arm and cell compared."
+    )
+    threshold: float = Field(
+        default=5.0,
+        ge=3,
+        le=50,
+        description="|z| that signals a change (higher: fewer false alarms).",
+    )
+    min_shift: float = Field(
+        default=0.05,
+        gt=0,
+        le=1,
+        description="Smallest change of the mean that counts, as a share of the reward range.",
+    )
+    discount: float = Field(
+        default=0.99,
+        gt=0,
+        le=1,
+        description="On a change the learner restarts from recent examples: one n events old "
+        "is kept with probability discount^n (1: keep them all).",
+    )
+    memory: int = Field(
+        default=2_000, ge=0, le=100_000, description="Recent examples kept for that restart."
+    )
+    explore_events: int = Field(
+        default=2_000,
+        ge=0,
+        le=1_000_000,
+        description="After a change, explore wider for this many examples...",
+    )
+    explore_epsilon: float = Field(
+        default=0.3, ge=0, le=1, description="...with at least this epsilon (vw learner)."
+    )
+
+
 class PolicySpec(_Strict):
     """How arms are chosen in bandit mode, and how the policy learns."""
 
@@ -341,8 +392,11 @@ class PolicySpec(_Strict):
         ge=1,
         description="Cap on 1/p when learning: a rarely logged action cannot jerk the model.",
     )
-    learning_rate: float = Field(default=0.01, gt=0, le=10, description="Learning rate (VW -l).")
+    learning_rate: float = Field(default=0.03, gt=0, le=10, description="Learning rate (VW -l).")
     vw_args: str = Field(default="", description="Extra VW arguments, appended as given.")
+    change: ChangeSpec = Field(
+        default_factory=ChangeSpec, description="Change detection and the response to it."
+    )
 
     @field_validator("interactions")
     @classmethod

@@ -17,6 +17,7 @@ import orjson
 
 from banditgate import keys
 from banditgate.contracts import BatchField, JoinedField
+from banditgate.intervals import wilson_interval
 from banditgate.redis import Redis
 from banditgate.spec import Guardrails
 
@@ -147,13 +148,8 @@ EARLY_Z = 2.576  # 99%, one-sided the bound is stricter still
 
 
 def wilson_lower(successes: int, n: int, z: float = EARLY_Z) -> float:
-    """The Wilson score interval's lower end for a binomial proportion."""
-    if n == 0:
-        return 0.0
-    p = successes / n
-    centre = p + z * z / (2 * n)
-    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, (centre - spread) / (1 + z * z / n))
+    """The Wilson score interval's lower end for a binomial proportion (0 when n is 0)."""
+    return wilson_interval(successes, n, z)[0] if n else 0.0
 
 
 def _pct(rate: float) -> str:

@@ -33,7 +33,7 @@ import numpy as np
 from scipy import stats as sps
 
 from banditgate.contracts import JoinCounter
-from banditgate.intervals import WeightSums, cressie_read_interval
+from banditgate.intervals import WeightSums, cressie_read_interval, wilson_interval
 from banditgate.policy import default_weights, normalise
 from banditgate.spec import ExperimentSpec
 from experiments import shadow_results
@@ -63,10 +63,7 @@ def mean_ci(tally: ArmTally, binary: bool) -> tuple[float | None, list[float] | 
         return None, None
     mean = tally.r_sum / n
     if binary:
-        z2 = Z95 * Z95
-        centre = (mean + z2 / (2 * n)) / (1 + z2 / n)
-        half = Z95 / (1 + z2 / n) * math.sqrt(max(mean * (1 - mean), 0.0) / n + z2 / (4 * n * n))
-        return mean, [centre - half, centre + half]
+        return mean, list(wilson_interval(tally.r_sum, n))
     if n < 2:
         return mean, None
     var = max(tally.r_sum2 - n * mean * mean, 0.0) / (n - 1)

@@ -21,6 +21,7 @@ from typing import Any, cast
 import orjson
 
 from banditgate import keys
+from banditgate.intervals import wilson_interval
 from banditgate.pointers import resolve
 from banditgate.redis import Redis, stream_id_ms
 from banditgate.spec import QualitySpec
@@ -135,12 +136,8 @@ def _same(truth: Any, guess: Any) -> bool:
         return str(truth) == str(guess)
 
 
-def wilson(successes: int, n: int, z: float = Z95) -> list[float]:
-    p = successes / n
-    centre = p + z * z / (2 * n)
-    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    denominator = 1 + z * z / n
-    return [max(0.0, (centre - spread) / denominator), min(1.0, (centre + spread) / denominator)]
+def wilson(successes: int, n: int) -> list[float]:
+    return list(wilson_interval(successes, n))
 
 
 def score(

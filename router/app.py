@@ -34,7 +34,9 @@ from router.backends import HttpBackend
 from router.capture import DataCapture
 from router.decision_log import DecisionLog
 from router.disconnect import DisconnectWatch
+from router.health_checks import HealthChecker
 from router.metrics import RouterMetrics
+from router.proxy_path import proxy_tail
 from router.replays import Replays
 from router.routing import Invocation, Outcome, Router
 from router.runtime import Runtime
@@ -234,9 +236,12 @@ class RouterApp:
         except Exception as exc:  # Redis away at start-up: routing waits for the resync
             log.warning("cannot reach Redis at start-up (%s)", exc)
         self.tasks.spawn(self.runtime.watcher.watch(), "announcements")
+        self.checker = HealthChecker(health=self.health, runtime=self.runtime, backend=self.backend)
+        self.tasks.spawn(self.checker.run(), "arm-health-checks")
         # Serve only once every experiment's policy is loaded; a later resync is in the background.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.runtime.watcher.watching.wait(), timeout=30)
+        self.checker.refresh()
         self.started = True
 
     async def shutdown(self) -> None:
@@ -315,14 +320,17 @@ class RouterApp:
         if len(parts) >= 3 and parts[1] == "proxy":
             if _upgrade(scope):  # no WebSocket library: the upgrade arrives as plain HTTP
                 raise BanditgateError(WEBSOCKET_REFUSED, status=400, field="Upgrade")
+            tail, query = proxy_tail(
+                scope.get("raw_path") or path.encode(), scope.get("query_string", b"")
+            )
             call = Invocation(
                 parts[2],
                 "http",
                 b"",
                 {},
                 method=method,
-                path="/".join(parts[3:]),
-                query=scope.get("query_string", b"").decode("latin-1"),
+                path=tail,
+                query=query,
                 client=(scope.get("client") or ("",))[0] or "",
                 scheme=scope.get("scheme", "http"),
             )

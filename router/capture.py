@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import logging
 import os
 import socket
@@ -46,18 +45,16 @@ import orjson
 from prometheus_client import Counter
 
 from banditgate.metrics import ProcessMetrics
+from banditgate.policy import unit_fraction
 from banditgate.s3 import S3Uploader
 from banditgate.spec import CaptureSpec
 
 log = logging.getLogger(__name__)
 
-_UNIT = 18446744073709551616.0
-
 
 def capture_fraction(event_id: str) -> float:
     """Where an event id falls in [0, 1): the same id is always sampled the same way."""
-    digest = hashlib.blake2b(f"capture\x00{event_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / _UNIT
+    return unit_fraction(f"capture\x00{event_id}")
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,20 @@ class Choice:
     retry_of: str | None = None
 
 
+def _client_event_id(value: Any, where: str) -> str:
+    """A client's event id: printable ASCII only. It goes back in a response header, and
+    a header's bytes are Latin-1 to the server: UTF-8 ids would be stored garbled and
+    their rewards never join, so they are refused rather than mangled."""
+    event_id = check_event_id(value, where, status=400)
+    if not event_id.isascii():
+        raise InvalidInput(
+            f"{where}: an event id is printable ASCII (no accented or non-Latin letters)",
+            status=400,
+            field=where,
+        )
+    return event_id
+
+
 def _attempt_id(event_id: str) -> str:
     """The id a failed first attempt is logged under when its request went to another arm."""
     derived = f"{event_id}~1"
@@ -274,12 +288,12 @@ class Router:
         if call.protocol == "sagemaker":
             given = headers.get("x-amzn-sagemaker-inference-id")
             if given is not None:
-                return check_event_id(given, "X-Amzn-SageMaker-Inference-Id", status=400)
+                return _client_event_id(given, "X-Amzn-SageMaker-Inference-Id")
         given = headers.get("x-banditgate-event-id")
         if given is not None:
-            return check_event_id(given, "X-Banditgate-Event-Id", status=400)
+            return _client_event_id(given, "X-Banditgate-Event-Id")
         if call.protocol == "v2" and isinstance(body, dict) and isinstance(body.get("id"), str):
-            return check_event_id(body["id"], "id", status=400)
+            return _client_event_id(body["id"], "id")
         return None
 
     def decide(self, call: Invocation) -> Decided:
@@ -574,11 +588,8 @@ class Router:
         context_in = payload.get("context", {})
         if not isinstance(context_in, dict):
             raise InvalidInput("context: must be an object", field="context")
-        event_id = payload.get("event_id")
-        if event_id is None:
-            event_id = new_event_id()
-        else:
-            event_id = check_event_id(event_id, "event_id", status=400)
+        given = payload.get("event_id")
+        event_id = new_event_id() if given is None else _client_event_id(given, "event_id")
         actions = _rank_actions(payload.get("actions"))
         context = state.featurizer.from_rank(context_in)
         check_context_size(state, context)

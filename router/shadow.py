@@ -12,7 +12,6 @@ the oldest and counts them (or spills them to a file, given `spill_dir`).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Mapping
@@ -25,6 +24,7 @@ from banditgate import keys
 from banditgate.errors import BackendError
 from banditgate.events import ArmCall, ShadowResult
 from banditgate.pointers import resolve
+from banditgate.policy import unit_fraction
 from banditgate.redis import Redis
 from banditgate.spec import Arm, ShadowSpec
 from banditgate.tasks import TaskGroup
@@ -34,13 +34,10 @@ from router.stream_writer import Entry, StreamWriter
 
 log = logging.getLogger(__name__)
 
-_UNIT = 18446744073709551616.0
-
 
 def mirror_fraction(event_id: str) -> float:
     """Where an event id falls in [0, 1): deterministic, so a mirroring decision can be replayed."""
-    digest = hashlib.blake2b(f"shadow\x00{event_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / _UNIT
+    return unit_fraction(f"shadow\x00{event_id}")
 
 
 @dataclass(frozen=True)

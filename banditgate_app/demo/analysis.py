@@ -8,7 +8,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-Z95 = 1.959963984540054
+from banditgate.intervals import wilson_interval
 
 
 @dataclass
@@ -28,16 +28,6 @@ class Served:
     policy_version: int = 0
 
 
-def wilson(successes: float, n: int) -> tuple[float, float]:
-    if n == 0:
-        return (math.nan, math.nan)
-    p = successes / n
-    denominator = 1 + Z95**2 / n
-    centre = (p + Z95**2 / (2 * n)) / denominator
-    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / denominator
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def summarise(served: list[Served], arms: list[str]) -> dict[str, Any]:
     n = len(served)
     if n == 0:
@@ -53,7 +43,7 @@ def summarise(served: list[Served], arms: list[str]) -> dict[str, Any]:
     for arm in arms:
         routed = [s for s in served if s.arm == arm]
         successes = sum(s.reward for s in routed)
-        lo, hi = wilson(successes, len(routed))
+        lo, hi = wilson_interval(successes, len(routed))
         arm_rows[arm] = {
             "share": len(routed) / n,
             "requests": len(routed),

@@ -165,3 +165,47 @@ async def test_connections_per_backend_are_capped_and_excess_requests_get_503(
     # found no free connection to the only arm, and the overloaded worker's two, are
     # ServiceUnavailable 503 (botocore retries those).
     assert statuses == [424, 424, 503, 503, 503, 503]
+
+
+async def test_an_arm_with_a_health_path_is_checked_in_the_background_not_with_requests(
+    start_router, redis, name
+):
+    async with run_backend(Backend(status=503)) as sick, run_backend(Backend()) as well:
+        spec = parse_spec(
+            {
+                "name": name,
+                "mode": "ab",
+                "arms": [
+                    {
+                        "name": "sick",
+                        "url": sick.url,
+                        "protocol": "sagemaker",
+                        "health_path": "/ping",
+                    },
+                    {"name": "well", "url": well.url, "protocol": "sagemaker"},
+                ],
+            }
+        )
+        url, app = await start_router(spec, arm_failures_to_eject=2, arm_cooldown_s=0.1)
+        async with aiohttp.ClientSession() as http:
+            first = [await post(http, url, name, i) for i in range(20)]
+            assert [s for s, _ in first].count(424) == 2  # ModelError on this route; then ejected
+
+            async def checked() -> bool:
+                return any(r["path"] == "/ping" for r in sick.requests)
+
+            await wait_for(checked)  # a failing check keeps it out, no request probes it
+            during = [await post(http, url, name, i) for i in range(20, 60)]
+            assert during == [(200, "well")] * 40
+            assert [r["path"] for r in sick.requests if r["path"] != "/ping"] == [
+                "/invocations"
+            ] * 2
+            sick.status = 200
+
+            async def readmitted() -> bool:
+                return not app.health.ejected()
+
+            await wait_for(readmitted)
+            after = [await post(http, url, name, i) for i in range(60, 100)]
+        assert {variant for _, variant in after} == {"sick", "well"}
+        assert all(status == 200 for status, _ in after)
