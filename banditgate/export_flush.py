@@ -2,7 +2,8 @@
 
 Whoever asks (the control plane's `POST /v1/export/flush`, which `banditgate export
 flush` calls) publishes a request on `bg:export:flush` (PUBLISH answers how many
-exporters are listening) and waits for that many replies on a reply channel of its
+exporters are listening; on a Redis Cluster both channels are sharded, SPUBLISH and
+SSUBSCRIBE, because a plain PUBLISH there counts the subscribers of one node only) and waits for that many replies on a reply channel of its
 own. Each exporter first exports everything joined so far, then closes and publishes
 its files, then replies. Both sides live here, in the core, because the asking side
 is the control plane and the answering side the reward_ingest exporter.
@@ -20,8 +21,8 @@ from typing import Any
 import orjson
 
 from banditgate import keys
-from banditgate.announce import listen
-from banditgate.redis import Redis
+from banditgate.announce import listen, next_message, publish, subscribe
+from banditgate.redis import Redis, pubsub_for, sharded_client
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,12 @@ async def request_flush(
     redis: Redis, *, experiment: str | None = None, timeout_s: float = 30.0
 ) -> FlushOutcome:
     request = uuid.uuid4().hex
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    sharded = sharded_client(redis) is not None
+    pubsub = await pubsub_for(redis)
     try:
-        await pubsub.subscribe(keys.export_flush_reply(request))
-        listening = int(
-            await redis.publish(keys.EXPORT_FLUSH_CHANNEL, request_message(request, experiment))
+        await subscribe(pubsub, keys.export_flush_reply(request), sharded=sharded)
+        listening = await publish(
+            redis, keys.EXPORT_FLUSH_CHANNEL, request_message(request, experiment), sharded=True
         )
         outcome = FlushOutcome(listening)
         deadline = time.monotonic() + timeout_s
@@ -69,8 +71,8 @@ async def request_flush(
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            message = await pubsub.get_message(timeout=min(left, 1.0))
-            if message is not None and message.get("type") == "message":
+            message = await next_message(pubsub, sharded=sharded, timeout=min(left, 1.0))
+            if message is not None:
                 outcome.replies.append(orjson.loads(message["data"]))
         return outcome
     finally:
@@ -86,8 +88,8 @@ async def listen_for_flush(
         if payload is not None and isinstance(payload.get("request"), str):
             requests.put_nowait(payload)
 
-    await listen(redis, enqueue, ready=ready, channel=keys.EXPORT_FLUSH_CHANNEL)
+    await listen(redis, enqueue, ready=ready, channel=keys.EXPORT_FLUSH_CHANNEL, sharded=True)
 
 
 async def reply(redis: Redis, request: str, answer: dict[str, Any]) -> None:
-    await redis.publish(keys.export_flush_reply(request), orjson.dumps(answer))
+    await publish(redis, keys.export_flush_reply(request), orjson.dumps(answer), sharded=True)

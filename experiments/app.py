@@ -17,6 +17,7 @@ from experiments import (
     monitor_api,
     personalizer_api,
     rollout_api,
+    sagemaker_api,
     segments,
 )
 from experiments.service import ControlService
@@ -38,6 +39,7 @@ def build(
         segments,
         monitor_api,
         personalizer_api,
+        sagemaker_api,
     ):
         router.include_router(module.routes())
     return router, service

@@ -2,7 +2,8 @@
 
 An arm is ejected after `failures_to_eject` consecutive failures (a connection that
 cannot be made, a reset, a timeout, a 5xx). Once its cool-down has passed, the breaker
-is half-open: one request is let through as a probe (`dispatched`); its success re-admits the arm, its
+is half-open: one request is let through as a probe (`dispatched`), or, for an arm
+with a `health_path`, a background check (`due_checks`, `router/health_checks.py`); its success re-admits the arm, its
 failure ejects it again for twice as long (up to `max_cooldown_s`). Any success resets
 the count. Routing asks `ejected()` and spreads the pmf over the rest
 (`router/routing.py`); the healthy path costs one truthiness test of an empty dict.
@@ -42,6 +43,7 @@ class ArmHealth:
         self.max_cooldown_s = max_cooldown_s
         self.clock = clock
         self.on_change = on_change  # (arm, ejected now)
+        self.checked: set[ArmKey] = set()  # arms with an active check: no request probes them
         self._failures: dict[ArmKey, int] = {}
         self._ejected: dict[ArmKey, _Ejection] = {}
         self.ejections = 0
@@ -51,15 +53,29 @@ class ArmHealth:
         return bool(self._ejected)
 
     def usable(self, key: ArmKey) -> bool:
-        """May a request go to this arm now? Not while ejected and cooling down."""
+        """May a request go to this arm now? Not while ejected and cooling down (and not
+        at all while ejected, for an arm with an active check)."""
         ejection = self._ejected.get(key)
-        return ejection is None or self.clock() >= ejection.until
+        if ejection is None:
+            return True
+        return key not in self.checked and self.clock() >= ejection.until
+
+    def due_checks(self) -> list[ArmKey]:
+        """Ejected, actively checked arms whose cool-down has passed (each now probing)."""
+        due = []
+        now = self.clock()
+        for key, ejection in self._ejected.items():
+            if key in self.checked and now >= ejection.until:
+                ejection.probing = True
+                ejection.until = now + ejection.cooldown_s
+                due.append(key)
+        return due
 
     def dispatched(self, key: ArmKey) -> None:
         """A request goes to this arm: if it is cooled down, that request is its probe
         (the next one is admitted after another cool-down if this one never reports)."""
         ejection = self._ejected.get(key)
-        if ejection is not None:
+        if ejection is not None and key not in self.checked:
             now = self.clock()
             if now >= ejection.until:
                 ejection.probing = True

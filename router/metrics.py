@@ -8,6 +8,7 @@ process's /metrics (see banditgate/metrics.py for several workers).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
@@ -25,6 +26,7 @@ class WriterMetrics:
     unencodable: Counter | None = None
     rejected: Counter | None = None
     spill_bytes: Gauge | None = None
+    redis_up: Gauge | None = None  # 1 after a flush Redis took, 0 after one it could not
 
 
 class RouterMetrics:
@@ -105,8 +107,10 @@ class RouterMetrics:
         )
         self.redis_up = metrics.gauge(
             "banditgate_router_redis_up",
-            "1 when the router reached Redis at its last check, 0 while degraded (still routing).",
+            "1 when the router reached Redis at its last check or decision flush, 0 while "
+            "degraded (still routing).",
         )
+        self.decisions = dataclasses.replace(self.decisions, redis_up=self.redis_up)
         self.swaps = metrics.counter(
             "banditgate_router_policy_swaps",
             "Policies swapped in by this router (a new version or learner loaded).",

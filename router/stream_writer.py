@@ -361,6 +361,8 @@ class StreamWriter(ABC, Generic[R]):
                 results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             # Unknown which batches landed: all are re-sent with their numbers, in order.
+            if self.metrics is not None and self.metrics.redis_up is not None:
+                self.metrics.redis_up.set(0)
             self._failure(exc, len(batches))
             for batch in batches:
                 batch.failures += 1
@@ -368,6 +370,8 @@ class StreamWriter(ABC, Generic[R]):
                 await self._split_refused()
             self._report()
             return False
+        if self.metrics is not None and self.metrics.redis_up is not None:
+            self.metrics.redis_up.set(1)
         failed: list[Batch] = []
         outcomes = iter(results)
         for batch, extra_count in zip(batches, extras, strict=True):

@@ -94,6 +94,8 @@ async def test_decisions_lost_while_redis_is_away_are_counted(start_router, redi
             # being retried), and without a spill file the rest was dropped and counted.
             dropped = await scrape(url, "banditgate_router_decisions_dropped")
             assert dropped is not None and dropped >= 2
+            # The log's failed flushes say Redis is away, without a readiness probe.
+            assert await scrape(url, "banditgate_router_redis_up") == 0.0
             failures = await scrape(url, "banditgate_router_decision_log_flush_failures")
             assert failures is not None and failures >= 1
         finally:
@@ -104,6 +106,7 @@ async def test_decisions_lost_while_redis_is_away_are_counted(start_router, redi
             return await scrape(url, "banditgate_router_decision_log_pending") == 0.0
 
         await wait_for(recovered)
+        assert await scrape(url, "banditgate_router_redis_up") == 1.0
     assert log.stats.dropped == dropped and log.stats.flushed == 8 - dropped
 
 

@@ -50,6 +50,11 @@ async def test_routing_goes_on_through_an_outage_and_an_empty_restart_loses_noth
 
                 assert await route(0, 10) == [200] * 10
                 assert (await ready())["status"] == "ready"
+
+                async def first_logged() -> bool:
+                    return len(await logged_decisions(redis, name)) == 10
+
+                await wait_for(first_logged)  # these are lost with Redis's data, not ours
                 server.kill()
                 assert await route(10, 20) == [200] * 20  # 100% through the outage
                 body = await ready()
