@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-import os
 import signal
-import subprocess
 import sys
+import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,8 +32,6 @@ from banditgate.process import (
     exit_on_sigterm,
     redis_url,
     run_uvicorn,
-    spawn_child,
-    stop_process,
 )
 from banditgate.redis import connect, redacted
 from banditgate.settings import CoreSettings
@@ -46,6 +42,7 @@ from banditgate_app import workers as worker_registry
 from banditgate_app.demo.backend import EXAMPLE_PORTS, run_classifiers
 from banditgate_app.demo.cli import demo
 from banditgate_app.demo.reviews import SCENARIOS
+from banditgate_app.workers_child import WorkersChild, status_file_env
 from experiments.cli import register as register_experiments
 from reward_ingest.cli import register as register_ingest
 from trainer.cli import register as register_trainer
@@ -96,42 +93,6 @@ def _http_process(
         run_uvicorn(factory, host=host, port=port, workers=workers)
 
 
-class WorkersChild:
-    """`banditgate workers` as a child of `serve`: restarted with backoff if it dies."""
-
-    def __init__(self) -> None:
-        self.process: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
-        self._backoff = 1.0
-        self._started = 0.0
-
-    def start(self) -> None:
-        env = {**os.environ, "BANDITGATE_WORKERS_CHILD": "1"}
-        self.process = spawn_child(["-m", "banditgate_app.cli", "workers"], env)
-        self._started = time.monotonic()
-
-    def watch(self, stopping: Any) -> None:
-        while not stopping.is_set():
-            process = self.process
-            if process is not None and process.poll() is not None and not stopping.is_set():
-                if time.monotonic() - self._started > 60:
-                    self._backoff = 1.0
-                console.print(
-                    f"background workers exited with {process.returncode}; "
-                    f"restarting in {self._backoff:.0f}s",
-                    markup=False,
-                )
-                if stopping.wait(self._backoff):
-                    return
-                self._backoff = min(self._backoff * 2, 60.0)
-                self.restarts += 1
-                self.start()
-            stopping.wait(0.5)
-
-    def stop(self) -> None:
-        stop_process(self.process)
-
-
 @app.command()
 def serve(
     file: Files,
@@ -146,19 +107,22 @@ def serve(
     configure_logging()
     specs = read_specs(file)
     exit_on_sigterm()
-    with redis_url() as url:
+    with redis_url() as url, tempfile.TemporaryDirectory(prefix="banditgate-serve-") as state:
         _apply(url, specs, "serve -f")
-        child = WorkersChild()
-        stopping = threading.Event()
-        watcher = threading.Thread(target=child.watch, args=(stopping,), daemon=True)
-        try:
-            if background:
+        if not background:
+            run_uvicorn("banditgate_app.apps:serve_app", host=host, port=port, workers=workers)
+            return
+        with status_file_env(Path(state)) as status_file:
+            child = WorkersChild(status_file)
+            stopping = threading.Event()
+            watcher = threading.Thread(target=child.watch, args=(stopping,), daemon=True)
+            try:
                 child.start()
                 watcher.start()
-            run_uvicorn("banditgate_app.apps:serve_app", host=host, port=port, workers=workers)
-        finally:
-            stopping.set()
-            child.stop()
+                run_uvicorn("banditgate_app.apps:serve_app", host=host, port=port, workers=workers)
+            finally:
+                stopping.set()
+                child.stop()
 
 
 @app.command()
