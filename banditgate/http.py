@@ -13,7 +13,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, SecretStr
 
-from banditgate.errors import BanditgateError, Forbidden, NotReady, Unauthorized
+from banditgate.errors import (
+    BanditgateError,
+    Forbidden,
+    NotReady,
+    Unauthorized,
+    retry_after_headers,
+)
 from banditgate.redis import Redis
 
 
@@ -22,7 +28,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def banditgate_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, BanditgateError)
-        return JSONResponse(exc.to_dict(), status_code=exc.status)
+        return JSONResponse(exc.to_dict(), status_code=exc.status, headers=retry_after_headers(exc))
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

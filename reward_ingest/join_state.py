@@ -28,7 +28,9 @@ Windows close on the joiner's clock, but never ahead of the reward stream: a win
 ended at T closes only once every reward appended before T has been applied (the batch read
 reached past T and no other consumer still holds an older reward unacknowledged), with an
 allowance for clock skew. So a joiner catching up after an outage still joins the rewards
-waiting in its backlog. Likewise, held rewards become orphans only once the decisions stream
+waiting in its backlog. Nor ahead of the unrouted rewards: the joiner also bounds the close
+by the resolver's watermark (`keys.UNROUTED_WATERMARK`, see resolver.py), so a reward
+accepted before the window's end but still in the resolver's backlog is joined, not late. Likewise, held rewards become orphans only once the decisions stream
 has been read past their backward window.
 
 A reward counts when its ingest time `ts` is before the decision's window end; otherwise it
