@@ -15,6 +15,10 @@ found through the router's event index); a reward whose decision is not indexed 
 accepted as `unrouted` and range-checked once the joiner's resolver finds its experiment
 (an out-of-range one is then counted as `rewards_invalid`, never joined).
 
+A reward may carry an `idempotency_key` (a single-reward request may send it as the
+`Idempotency-Key` header instead): a client's retry of a reward with the same event id and
+key is applied once, so a retry after a timeout cannot double a `sum`.
+
 A request that is one reward answers its problem as the HTTP error itself (400, 404 or
 422); so does a batch in which no item was accepted (with `errors` alongside). Malformed
 JSON is 400, a batch over `max_batch` is 413, a missing or wrong reward key is 401.
@@ -87,6 +91,7 @@ def build(settings: IngestSettings, *, redis: Redis | None = None) -> tuple[APIR
                 field="rewards",
             )
         if not batch:
+            items = _with_key(items, request.headers.get("idempotency-key"))
             result = await component.submit(items, experiment=experiment, where=lambda _: "")
             return _single(result)
         result = await component.submit(items, experiment=experiment, problems=problems)
@@ -107,7 +112,8 @@ def build(settings: IngestSettings, *, redis: Redis | None = None) -> tuple[APIR
         if not isinstance(payload, dict):
             raise InvalidInput('body: an object like {"value": 1.0}', field="body")
         item = {**payload, "event_id": event_id}
-        result = await component.submit([item], experiment=experiment, where=lambda _: "")
+        items = _with_key([item], request.headers.get("idempotency-key"))
+        result = await component.submit(items, experiment=experiment, where=lambda _: "")
         return _single(result)
 
     return router, ingest
@@ -183,6 +189,13 @@ def _json_lines(body: bytes) -> tuple[list[Any], bool, list[Problem]]:
             f"no line of the body is valid JSON ({problems[0].error.message})", field="body"
         )
     return items, True, problems
+
+
+def _with_key(items: list[Any], header: str | None) -> list[Any]:
+    """A single reward's `Idempotency-Key` header, unless its body names a key itself."""
+    if header is None or len(items) != 1 or not isinstance(items[0], dict):
+        return items
+    return [{"idempotency_key": header, **items[0]}]
 
 
 def _component(request: Request) -> Ingest:

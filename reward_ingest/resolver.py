@@ -52,6 +52,7 @@ _AHEAD_MS = 60_000
 _READ_COUNT = 1000
 _NAMES = lua_names(reward=RewardField, counter=UnroutedCounter)
 _ID, _VALUE, _TS = RewardField.EVENT_ID.raw, RewardField.VALUE.raw, RewardField.TS_MS.raw
+_KEY = RewardField.IDEMPOTENCY_KEY.raw
 
 
 class UnroutedResolver:
@@ -122,6 +123,7 @@ class UnroutedResolver:
             return 0
         now_ms = int(self.clock() * 1000)
         readable: list[tuple[bytes, str, bytes, int]] = []
+        keys_by_id: dict[bytes, bytes] = {}
         invalid: list[bytes] = []
         for message_id, fields in entries:
             if message_id is None:
@@ -137,6 +139,8 @@ class UnroutedResolver:
                 invalid.append(message_id)
                 continue
             readable.append((message_id, event_id, value, ts_ms))
+            if _KEY in fields:
+                keys_by_id[message_id] = fields[_KEY]
         specs = await self.watcher.current()
         found: dict[str, str] = {}
         if readable:
@@ -159,6 +163,8 @@ class UnroutedResolver:
                         RewardField.TS_MS: ts_ms,
                         RewardField.MOVED_FROM: message_id,
                     }
+                    if key := keys_by_id.get(message_id):
+                        moved[RewardField.IDEMPOTENCY_KEY] = key
                     pipe.xadd(
                         keys.rewards(experiment),
                         moved,

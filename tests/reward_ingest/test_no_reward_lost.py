@@ -143,3 +143,56 @@ async def test_rewards_refused_while_redis_is_down_say_when_to_retry(
             server.start()
             status, body, _ = await post(f"{url}/v1/rewards", reward)
             assert status == 202 and body["unrouted"] == 1
+
+
+async def test_a_retried_reward_with_an_idempotency_key_counts_once_under_sum(
+    experiment, make_joiner, ingest_url, redis, name, clock: Clock
+) -> None:
+    await experiment(aggregation="sum", window_s=10)
+    url = await ingest_url()
+    await log_decisions(redis, [decision(name, f"{name}-{i}", clock.ms - 10) for i in range(3)])
+    sent = [
+        {"event_id": f"{name}-0", "value": 1.0, "idempotency_key": "a"},
+        {"event_id": f"{name}-0", "value": 1.0, "idempotency_key": "a"},  # a retry
+        {"event_id": f"{name}-0", "value": 2.0, "idempotency_key": "b"},  # another reward
+        {"event_id": f"{name}-1", "value": 1.0, "idempotency_key": "a"},  # same key, other event
+        {"event_id": f"{name}-2", "value": 1.0},
+        {"event_id": f"{name}-2", "value": 1.0},  # no key: two rewards
+    ]
+    status, body, _ = await post(f"{url}/v1/rewards", {"rewards": sent[:3]})
+    assert status == 202 and body["accepted"] == 3
+    joiner = make_joiner()
+    await joiner.run_once()
+    for item in sent[3:]:
+        status, _, _ = await post(f"{url}/v1/rewards", item)
+        assert status == 202
+    # A retry in a later batch, through the header and the event route.
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{url}/v1/events/{name}-0/reward",
+            data=b'{"value": 1.0}',
+            headers={"content-type": "application/json", "idempotency-key": "a"},
+        ) as response,
+    ):
+        assert response.status == 202
+    clock.advance(20)
+    await joiner.run_once()
+    joined = by_event(await joined_examples(redis, name))
+    assert {event_id: example["reward"] for event_id, example in joined.items()} == {
+        f"{name}-0": 3.0,
+        f"{name}-1": 1.0,
+        f"{name}-2": 2.0,
+    }
+    c = await counters(redis, name)
+    assert c["rewards_duplicate"] == 2
+    assert c["rewards_received"] == c["rewards_joined"] + c["rewards_duplicate"]
+
+
+async def test_an_idempotency_key_must_be_printable_ascii(ingest_url, experiment, name) -> None:
+    await experiment()
+    url = await ingest_url()
+    reward = {"event_id": "e", "value": 0.5, "experiment": name, "idempotency_key": "é" * 3}
+    status, body, _ = await post(f"{url}/v1/rewards", reward)
+    assert status == 422
+    assert body["error"]["field"] == "idempotency_key"
