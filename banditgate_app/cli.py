@@ -42,6 +42,7 @@ from banditgate_app import workers as worker_registry
 from banditgate_app.demo.backend import EXAMPLE_PORTS, run_classifiers
 from banditgate_app.demo.cli import demo
 from banditgate_app.demo.reviews import SCENARIOS
+from banditgate_app.exposure import Exposed, check_exposure
 from banditgate_app.workers_child import WorkersChild, status_file_env
 from experiments.cli import register as register_experiments
 from reward_ingest.cli import register as register_ingest
@@ -67,6 +68,22 @@ OptionalFiles = Annotated[
 Host = Annotated[str, typer.Option(help="Interface to bind.")]
 Port = Annotated[int, typer.Option(help="Port to listen on.")]
 HttpWorkers = Annotated[int, typer.Option(min=1, help="HTTP worker processes on the port.")]
+Insecure = Annotated[
+    bool,
+    typer.Option(
+        "--insecure",
+        help="Listen on a non-loopback interface without admin keys (trusted networks).",
+    ),
+]
+
+
+def _exposure(host: str, insecure: bool) -> None:
+    try:
+        note = check_exposure(host, insecure=insecure)
+    except Exposed as exc:
+        fail(str(exc), code=2)
+    if note:
+        console.print(note, markup=False)
 
 
 def _apply(url: str, specs: list[ExperimentSpec], reason: str) -> None:
@@ -102,8 +119,10 @@ def serve(
     background: Annotated[
         bool, typer.Option(help="Run joiner, exporter, trainer and controller too.")
     ] = True,
+    insecure: Insecure = False,
 ) -> None:
     """Every component in one command: router, reward webhook, joiner, trainer, control plane."""
+    _exposure(host, insecure)
     configure_logging()
     specs = read_specs(file)
     exit_on_sigterm()
@@ -150,8 +169,10 @@ def control(
     port: Port = 8082,
     workers: HttpWorkers = 1,
     file: OptionalFiles = None,
+    insecure: Insecure = False,
 ) -> None:
     """Only the control plane: experiments API, dashboards and /metrics."""
+    _exposure(host, insecure)
     _http_process(
         "banditgate_app.apps:control_app", file, "control -f", host=host, port=port, workers=workers
     )
