@@ -1,6 +1,8 @@
 """The experiments API under /v1/experiments: HTTP in and out of experiments.lifecycle and stats.
 
-Reads are open; every call that changes state needs an admin key (`Admin`).
+Reads need a read or admin key once any key is set, every call that changes state an
+admin key (`experiments.service.authorize`); a key limited to some experiments sees and
+changes only those.
 Spec bodies are JSON (or YAML with a YAML content type); PATCH takes an RFC 7396
 merge patch. Responses carry the spec version as an ETag, and writes honour
 If-Match with it (412 when someone else changed the experiment first).
@@ -23,7 +25,7 @@ from banditgate.spec import Arm, ExperimentSpec
 from experiments.ledger import join_counters
 from experiments.lifecycle import Lifecycle
 from experiments.planning import PlanError, parse_split, plan
-from experiments.service import Admin, ControlService, Service
+from experiments.service import Admin, ControlService, Service, check_scope, grant_of
 from experiments.stats import summarize, timeseries, traffic
 
 MAX_WINDOW_S = 90 * 86400
@@ -138,14 +140,21 @@ def routes() -> APIRouter:
     router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 
     @router.get("")
-    async def list_experiments(ops: Ops) -> dict[str, Any]:
+    async def list_experiments(request: Request, ops: Ops) -> dict[str, Any]:
         """Every experiment with its mode, arms, status and versions."""
-        return {"experiments": await ops.summaries()}
+        grant = grant_of(request)
+        summaries = await ops.summaries()
+        return {"experiments": [s for s in summaries if grant.allows(str(s["name"]))]}
 
     @router.post("", status_code=201, dependencies=[Admin], openapi_extra=_SPEC_BODY)
     async def create_experiment(request: Request, response: Response, ops: Ops) -> dict[str, Any]:
         """Create an experiment (409 if the name is taken)."""
-        entry = await ops.create(await read_body(request), reason="api: create")
+        body = await read_body(request)
+        if isinstance(body, dict) and isinstance(body.get("name"), str):
+            check_scope(grant_of(request), body["name"])
+        elif grant_of(request).scope is not None:
+            raise InvalidInput("name: required", field="name")
+        entry = await ops.create(body, reason="api: create")
         return _written(entry, response)
 
     @router.get("/{name}")

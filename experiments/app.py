@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 
 from banditgate.http import document_models, health_routes, install_error_handlers
 from banditgate.redis import Redis
 from experiments import api, dashboard, export_api, metrics, rollout_api
-from experiments.service import ControlService
+from experiments.service import ControlService, authorize
 from experiments.settings import ControlSettings
 
 
@@ -19,7 +19,7 @@ def build(
 ) -> tuple[APIRouter, ControlService]:
     """Routes plus the component that owns their state (`app.state.control`)."""
     service = ControlService(settings, redis=redis)
-    router = APIRouter()
+    router = APIRouter(dependencies=[Depends(authorize)])
     for module in (api, rollout_api, export_api, dashboard, metrics):
         router.include_router(module.routes())
     return router, service

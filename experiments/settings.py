@@ -26,7 +26,16 @@ class ControlSettings(CoreSettings):
         default=None, description="File with one admin key per line."
     )
 
-    @field_validator("admin_keys", mode="before")
+    read_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Bearer keys for reads (GET API, dashboards, /metrics), comma-separated; "
+        "admin keys read too. With any key set, reads need one.",
+    )
+    read_keys_file: Path | None = Field(
+        default=None, description="File with one read key per line."
+    )
+
+    @field_validator("admin_keys", "read_keys", mode="before")
     @classmethod
     def _admin_keys(cls, value: Any) -> Any:
         return split_list(value)
