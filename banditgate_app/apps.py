@@ -12,6 +12,7 @@ from banditgate.redis import Redis
 from banditgate_app.host import Component, HostApp
 from experiments.app import build as build_control
 from experiments.app import create_control_app, document
+from experiments.redact import RedactCredentials
 from experiments.settings import ControlSettings
 from reward_ingest.app import build as build_ingest
 from reward_ingest.app import create_ingest_app
@@ -26,6 +27,7 @@ def serve_app(
 ) -> HostApp:
     """Router, reward webhook and control plane on one port (`banditgate serve`)."""
     api = FastAPI(title="banditgate", version=_version())
+    api.add_middleware(RedactCredentials)
     install_error_handlers(api)
     # The router counts in this process; the control plane's /metrics serves them too.
     metrics = ProcessMetrics()

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from banditgate.arm_hosts import ArmHosts
 from banditgate.client import DEFAULT_URL, quoted
 from banditgate.console import (
     AdminKey,
@@ -27,6 +28,7 @@ from banditgate.console import (
     print_table,
     read_specs,
 )
+from banditgate.errors import BanditgateError
 from banditgate.process import (
     configure_logging,
     exit_on_sigterm,
@@ -45,6 +47,7 @@ from banditgate_app.demo.reviews import SCENARIOS
 from banditgate_app.exposure import Exposed, check_exposure
 from banditgate_app.workers_child import WorkersChild, status_file_env
 from experiments.cli import register as register_experiments
+from experiments.settings import ControlSettings
 from reward_ingest.cli import register as register_ingest
 from trainer.cli import register as register_trainer
 
@@ -87,6 +90,13 @@ def _exposure(host: str, insecure: bool) -> None:
 
 
 def _apply(url: str, specs: list[ExperimentSpec], reason: str) -> None:
+    hosts = ArmHosts.parse(ControlSettings().arm_hosts)
+    for spec in specs:
+        try:
+            hosts.check_document(spec.model_dump(mode="json"), where=f"{spec.name}: arms")
+        except BanditgateError as exc:
+            fail(exc.message)
+
     async def run() -> None:
         redis = connect(url)
         try:

@@ -91,6 +91,11 @@ class PolicyUpload(BaseModel):
             raise InvalidInput("model: not valid base64", field="model") from None
 
 
+def service(request: Request) -> ControlService:
+    control: ControlService = request.app.state.control
+    return control
+
+
 def get_lifecycle(service: Service) -> Lifecycle:
     return Lifecycle(service.redis, service.stats)
 
@@ -150,6 +155,7 @@ def routes() -> APIRouter:
     async def create_experiment(request: Request, response: Response, ops: Ops) -> dict[str, Any]:
         """Create an experiment (409 if the name is taken)."""
         body = await read_body(request)
+        service(request).arm_hosts.check_document(body)
         if isinstance(body, dict) and isinstance(body.get("name"), str):
             check_scope(grant_of(request), body["name"])
         elif grant_of(request).scope is not None:
@@ -169,9 +175,9 @@ def routes() -> APIRouter:
         name: Name, request: Request, response: Response, ops: Ops, if_match: IfMatch = None
     ) -> dict[str, Any]:
         """Create or replace (201 when created; `unchanged` when the spec is the same)."""
-        entry = await ops.apply(
-            name, await read_body(request), if_match=parse_if_match(if_match), reason="api: put"
-        )
+        body = await read_body(request)
+        service(request).arm_hosts.check_document(body)
+        entry = await ops.apply(name, body, if_match=parse_if_match(if_match), reason="api: put")
         if entry.get("created"):
             response.status_code = 201
         return _written(entry, response)
@@ -181,7 +187,9 @@ def routes() -> APIRouter:
         name: Name, request: Request, response: Response, ops: Ops, if_match: IfMatch = None
     ) -> dict[str, Any]:
         """Change some fields with a JSON merge patch."""
-        entry = await ops.patch(name, await read_body(request), if_match=parse_if_match(if_match))
+        body = await read_body(request)
+        service(request).arm_hosts.check_document(body)
+        entry = await ops.patch(name, body, if_match=parse_if_match(if_match))
         return _written(entry, response)
 
     @router.delete("/{name}", status_code=204, dependencies=[Admin])
@@ -193,7 +201,9 @@ def routes() -> APIRouter:
     @router.post("/{name}/arms", status_code=201, dependencies=[Admin], openapi_extra=_ARM_BODY)
     async def add_arm(name: Name, request: Request, response: Response, ops: Ops) -> dict[str, Any]:
         """Add an arm while the experiment runs; an A/B test makes room for its weight."""
-        entry = await ops.add_arm(name, await read_body(request))
+        body = await read_body(request)
+        service(request).arm_hosts.check_arm(body, where="body")
+        entry = await ops.add_arm(name, body)
         return _written(entry, response)
 
     @router.delete("/{name}/arms/{arm}", dependencies=[Admin])

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from banditgate.http import document_models, health_routes, install_error_handlers
 from banditgate.redis import Redis
 from experiments import api, dashboard, export_api, metrics, rollout_api
+from experiments.redact import RedactCredentials
 from experiments.service import ControlService, authorize
 from experiments.settings import ControlSettings
 
@@ -48,6 +49,7 @@ def create_control_app(
     # deprecated there), which also turns NaN into null.
     app = FastAPI(title="banditgate control plane", lifespan=lifespan)
     app.state.control = service
+    app.add_middleware(RedactCredentials)
     install_error_handlers(app)
     app.include_router(routes)
     app.include_router(health_routes(service))

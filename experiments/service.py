@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from banditgate.arm_hosts import ArmHosts
 from banditgate.errors import Forbidden
 from banditgate.http import EVERYTHING, BearerKeys, Grant, load_keys
 from banditgate.redis import Redis, RedisHandle
@@ -23,6 +24,7 @@ class ControlService:
         self.admin = BearerKeys(admin, "admin")
         readers = admin + load_keys(settings.read_keys, settings.read_keys_file)
         self.readers = BearerKeys(readers, "read")
+        self.arm_hosts = ArmHosts.parse(settings.arm_hosts)
         self._stats: StatsBook | None = None
         self._started = False
 

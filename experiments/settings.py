@@ -35,7 +35,13 @@ class ControlSettings(CoreSettings):
         default=None, description="File with one read key per line."
     )
 
-    @field_validator("admin_keys", "read_keys", mode="before")
+    arm_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Where arms may point: CIDRs and host patterns, comma-separated (unset: "
+        "anywhere but link-local and cloud metadata addresses).",
+    )
+
+    @field_validator("admin_keys", "read_keys", "arm_hosts", mode="before")
     @classmethod
     def _admin_keys(cls, value: Any) -> Any:
         return split_list(value)
