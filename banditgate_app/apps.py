@@ -44,8 +44,9 @@ def serve_app(
         document(api)
         api.state.control = control
         components.append(control)
-    router = create_router_app(RouterSettings(), redis=redis, metrics=metrics)
-    return HostApp(router, api, components)
+    settings = RouterSettings()
+    router = create_router_app(settings, redis=redis, metrics=metrics)
+    return HostApp(router, api, components, rates=settings.rate_limits())
 
 
 def router_app() -> RouterApp:

@@ -9,11 +9,12 @@ FastAPI app that carries every other route.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import Any, Protocol
 
 import orjson
 
+from banditgate.ratelimit import RateLimit
 from banditgate_app.workers_child import WorkersStatus, describe, read_status, render_metrics
 from router.app import RouterApp
 
@@ -38,12 +39,15 @@ class HostApp:
         components: Sequence[Component] = (),
         *,
         workers_status: Callable[[], WorkersStatus | None] = read_status,
+        rates: Mapping[str, float] | None = None,
     ) -> None:
-        """`workers_status`: serve's background workers child, None when there is none."""
+        """`workers_status`: serve's background workers child, None when there is none;
+        `rates`: rate limits by request class (banditgate/ratelimit.py)."""
         self.router = router
         self.api = api
         self.components = list(components)
         self.workers_status = workers_status
+        self._http: ASGIApp = RateLimit(self._route, rates=rates) if rates else self._route
 
     async def startup(self) -> None:
         await self.router.startup()
@@ -61,11 +65,7 @@ class HostApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            status = self.workers_status() if _reports_workers(scope) else None
-            if status is not None:
-                await self._with_workers(status, scope, receive, send)
-            elif not await self.router.handle(scope, receive, send):
-                await self.api(scope, receive, send)
+            await self._http(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         else:
@@ -86,6 +86,13 @@ class HostApp:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        status = self.workers_status() if _reports_workers(scope) else None
+        if status is not None:
+            await self._with_workers(status, scope, receive, send)
+        elif not await self.router.handle(scope, receive, send):
+            await self.api(scope, receive, send)
 
     async def _with_workers(
         self, status: WorkersStatus, scope: Scope, receive: Receive, send: Send

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, Depends, FastAPI
 
 from banditgate.http import document_models, health_routes, install_error_handlers
+from banditgate.ratelimit import RateLimit
 from banditgate.redis import Redis
 from experiments import api, dashboard, export_api, metrics, rollout_api
 from experiments.redact import RedactCredentials
@@ -50,6 +51,7 @@ def create_control_app(
     app = FastAPI(title="banditgate control plane", lifespan=lifespan)
     app.state.control = service
     app.add_middleware(RedactCredentials)
+    app.add_middleware(RateLimit, rates=service.settings.rate_limits())
     install_error_handlers(app)
     app.include_router(routes)
     app.include_router(health_routes(service))

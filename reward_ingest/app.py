@@ -45,6 +45,7 @@ from banditgate.errors import (
     UnknownExperiment,
 )
 from banditgate.http import BearerKeys, health_routes, install_error_handlers, load_keys
+from banditgate.ratelimit import RateLimit
 from banditgate.redis import Redis
 from reward_ingest.intake import IntakeResult, Problem, RewardIntake
 from reward_ingest.settings import IngestSettings
@@ -136,6 +137,7 @@ def create_ingest_app(
 
     app = FastAPI(title="banditgate rewards", lifespan=lifespan)
     app.state.ingest = ingest
+    app.add_middleware(RateLimit, rates=ingest.settings.rate_limits())
     install_error_handlers(app)
     app.include_router(routes)
     app.include_router(health_routes(ingest))
