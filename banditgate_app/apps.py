@@ -6,6 +6,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
 
+from banditgate.body_limit import BodyLimit
 from banditgate.http import install_error_handlers
 from banditgate.metrics import ProcessMetrics
 from banditgate.redis import Redis
@@ -28,6 +29,7 @@ def serve_app(
     """Router, reward webhook and control plane on one port (`banditgate serve`)."""
     api = FastAPI(title="banditgate", version=_version())
     api.add_middleware(RedactCredentials)
+    api.add_middleware(BodyLimit, limit=ControlSettings().max_body_bytes)
     install_error_handlers(api)
     # The router counts in this process; the control plane's /metrics serves them too.
     metrics = ProcessMetrics()

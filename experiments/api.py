@@ -20,7 +20,8 @@ import yaml
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from banditgate.errors import InvalidInput
+from banditgate import safe_yaml
+from banditgate.errors import BadRequest, InvalidInput, PayloadTooLarge
 from banditgate.spec import Arm, ExperimentSpec
 from experiments.ledger import join_counters
 from experiments.lifecycle import Lifecycle
@@ -110,7 +111,15 @@ WindowS = Annotated[
 
 
 async def read_body(request: Request, *, required: bool = True) -> Any:
-    raw = await request.body()
+    limit = service(request).settings.max_spec_bytes
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body: more than {limit} bytes", field="body")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     if not raw.strip():
         if required:
             raise InvalidInput("body: a JSON document is required", field="body")
@@ -118,8 +127,10 @@ async def read_body(request: Request, *, required: bool = True) -> Any:
     content_type = request.headers.get("content-type", "application/json")
     try:
         if "yaml" in content_type:
-            return yaml.safe_load(raw)
+            return safe_yaml.load(raw)
         return orjson.loads(raw)
+    except safe_yaml.YAMLLimit as exc:
+        raise BadRequest(f"body: YAML refused: {exc}", field="body") from None
     except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
         raise InvalidInput(f"body: not valid JSON/YAML: {exc}", field="body") from None
 

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI
 
+from banditgate.body_limit import BodyLimit
 from banditgate.http import document_models, health_routes, install_error_handlers
 from banditgate.ratelimit import RateLimit
 from banditgate.redis import Redis
@@ -51,6 +52,7 @@ def create_control_app(
     app = FastAPI(title="banditgate control plane", lifespan=lifespan)
     app.state.control = service
     app.add_middleware(RedactCredentials)
+    app.add_middleware(BodyLimit, limit=service.settings.max_body_bytes)
     app.add_middleware(RateLimit, rates=service.settings.rate_limits())
     install_error_handlers(app)
     app.include_router(routes)

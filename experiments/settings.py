@@ -41,6 +41,15 @@ class ControlSettings(CoreSettings):
         "anywhere but link-local and cloud metadata addresses).",
     )
 
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body the control plane reads (policy uploads); more is 413.",
+    )
+    max_spec_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Largest experiment spec body; more is 413."
+    )
+
     @field_validator("admin_keys", "read_keys", "arm_hosts", mode="before")
     @classmethod
     def _admin_keys(cls, value: Any) -> Any:
