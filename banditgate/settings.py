@@ -37,6 +37,12 @@ class CoreSettings(BaseSettings):
         default=None, description="Serve only these experiments (comma-separated; unset: all)."
     )
 
+    policy_keep_versions: int = Field(
+        default=20,
+        ge=1,
+        description="Policy versions kept per experiment; older ones (never the one served) "
+        "are pruned at each publish.",
+    )
     # Rate limits (per process, per client address and per key; 0: unlimited), see
     # banditgate/ratelimit.py.
     rate_limit_rewards_per_s: float = Field(
