@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
+from pydantic import BaseModel, ConfigDict, Field
 
 from banditgate.body_limit import BodyLimit
 from banditgate.http import document_models, health_routes, install_error_handlers
@@ -17,12 +19,45 @@ from experiments.service import ControlService, authorize
 from experiments.settings import ControlSettings
 
 
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="The error's kind (InvalidSpec, UnknownExperiment, ...).")
+    message: str = Field(description="What is wrong, naming the field.")
+    field: str | None = Field(default=None, description="Where in the request.")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: {"error": {"type", "message", "field"?}}."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: ErrorDetail
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {
+        400: "Malformed request (JSON, YAML over its limits).",
+        401: "No key, or not a bearer key.",
+        403: "A key that is not valid here.",
+        404: "No such experiment (or version).",
+        409: "Conflict with the current state.",
+        412: "If-Match names another spec version.",
+        413: "Body over the limit.",
+        422: "Invalid input, naming the field.",
+        429: "Rate limited; see Retry-After.",
+        503: "Redis unavailable; see Retry-After.",
+    }.items()
+}
+
+
 def build(
     settings: ControlSettings, *, redis: Redis | None = None
 ) -> tuple[APIRouter, ControlService]:
     """Routes plus the component that owns their state (`app.state.control`)."""
     service = ControlService(settings, redis=redis)
-    router = APIRouter(dependencies=[Depends(authorize)])
+    router = APIRouter(dependencies=[Depends(authorize)], responses=_ERRORS)
     for module in (api, rollout_api, export_api, dashboard, metrics):
         router.include_router(module.routes())
     return router, service
