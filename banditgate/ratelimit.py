@@ -53,6 +53,20 @@ class Buckets:
 
     def take(self, key: tuple[str, str], rate: float, *, spend: bool = True) -> float:
         """0 if a token was there (spent unless `spend` is False), else seconds until one is."""
+        bucket = self._refilled(key, rate)
+        if bucket.tokens >= 1:
+            if spend:
+                bucket.tokens -= 1
+            return 0.0
+        return (1 - bucket.tokens) / rate
+
+    def charge(self, key: tuple[str, str], rate: float) -> None:
+        """Spend a token even if there is none: a debt later requests wait out. Charging
+        after the fact (a refused key) still holds concurrent clients to the rate."""
+        bucket = self._refilled(key, rate)
+        bucket.tokens = max(bucket.tokens - 1, -100 * max(rate * 2, 1.0))
+
+    def _refilled(self, key: tuple[str, str], rate: float) -> _Bucket:
         now = self.clock()
         burst = max(rate * 2, 1.0)
         bucket = self._buckets.pop(key, None)
@@ -63,11 +77,7 @@ class Buckets:
         self._buckets[key] = bucket
         while len(self._buckets) > self.max_entries:
             self._buckets.popitem(last=False)
-        if bucket.tokens >= 1:
-            if spend:
-                bucket.tokens -= 1
-            return 0.0
-        return (1 - bucket.tokens) / rate
+        return bucket
 
 
 def classify(method: str, path: str) -> str | None:
@@ -128,7 +138,7 @@ class RateLimit:
                 and message["type"] == "http.response.start"
                 and message["status"] in (401, 403)
             ):
-                self.buckets.take(("auth", client), auth_rate)
+                self.buckets.charge(("auth", client), auth_rate)
             await send(message)
 
         await self.app(scope, receive, watch)

@@ -30,6 +30,10 @@ def test_buckets_refill_and_stay_bounded() -> None:
     assert [buckets.take(("c", "a"), 1.0) for _ in range(3)] == [0.0, 0.0, 1.0]
     now[0] += 1.0
     assert buckets.take(("c", "a"), 1.0) == 0.0
+    # Refusals charged after the fact (concurrent requests) become a debt to wait out.
+    for _ in range(5):
+        buckets.charge(("auth", "a"), 1.0)
+    assert buckets.take(("auth", "a"), 1.0, spend=False) == 4.0
     for client in range(10_000):
         buckets.take(("c", f"10.0.{client // 256}.{client % 256}"), 1.0)
     assert len(buckets) == 100
