@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from banditgate.body_limit import BodyLimit
 from banditgate.http import install_error_handlers
 from banditgate.metrics import ProcessMetrics
+from banditgate.ratelimit import RateLimit
 from banditgate.redis import Redis
 from banditgate_app.host import Component, HostApp
 from experiments.app import build as build_control
@@ -18,7 +19,6 @@ from experiments.settings import ControlSettings
 from reward_ingest.app import build as build_ingest
 from reward_ingest.app import create_ingest_app
 from reward_ingest.settings import IngestSettings
-from router.app import RouterApp
 from router.app import create_app as create_router_app
 from router.settings import RouterSettings
 
@@ -51,9 +51,10 @@ def serve_app(
     return HostApp(router, api, components, rates=settings.rate_limits())
 
 
-def router_app() -> RouterApp:
-    """`banditgate router`."""
-    return create_router_app(RouterSettings())
+def router_app() -> RateLimit:
+    """`banditgate router` (rank calls rate limited per client and per key)."""
+    settings = RouterSettings()
+    return RateLimit(create_router_app(settings), rates={"rank": settings.rate_limit_rank_per_s})
 
 
 def ingest_app() -> FastAPI:
