@@ -82,7 +82,7 @@ def build(settings: IngestSettings, *, redis: Redis | None = None) -> tuple[APIR
         authorization: Annotated[str | None, Header()] = None,
     ) -> Response:
         component = _component(request)
-        component.keys.check(authorization, forbidden_on_wrong=False)
+        grant = component.keys.check(authorization, forbidden_on_wrong=False)
         body = await _read_body(request, component.settings.max_body_bytes)
         await _check_named(component, experiment)
         items, batch, problems = parse_rewards(body, request.headers.get("content-type", ""))
@@ -93,9 +93,13 @@ def build(settings: IngestSettings, *, redis: Redis | None = None) -> tuple[APIR
             )
         if not batch:
             items = _with_key(items, request.headers.get("idempotency-key"))
-            result = await component.submit(items, experiment=experiment, where=lambda _: "")
+            result = await component.submit(
+                items, experiment=experiment, where=lambda _: "", grant=grant
+            )
             return _single(result)
-        result = await component.submit(items, experiment=experiment, problems=problems)
+        result = await component.submit(
+            items, experiment=experiment, problems=problems, grant=grant
+        )
         return _batch(result)
 
     @router.post("/v1/events/{event_id:path}/reward", status_code=202)
@@ -106,7 +110,7 @@ def build(settings: IngestSettings, *, redis: Redis | None = None) -> tuple[APIR
         authorization: Annotated[str | None, Header()] = None,
     ) -> Response:
         component = _component(request)
-        component.keys.check(authorization, forbidden_on_wrong=False)
+        grant = component.keys.check(authorization, forbidden_on_wrong=False)
         body = await _read_body(request, component.settings.max_body_bytes)
         await _check_named(component, experiment)
         payload = _loads(body)
@@ -114,7 +118,9 @@ def build(settings: IngestSettings, *, redis: Redis | None = None) -> tuple[APIR
             raise InvalidInput('body: an object like {"value": 1.0}', field="body")
         item = {**payload, "event_id": event_id}
         items = _with_key([item], request.headers.get("idempotency-key"))
-        result = await component.submit(items, experiment=experiment, where=lambda _: "")
+        result = await component.submit(
+            items, experiment=experiment, where=lambda _: "", grant=grant
+        )
         return _single(result)
 
     return router, ingest

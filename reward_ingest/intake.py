@@ -24,8 +24,9 @@ from redis.exceptions import RedisError
 
 from banditgate import keys
 from banditgate.contracts import JoinCounter, RewardField, UnroutedCounter, check_event_id
-from banditgate.errors import BanditgateError, InvalidInput, NotReady, UnknownExperiment
+from banditgate.errors import BanditgateError, Forbidden, InvalidInput, NotReady, UnknownExperiment
 from banditgate.events import Reward, reward_fields
+from banditgate.http import EVERYTHING, Grant
 from banditgate.redis import Redis, RedisHandle
 from banditgate.spec import ExperimentSpec
 from banditgate.tasks import TaskGroup
@@ -160,8 +161,10 @@ class RewardIntake:
         experiment: str | None = None,
         where: Callable[[int], str] = lambda index: f"rewards[{index}]",
         problems: Sequence[Problem] = (),
+        grant: Grant = EVERYTHING,
     ) -> IntakeResult:
-        """Validate, route and append; each item stands alone. `problems`: found while parsing."""
+        """Validate, route and append; each item stands alone. `problems`: found while parsing;
+        `grant`: the experiments the caller's key may send rewards for."""
         result = IntakeResult(problems=list(problems))
         parsed: list[_Item] = []
         for index, raw in enumerate(items):
@@ -186,7 +189,18 @@ class RewardIntake:
                 {"event_id": item.event_id, "value": item.value, "ts_ms": now_ms}, item.key
             )
             if item.experiment is None:
+                if grant.scope is not None:
+                    result.problems.append(Problem(item.index, _unnamed(grant, where(item.index))))
+                    continue
                 unrouted.append(reward)
+                continue
+            if not grant.allows(item.experiment):
+                refused = Forbidden(
+                    f"{path(where(item.index), 'experiment')}: this key may not send rewards "
+                    f"for experiment {item.experiment!r}",
+                    field=path(where(item.index), "experiment"),
+                )
+                result.problems.append(Problem(item.index, refused))
                 continue
             spec = await self.specs.get(item.experiment)
             if spec is None:
@@ -286,6 +300,15 @@ def _fields(reward: Reward, key: str) -> dict[Any, Any]:
 
 def path(where: str, name: str) -> str:
     return f"{where}.{name}" if where else name
+
+
+def _unnamed(grant: Grant, where: str) -> Forbidden:
+    scope = "+".join(grant.scope or ())
+    return Forbidden(
+        f"{path(where, 'experiment')}: this key is limited to experiments {scope}; name the "
+        "experiment (its decision is not routed yet)",
+        field=path(where, "experiment"),
+    )
 
 
 def _unknown(name: str, where: str) -> UnknownExperiment:
