@@ -492,6 +492,11 @@ class Joiner:
                 log.warning("unrouted reward resolver: %s; retrying in %.1fs", exc, backoff)
                 await sleep_unless_stopped(backoff, stop)
                 backoff = min(backoff * 2, 5.0)
+            except Exception:
+                # Windows wait for the resolver's watermark: it must not stop for good.
+                log.exception("unrouted reward resolver failed; retrying in %.1fs", backoff)
+                await sleep_unless_stopped(backoff, stop)
+                backoff = min(backoff * 2, 5.0)
 
 
 @dataclass

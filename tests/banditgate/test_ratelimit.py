@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import aiohttp
 import orjson
 from pydantic import SecretStr
@@ -71,7 +73,7 @@ async def test_control_plane_requests_and_refused_keys_are_limited(redis_url: st
 
 async def test_rewards_are_limited_per_client(redis_url: str, tmp_path) -> None:
     settings = IngestSettings(redis_url=redis_url, data_dir=tmp_path, rate_limit_rewards_per_s=0.2)
-    body = orjson.dumps({"event_id": "e", "value": 0.5})
+    body = orjson.dumps({"event_id": f"unknown-{uuid.uuid4().hex}", "value": 0.5})
     statuses = []
     async with serve_asgi(create_ingest_app(settings)) as url, aiohttp.ClientSession() as http:
         for _ in range(3):
