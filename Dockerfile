@@ -17,6 +17,7 @@ COPY router ./router
 COPY reward_ingest ./reward_ingest
 COPY trainer ./trainer
 COPY experiments ./experiments
+COPY monitor ./monitor
 COPY examples ./examples
 RUN pip install -c constraints.txt '.[s3]'
 

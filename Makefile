@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install constraints browser test demo lint docs bench clean
+.PHONY: install constraints browser kubectl test demo lint docs bench clean
 
 # Every package at the version pinned in constraints.txt (the Dockerfile installs from it too).
 $(STAMP): pyproject.toml constraints.txt
@@ -39,7 +39,20 @@ browser:
 	    echo "no chromium (apt-get install chromium as root): the dashboard browser tests will skip"; \
 	  fi; }
 
-test: $(STAMP) browser
+# The Kubernetes manifests' test renders them with `kubectl kustomize` (Debian's
+# kubernetes-client will do), installed here when we are root, else that test skips.
+kubectl:
+	@command -v kubectl >/dev/null 2>&1 || [ -n "$$BANDITGATE_KUBECTL" ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's kubernetes-client for the manifests' test"; \
+	    apt-get install -y -q kubernetes-client >/dev/null 2>&1 \
+	      || { apt-get update -q >/dev/null && apt-get install -y -q kubernetes-client >/dev/null; } \
+	      || echo "kubectl could not be installed: the Kubernetes manifests' test will skip"; \
+	  else \
+	    echo "no kubectl (apt-get install kubernetes-client as root): the manifests' test will skip"; \
+	  fi; }
+
+test: $(STAMP) browser kubectl
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
@@ -48,7 +61,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy banditgate banditgate_app router reward_ingest trainer experiments
+	$(BIN)/mypy banditgate banditgate_app router reward_ingest trainer experiments monitor
 	$(BIN)/lint-imports
 
 # docs/reference.md is generated from the settings classes, the spec and the CLI;

@@ -95,6 +95,12 @@ class NoHealthyArm(BanditgateError):
     retry_after_s = 1
 
 
+class Overloaded(BanditgateError):
+    """Too many requests in flight: try again after the response's Retry-After."""
+
+    status = 503
+
+
 class NotReady(BanditgateError):
     status = 503
     retry_after_s = 1

@@ -33,6 +33,7 @@ class Decision(TypedDict):
     action_features: NotRequired[list[dict[str, Any]]]
     error: NotRequired[str]
     shadow: NotRequired[list[dict[str, Any]]]
+    retry_of: NotRequired[str]  # the failed attempt (nothing sent) this request retried
 
 
 class ArmCall(TypedDict):

@@ -2,11 +2,12 @@
 
 Whoever asks (the control plane's `POST /v1/export/flush`, which `banditgate export
 flush` calls) publishes a request on `bg:export:flush` (PUBLISH answers how many
-exporters are listening) and waits for that many replies on a reply channel of its
-own. Each exporter first exports everything joined so far (taking over what a dead
-exporter left pending), then closes and publishes its files, then replies. Both sides
-live here, in the core, because the asking side is the control plane and the answering
-side the reward_ingest exporter.
+exporters are listening; on a Redis Cluster both channels are sharded, SPUBLISH and
+SSUBSCRIBE, because a plain PUBLISH there counts the subscribers of one node only) and
+waits for that many replies on a reply channel of its own. Each exporter first exports
+everything joined so far (taking over what a dead exporter left pending), then closes
+and publishes its files, then replies. Both sides live here, in the core, because the
+asking side is the control plane and the answering side the reward_ingest exporter.
 
 The replies alone prove little (no exporter may be running, one may have died holding
 entries): the asking side notes each experiment's newest joined entry before asking,
@@ -27,8 +28,8 @@ import orjson
 from redis.exceptions import ResponseError
 
 from banditgate import contracts, keys
-from banditgate.announce import listen
-from banditgate.redis import Redis
+from banditgate.announce import listen, next_message, publish, subscribe
+from banditgate.redis import Redis, pubsub_for, sharded_client
 
 log = logging.getLogger(__name__)
 
@@ -82,19 +83,20 @@ async def request_flush(
     chosen = [name for name in experiments if experiment is None or name == experiment]
     targets = await newest_joined(redis, chosen)
     deadline = time.monotonic() + timeout_s
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    sharded = sharded_client(redis) is not None
+    pubsub = await pubsub_for(redis)
     try:
-        await pubsub.subscribe(keys.export_flush_reply(request))
-        listening = int(
-            await redis.publish(keys.EXPORT_FLUSH_CHANNEL, request_message(request, experiment))
+        await subscribe(pubsub, keys.export_flush_reply(request), sharded=sharded)
+        listening = await publish(
+            redis, keys.EXPORT_FLUSH_CHANNEL, request_message(request, experiment), sharded=True
         )
         outcome = FlushOutcome(listening)
         while not outcome.answered:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            message = await pubsub.get_message(timeout=min(left, 1.0))
-            if message is not None and message.get("type") == "message":
+            message = await next_message(pubsub, sharded=sharded, timeout=min(left, 1.0))
+            if message is not None:
                 outcome.replies.append(orjson.loads(message["data"]))
     finally:
         await pubsub.aclose()
@@ -156,8 +158,8 @@ async def listen_for_flush(
         if payload is not None and isinstance(payload.get("request"), str):
             requests.put_nowait(payload)
 
-    await listen(redis, enqueue, ready=ready, channel=keys.EXPORT_FLUSH_CHANNEL)
+    await listen(redis, enqueue, ready=ready, channel=keys.EXPORT_FLUSH_CHANNEL, sharded=True)
 
 
 async def reply(redis: Redis, request: str, answer: dict[str, Any]) -> None:
-    await redis.publish(keys.export_flush_reply(request), orjson.dumps(answer))
+    await publish(redis, keys.export_flush_reply(request), orjson.dumps(answer), sharded=True)

@@ -1,6 +1,6 @@
 """The Cressie-Read empirical-likelihood interval for an off-policy value, from running sums.
 
-Shared by the trainer's gate (trainer.ope) and the control plane's statistics
+Shared by the trainer's gate (banditgate.ope) and the control plane's statistics
 (experiments.stats), which keeps only sums per arm: the interval needs nothing else.
 No scipy at import: the trainer imports this, and scipy.stats takes seconds to load.
 """
@@ -119,3 +119,17 @@ def f_one_quantile(alpha: float, n: float) -> float:
         + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * n**4)
     )
     return t * t
+
+
+Z95 = 1.959963984540054
+
+
+def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (NaN, NaN when n is 0)."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(max(p * (1 - p), 0.0) / n + z * z / (4 * n * n)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))

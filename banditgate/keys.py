@@ -7,6 +7,9 @@ from __future__ import annotations
 
 EXPERIMENTS = "bg:experiments"
 ANNOUNCE_CHANNEL = "bg:announce"
+# Set by every router: a Redis without it has lost its data (restarted empty), so the
+# routers write back the specs and policies they serve.
+DATA_MARKER = "bg:data-marker"
 # Rewards whose experiment is not known yet, and their bookkeeping: one hash tag, one slot.
 UNROUTED_REWARDS = "bg:{unrouted}:rewards"
 UNROUTED_COUNTERS = "bg:{unrouted}:counters"
@@ -157,3 +160,39 @@ def worker_heartbeat(host: str, worker: str) -> str:
 
 def experiment_keys_pattern(experiment: str) -> str:
     return f"{_tag(experiment)}:*"
+
+
+def log_writer_seq(experiment: str, writer: str) -> str:
+    """The last batch sequence number one router's log writer stored in this experiment's
+    stream: a batch replayed after a write that may have happened is skipped, not doubled."""
+    return f"{_tag(experiment)}:logseq:{writer}"
+
+
+def monitor_baseline(experiment: str) -> str:
+    """The data-quality baseline (statistics and constraints JSON) the monitor compares to."""
+    return f"{_tag(experiment)}:monitor:baseline"
+
+
+def monitor_latest(experiment: str) -> str:
+    """Hash arm -> the monitor's latest report for that arm (JSON)."""
+    return f"{_tag(experiment)}:monitor:latest"
+
+
+def monitor_lease(experiment: str) -> str:
+    """Held by the monitor worker checking this experiment now (one at a time)."""
+    return f"{_tag(experiment)}:monitor:lease"
+
+
+def ground_truth(experiment: str) -> str:
+    """Ground-truth labels posted for this experiment's events (one entry per label)."""
+    return f"{_tag(experiment)}:groundtruth"
+
+
+def ground_truth_counters(experiment: str) -> str:
+    """Hash: labels received, and labels for events no router logged (or long expired)."""
+    return f"{_tag(experiment)}:groundtruth:counters"
+
+
+def monitor_quality(experiment: str) -> str:
+    """Hash arm -> the latest model-quality report (JSON), from ground truth."""
+    return f"{_tag(experiment)}:monitor:quality"

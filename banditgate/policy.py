@@ -20,6 +20,12 @@ import vowpalwabbit
 
 from banditgate.errors import InvalidPolicy
 from banditgate.featurize import ContextFeatures, arm_action_lines, shared_line
+from banditgate.linear_thompson import MAGIC as LINEAR_THOMPSON_MAGIC
+from banditgate.linear_thompson import (
+    LinearThompsonModel,
+    floor_for,
+    win_probabilities,
+)
 from banditgate.spec import ExperimentSpec, PolicySpec
 
 PMF_CACHE_SIZE = 8192
@@ -227,30 +233,70 @@ class ThompsonPolicy:
         )
 
 
+class LinearThompsonPolicy:
+    """Contextual Thompson sampling (banditgate.linear_thompson) as served: P(win) per
+    context with a floor that shrinks with evidence, cached per context."""
+
+    learner = "linear_thompson"
+
+    def __init__(
+        self, model: LinearThompsonModel, version: int = 0, min_arm_share: float = 0.0
+    ) -> None:
+        self.model = model
+        self.version = version
+        self.min_arm_share = min_arm_share
+        self._cache: dict[Any, list[float]] = {}
+
+    def probabilities(self, context: ContextFeatures, actions: ActionSet) -> list[float]:
+        names = actions.names
+        try:
+            key: Any = (tuple(context.items()), names)
+            pmf = self._cache.get(key)
+        except TypeError:  # a list-valued feature: not hashable, not cached
+            key, pmf = None, None
+        if pmf is None:
+            means, deviations = self.model.predictive(context, names)
+            floor = floor_for(self.model.n_examples, len(names), self.min_arm_share)
+            pmf = apply_floor(win_probabilities(means, deviations), floor)
+            if key is not None:
+                if len(self._cache) >= PMF_CACHE_SIZE:
+                    self._cache.clear()
+                self._cache[key] = pmf
+        return pmf
+
+
 def normalise(weights: Sequence[float]) -> list[float]:
+    """Plain Python floats summing to 1 (numpy scalars in a pmf would not encode in the log)."""
     total = float(sum(weights))
     if total <= 0 or not math.isfinite(total):
         return [1.0 / len(weights)] * len(weights)
-    return [w / total for w in weights]
+    return [float(w) / total for w in weights]
 
 
 def apply_floor(pmf: Sequence[float], floor: float) -> list[float]:
-    """Every action gets at least `floor`; the rest is shared in proportion to the pmf."""
-    if floor <= 0:
-        return list(pmf)
+    """Every action gets at least `floor`; the rest is shared in proportion to the pmf.
+
+    The result is plain Python floats summing to 1: what a policy returns is logged as is.
+    """
     k = len(pmf)
-    floor = min(floor, 1.0 / k)
+    floor = min(max(floor, 0.0), 1.0 / k)
     total = float(sum(pmf))
-    if total <= 0:
+    if total <= 0 or not math.isfinite(total):
         return [1.0 / k] * k
     scale = 1.0 - k * floor
-    return [floor + scale * p / total for p in pmf]
+    return [floor + scale * float(p) / total for p in pmf]
+
+
+def unit_fraction(key: str) -> float:
+    """Where a string falls in [0, 1), uniformly and always the same: sampling by event id
+    (which arm, whether to mirror or capture) that a replay reproduces."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 18446744073709551616.0
 
 
 def sample_index(pmf: Sequence[float], event_id: str, version: int) -> int:
     """Deterministic in (event id, policy version): a decision can be replayed."""
-    digest = hashlib.blake2b(f"{event_id}\x00{version}".encode(), digest_size=8).digest()
-    u = int.from_bytes(digest, "big") / 18446744073709551616.0
+    u = unit_fraction(f"{event_id}\x00{version}")
     cumulative = 0.0
     last = 0
     for index, p in enumerate(pmf):
@@ -288,8 +334,23 @@ def build_policy(spec: ExperimentSpec, model: bytes | None, version: int) -> Pol
     if learner == "thompson":
         counts = BetaCounts.from_bytes(model) if model is not None else BetaCounts()
         return ThompsonPolicy(counts, version, spec.policy.min_arm_share)
+    if learner == "linear_thompson":
+        linear = (
+            LinearThompsonModel.from_bytes(model) if model is not None else LinearThompsonModel()
+        )
+        return LinearThompsonPolicy(linear, version, spec.policy.min_arm_share)
+    if model is not None:
+        _refuse_other_learners_models(model)
     workspace = new_workspace(spec.policy) if model is None else workspace_from_bytes(model)
     return VWPolicy(workspace, version, spec.policy.min_arm_share)
+
+
+def _refuse_other_learners_models(model: bytes) -> None:
+    """A VW model is binary; say what it is instead when it is recognisably another learner's."""
+    if model.startswith(LINEAR_THOMPSON_MAGIC):
+        raise InvalidPolicy("not a VW model: this is a linear_thompson model")
+    if model.lstrip()[:1] in (b"{", b"["):
+        raise InvalidPolicy("not a VW model: this is JSON (a thompson or static model?)")
 
 
 def validate_model(spec: ExperimentSpec, model: bytes) -> Policy:
@@ -304,6 +365,12 @@ def validate_model(spec: ExperimentSpec, model: bytes) -> Policy:
                 f"(its arguments: {' '.join(arguments)})"
             )
         _check_action_set(spec, policy)
+    learned = policy.model.arms if isinstance(policy, LinearThompsonPolicy) else None
+    if learned and not set(learned) & set(spec.arm_names):
+        raise InvalidPolicy(
+            f"the model has learned about arms {sorted(learned)}, none of this "
+            f"experiment's {spec.arm_names}: it was trained on a different action set"
+        )
     try:
         pmf = policy.probabilities({}, actions)
     except Exception as exc:

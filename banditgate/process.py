@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from banditgate.redis import EmbeddedRedis, resolve_redis_url
+from banditgate.redis import EmbeddedRedis, RedisModeError, check_server_mode, resolve_redis_url
 from banditgate.settings import CoreSettings
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,12 @@ def redis_url(settings: CoreSettings | None = None) -> Iterator[str]:
     """The configured Redis URL, or an embedded server's, stopped on the way out."""
     url, embedded = resolve_redis_url(settings or CoreSettings())
     try:
+        if embedded is None:
+            try:
+                check_server_mode(url)
+            except RedisModeError as exc:
+                # Every command starts here: refuse to start, with the reason and no traceback.
+                raise SystemExit(f"error: {exc}") from None
         yield url
     finally:
         close_embedded(embedded)
@@ -71,6 +77,8 @@ def run_uvicorn(
     """
     import uvicorn  # only the HTTP commands pay for it (CLI start-up)
 
+    from banditgate.http_protocol import GuardedHttpToolsProtocol
+
     with _metrics_dir(workers):
         uvicorn.run(
             factory,
@@ -79,7 +87,7 @@ def run_uvicorn(
             port=port,
             workers=workers,
             loop="uvloop",
-            http="httptools",
+            http=GuardedHttpToolsProtocol,  # httptools, with a header-read timeout
             lifespan="on",
             access_log=False,
             timeout_graceful_shutdown=graceful_shutdown_s,

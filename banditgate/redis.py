@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import logging
 import os
-import urllib.parse
 from pathlib import Path
 from typing import Any, cast
 
+import redis as redis_sync
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from banditgate.settings import CoreSettings
 
 log = logging.getLogger(__name__)
 
+# A cluster client (`redis+cluster://`) is a RedisCluster: the same commands, pipelines,
+# transactions (keys in one slot) and pub/sub, with MOVED/ASK followed by the client. It is
+# typed as the plain client so every caller keeps one type; `is_cluster()` tells them apart.
 Redis = aioredis.Redis
 StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
 
@@ -37,6 +43,13 @@ async def xreadgroup_entries(
     if not reply:
         return []
     return [(entry_id, fields or {}) for entry_id, fields in reply[0][1]]
+
+
+async def mget_values(redis: Redis, names: list[str]) -> list[bytes | None]:
+    """MGET; on a cluster, keys in several slots are read per slot (not atomically)."""
+    if is_cluster(redis):
+        return cast(list[bytes | None], await cast(RedisCluster, redis).mget_nonatomic(names))
+    return cast(list[bytes | None], await redis.mget(names))
 
 
 def stream_id_ms(entry_id: bytes | str) -> int:
@@ -123,19 +136,138 @@ class RedisHandle:
 
 def redacted(url: str) -> str:
     """The URL without its password, to say which Redis a command opened."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
+    scheme, sep, rest = url.partition("://")
+    auth, at, _hosts = rest.partition("/")[0].rpartition("@")
+    if not at or ":" not in auth:
         return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    username = auth.split(":", 1)[0]
+    return f"{scheme}{sep}{username}:***@{rest[len(auth) + 1 :]}"
 
 
 def connect(url: str, **kwargs: Any) -> Redis:
+    """A client for `url`: `redis://`, `rediss://`, `unix://`, or a Redis Cluster given as
+    `redis+cluster://host:port[,host:port...]` (`rediss+cluster://` with TLS)."""
     options: dict[str, Any] = {"health_check_interval": 30}
     if not url.startswith("unix://"):
         # redis-py's Unix-socket connections take no socket_keepalive argument.
         options["socket_keepalive"] = True
     options.update(kwargs)
+    if is_cluster_url(url):
+        base, nodes = cluster_nodes(url)
+        options["startup_nodes"] = [ClusterNode(host, port) for host, port in nodes]
+        # The client follows MOVED/ASK itself; on a lost node it re-reads the slot map and
+        # retries, for long enough to ride out a failover (node timeout + election).
+        options.setdefault("retry", Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), 12))
+        return cast(Redis, RedisCluster.from_url(base, **options))
     return aioredis.Redis.from_url(url, **options)
+
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+class RedisModeError(RuntimeError):
+    """The URL says cluster and the server is not one, or the reverse."""
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in CLUSTER_SCHEMES
+
+
+def is_cluster(redis: Redis) -> bool:
+    return isinstance(redis, RedisCluster)
+
+
+def sharded_client(redis: Redis) -> RedisCluster | None:
+    """The cluster client, for sharded pub/sub (SPUBLISH, SSUBSCRIBE); None on one Redis."""
+    return cast(RedisCluster, redis) if is_cluster(redis) else None
+
+
+async def pubsub_for(redis: Redis) -> Any:
+    """`redis.pubsub()`, after a cluster client has read its slot map (redis-py's cluster
+    pub/sub picks its node from the map and fails on a client that has run no command yet)."""
+    cluster = sharded_client(redis)
+    if cluster is not None:
+        await cluster.initialize()
+    return redis.pubsub(ignore_subscribe_messages=True)
+
+
+def cluster_nodes(url: str) -> tuple[str, list[tuple[str, int]]]:
+    """`redis+cluster://[user:pass@]h1:p1,h2:p2[/0][?opts]` -> (`redis://[user:pass@]h1:p1/0[?opts]`,
+    [(h1, p1), (h2, p2)])."""
+    scheme, _, rest = url.partition("://")
+    netloc, slash, tail = rest.partition("/")
+    query = ""
+    if not slash:
+        netloc, _, query = netloc.partition("?")
+    auth, at, hosts = netloc.rpartition("@")
+    nodes: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon:
+            host, port = item.strip(), "6379"
+        host = host.strip("[]")
+        if not host or not port.isdigit():
+            raise RedisModeError(f"bad node {item!r} in the cluster URL {redacted(url)!r}")
+        nodes.append((host, int(port)))
+    path, _, path_query = tail.partition("?")
+    if path not in ("", "0"):
+        raise RedisModeError(f"a Redis Cluster has only database 0, not {path!r}: {redacted(url)}")
+    query = query or path_query
+    first = f"{nodes[0][0]}:{nodes[0][1]}"
+    base = f"{CLUSTER_SCHEMES[scheme.lower()]}://{auth}{at}{first}/0" + (
+        f"?{query}" if query else ""
+    )
+    return base, nodes
+
+
+def _cluster_enabled(info: dict[str, Any]) -> bool:
+    return bool(int(info.get("cluster_enabled", 0)))
+
+
+def check_server_mode(url: str, *, timeout_s: float = 5.0) -> None:
+    """Refuse a cluster URL pointing at a plain server, or a plain URL at a cluster node.
+
+    A server that cannot be reached yet passes: the components retry their connections.
+    """
+    if is_cluster_url(url):
+        base, _nodes = cluster_nodes(url)
+        probe = redis_sync.Redis.from_url(base, socket_timeout=timeout_s)
+    else:
+        probe = redis_sync.Redis.from_url(url, socket_timeout=timeout_s)
+    try:
+        enabled = _cluster_enabled(cast(dict[str, Any], probe.info("cluster")))
+    except RedisError as exc:
+        log.warning("could not check the Redis server mode of %s: %s", redacted(url), exc)
+        return
+    finally:
+        probe.close()
+    _refuse_mismatch(url, enabled)
+
+
+async def verify_server_mode(redis: Redis, url: str) -> None:
+    """`check_server_mode` on an open client (the same refusal, from a running process)."""
+    try:
+        if is_cluster(redis):
+            await cast(RedisCluster, redis).initialize()
+            return
+        enabled = _cluster_enabled(cast(dict[str, Any], await redis.info("cluster")))
+    except RedisClusterException as exc:
+        if "not enabled" in str(exc).lower():
+            _refuse_mismatch(url, False)
+        raise
+    _refuse_mismatch(url, enabled)
+
+
+def _refuse_mismatch(url: str, enabled: bool) -> None:
+    clustered = is_cluster_url(url)
+    if clustered and not enabled:
+        raise RedisModeError(
+            f"BANDITGATE_REDIS_URL={redacted(url)} asks for a Redis Cluster, but the server "
+            "has cluster mode disabled (cluster_enabled:0); use redis://host:port/0 for it"
+        )
+    if enabled and not clustered:
+        raise RedisModeError(
+            f"BANDITGATE_REDIS_URL={redacted(url)} points at a Redis Cluster node "
+            "(cluster_enabled:1); use redis+cluster://host:port[,host:port...] so keys "
+            "follow their slots"
+        )

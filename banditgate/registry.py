@@ -11,7 +11,7 @@ import orjson
 from redis.exceptions import WatchError
 
 from banditgate import keys
-from banditgate.announce import message
+from banditgate.announce import AfterCommit
 from banditgate.contracts import Announced
 from banditgate.errors import Conflict, InvalidPolicy, UnknownPolicyVersion
 from banditgate.policy import validate_model
@@ -110,6 +110,7 @@ class PolicyRegistry:
                             trained_through=trained_through,
                             last_joined_ms=last_joined_ms,
                         )
+                        later = AfterCommit(self.redis)
                         pipe.multi()
                         pipe.set(keys.policy_seq(experiment), version)
                         pipe.set(keys.policy_model(experiment, version), model)
@@ -118,8 +119,11 @@ class PolicyRegistry:
                             pipe.delete(keys.policy_model(experiment, old))
                             pipe.hdel(keys.policy_versions(experiment), str(old))
                         if activate:
-                            self._activate(pipe, experiment, version, f"published by {source}")
+                            self._activate(
+                                pipe, experiment, version, f"published by {source}", later
+                            )
                         await pipe.execute()
+                        await later.send()
                         return record
                     except WatchError:
                         continue
@@ -137,17 +141,21 @@ class PolicyRegistry:
             spec = await self.specs.get(experiment)
             record = await self.get(experiment, version)
             await _check(spec, await self.model(experiment, version), None)
+            later = AfterCommit(self.redis)
             async with self.redis.pipeline(transaction=True) as pipe:
-                self._activate(pipe, experiment, version, reason)
+                self._activate(pipe, experiment, version, reason, later)
                 await pipe.execute()
+            await later.send()
             return record
 
-    def _activate(self, pipe: Any, experiment: str, version: int, reason: str) -> None:
+    def _activate(
+        self, pipe: Any, experiment: str, version: int, reason: str, later: AfterCommit
+    ) -> None:
         pipe.set(keys.policy_current(experiment), version)
         entry = {"ts_ms": int(time.time() * 1000), "version": version, "reason": reason}
         pipe.lpush(keys.policy_history(experiment), orjson.dumps(entry))
         pipe.ltrim(keys.policy_history(experiment), 0, 999)
-        pipe.publish(keys.ANNOUNCE_CHANNEL, message(experiment, Announced.POLICY, version=version))
+        later.add(pipe, experiment, Announced.POLICY, version=version)
 
     async def get(self, experiment: str, version: int) -> PolicyVersion:
         raw = cast(

@@ -24,7 +24,11 @@ class CoreSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BANDITGATE_", extra="ignore")
 
     redis_url: str | None = Field(
-        default=None, description="Redis URL; unset starts an embedded Redis under data_dir."
+        default=None,
+        description=(
+            "Redis URL (redis://, rediss://, unix://; a Redis Cluster as "
+            "redis+cluster://host:port[,host:port...]); unset starts an embedded Redis under data_dir."
+        ),
     )
     data_dir: Path = Field(
         default=Path(".banditgate"), description="Local state: embedded Redis, exports."

@@ -72,6 +72,25 @@ class Arm(_Strict):
         le=600,
         description="Backend response timeout (default: BANDITGATE_BACKEND_TIMEOUT_S).",
     )
+    connect_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=60,
+        description="Backend connect timeout (default: BANDITGATE_BACKEND_CONNECT_TIMEOUT_S).",
+    )
+    health_path: str | None = Field(
+        default=None,
+        pattern=r"^/[\x21-\x7e]*$",
+        description="Path a router GETs to check an ejected arm (e.g. /ping): a 2xx re-admits "
+        "it, and no client request is used as a probe (default: none, a request probes).",
+    )
+    instances: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="Instances serving this arm, if known: /metrics then reports its load per "
+        "instance (banditgate_arm_invocations_per_instance).",
+    )
 
     @field_validator("url")
     @classmethod
@@ -104,6 +123,12 @@ class ContextSpec(_Strict):
     )
     text: str | None = Field(
         default=None, description="Pointer to a text field for the built-in text featurizer."
+    )
+    max_bytes: int = Field(
+        default=64 * 1024,
+        ge=256,
+        le=4 * 1024 * 1024,
+        description="Largest context, as logged (JSON bytes); a request with more gets 413.",
     )
 
     @field_validator("body")
@@ -189,9 +214,10 @@ class GateSpec(_Strict):
 class PolicySpec(_Strict):
     """How arms are chosen in bandit mode, and how the policy learns."""
 
-    learner: Literal["vw", "thompson", "static"] = Field(
+    learner: Literal["vw", "thompson", "linear_thompson", "static"] = Field(
         default="vw",
         description="vw: contextual bandit; thompson: Beta-Bernoulli per arm, no context; "
+        "linear_thompson: contextual Thompson sampling (Bayesian linear regression per arm); "
         "static: fixed weights.",
     )
     exploration: Exploration = Field(
@@ -465,6 +491,98 @@ class BlueGreenSpec(_Strict):
     )
 
 
+class CaptureSpec(_Strict):
+    """Data capture: a sample of each arm's requests and responses, as JSON lines on disk."""
+
+    sample_percent: float = Field(
+        default=10.0, ge=0, le=100, description="Share of requests captured (by event id)."
+    )
+    request: bool = Field(default=True, description="Capture the request body.")
+    response: bool = Field(default=True, description="Capture the response body.")
+    max_body_bytes: int = Field(
+        default=256 * 1024,
+        ge=1,
+        le=16 * 1024 * 1024,
+        description="A longer body is cut here and marked truncated.",
+    )
+    s3_url: str | None = Field(
+        default=None,
+        description="Upload closed capture files to s3://bucket/prefix (boto3, the s3 extra).",
+    )
+
+    @field_validator("s3_url")
+    @classmethod
+    def _s3(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("s3://") or len(value) <= 5):
+            raise ValueError("must look like s3://bucket/prefix")
+        return value
+
+
+class MonitorThresholds(_Strict):
+    """Distances above which a feature has drifted from the baseline."""
+
+    numeric: float = Field(
+        default=0.1, gt=0, le=1, description="Kolmogorov-Smirnov distance for numeric features."
+    )
+    categorical: float = Field(
+        default=0.1, gt=0, le=1, description="L-infinity distance for categorical features."
+    )
+    completeness: float = Field(
+        default=0.05, ge=0, le=1, description="How far completeness may fall below the baseline's."
+    )
+
+
+class MonitorSpec(_Strict):
+    """Data-quality and drift monitoring of captured traffic against a baseline."""
+
+    every_s: float = Field(
+        default=3600.0, ge=10, le=7 * 86400, description="How often each arm is checked."
+    )
+    window_s: float | None = Field(
+        default=None,
+        ge=10,
+        le=30 * 86400,
+        description="How much captured traffic each check reads (default: every_s).",
+    )
+    features: list[str] | None = Field(
+        default=None, description="Features to check (default: every feature in the baseline)."
+    )
+    thresholds: MonitorThresholds = Field(
+        default_factory=MonitorThresholds, description="Distances that count as drift."
+    )
+
+
+class QualitySpec(_Strict):
+    """Model quality per arm from ground-truth labels posted later (POST /v1/ground-truth)."""
+
+    problem: Literal["classification", "regression"] = Field(
+        default="classification", description="What the arms predict."
+    )
+    prediction: str = Field(
+        default="predicted_label",
+        description="Pointer to the prediction in an arm's (captured) response body.",
+    )
+    every_s: float = Field(default=300.0, ge=10, le=86400, description="How often it is computed.")
+    window_s: float = Field(
+        default=3600.0, ge=60, le=30 * 86400, description="Labels and captures each report reads."
+    )
+    min_labels: int = Field(
+        default=30, ge=1, description="Labelled requests an arm needs before it is judged."
+    )
+    alert_drop: float = Field(
+        default=0.05,
+        gt=0,
+        description="Alert when accuracy falls (or MAE rises) by more than this against the "
+        "previous window.",
+    )
+
+    @field_validator("prediction")
+    @classmethod
+    def _prediction(cls, value: str) -> str:
+        parse_pointer(value)
+        return value
+
+
 class ShadowSpec(_Strict):
     """Shadow: the primary answers; requests are mirrored to the shadows, whose answers are dropped."""
 
@@ -474,6 +592,18 @@ class ShadowSpec(_Strict):
     compare_bodies: bool = Field(
         default=False, description="Record whether each shadow's body equals the primary's."
     )
+    compare_pointer: str | None = Field(
+        default=None,
+        description="Compare only the value at this JSON pointer (RFC 6901, e.g. "
+        "`/predicted_label`) of the primary's and each shadow's body; implies compare_bodies.",
+    )
+
+    @field_validator("compare_pointer")
+    @classmethod
+    def _pointer(cls, value: str | None) -> str | None:
+        if value:
+            parse_pointer(value)  # a PointerError (a ValueError) names what is wrong
+        return value
 
 
 class ExperimentSpec(_Strict):
@@ -504,6 +634,18 @@ class ExperimentSpec(_Strict):
     canary: CanarySpec | None = Field(default=None, description="Required in canary mode.")
     bluegreen: BlueGreenSpec | None = Field(default=None, description="Required in bluegreen mode.")
     shadow: ShadowSpec | None = Field(default=None, description="Required in shadow mode.")
+    capture: CaptureSpec | None = Field(
+        default=None,
+        description="Data capture of requests and responses per arm (off when absent).",
+    )
+    monitor: MonitorSpec | None = Field(
+        default=None,
+        description="Drift and data-quality checks of captured traffic (needs capture).",
+    )
+    quality: QualitySpec | None = Field(
+        default=None,
+        description="Model quality per arm from ground-truth labels (needs capture of responses).",
+    )
     description: str = Field(default="", description="Free text for people.")
 
     @model_validator(mode="after")
@@ -520,6 +662,12 @@ class ExperimentSpec(_Strict):
             if name not in known:
                 raise _FieldError(path, f"unknown arm {name!r}; arms are {sorted(known)}")
 
+        if self.monitor is not None and self.capture is None:
+            raise _FieldError(("monitor",), "monitoring reads captured traffic: add capture")
+        if self.quality is not None and (self.capture is None or not self.capture.response):
+            raise _FieldError(
+                ("quality",), "quality reads the arms' captured answers: add capture with response"
+            )
         share = self.policy.min_arm_share
         if share * len(self.arms) > 1:
             raise _FieldError(

@@ -12,11 +12,11 @@ import orjson
 from redis.exceptions import WatchError
 
 from banditgate import keys
-from banditgate.announce import message
+from banditgate.announce import AfterCommit
 from banditgate.contracts import Announced
 from banditgate.errors import Conflict, UnknownExperiment
 from banditgate.locks import control_lock
-from banditgate.redis import Redis
+from banditgate.redis import Redis, is_cluster
 from banditgate.spec import ExperimentSpec, parse_spec
 
 log = logging.getLogger(__name__)
@@ -170,14 +170,20 @@ class ExperimentStore:
                 "changes": changes,
                 "spec": new_doc,
             }
+            clustered = is_cluster(self.redis)
+            if clustered:
+                # The set of names is in another slot than the experiment's keys: added
+                # first (readers skip a name without a spec), then the spec in one slot.
+                await self.redis.sadd(keys.EXPERIMENTS, spec.name)
+            later = AfterCommit(self.redis)
             pipe.multi()
             pipe.set(spec_key, spec.to_json())
-            pipe.sadd(keys.EXPERIMENTS, spec.name)
+            if not clustered:
+                pipe.sadd(keys.EXPERIMENTS, spec.name)
             pipe.rpush(history_key, orjson.dumps(entry))
-            pipe.publish(
-                keys.ANNOUNCE_CHANNEL, message(spec.name, Announced.SPEC, version=current + 1)
-            )
+            later.add(pipe, spec.name, Announced.SPEC, version=current + 1)
             await pipe.execute()
+            await later.send()
         entry["created"] = old_doc is None
         return entry
 
@@ -194,12 +200,19 @@ class ExperimentStore:
                 async for key in self.redis.scan_iter(match=keys.experiment_keys_pattern(name))
                 if key.decode() != keys.control_lock(name)  # released on the way out
             ]
+            clustered = is_cluster(self.redis)
+            later = AfterCommit(self.redis)
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.srem(keys.EXPERIMENTS, name)
+                if not clustered:
+                    pipe.srem(keys.EXPERIMENTS, name)
                 if doomed:
                     pipe.delete(*doomed)
-                pipe.publish(keys.ANNOUNCE_CHANNEL, message(name, Announced.DELETED))
+                later.add(pipe, name, Announced.DELETED)
                 await pipe.execute()
+            if clustered:
+                # Another slot: removed after the keys (a name left behind has no spec).
+                await self.redis.srem(keys.EXPERIMENTS, name)
+            await later.send()
 
     async def set_override(
         self, name: str, weights: dict[str, float] | None, *, reason: str, **extra: Any
@@ -221,13 +234,15 @@ class ExperimentStore:
                         if weights is not None:
                             last = orjson.loads(raw) if raw is not None else None
                             record = override_record(last, weights, reason=reason, **extra)
+                        later = AfterCommit(self.redis)
                         pipe.multi()
                         if record is None:
                             pipe.delete(key)
                         else:
                             pipe.set(key, orjson.dumps(record))
-                        pipe.publish(keys.ANNOUNCE_CHANNEL, message(name, Announced.WEIGHTS))
+                        later.add(pipe, name, Announced.WEIGHTS)
                         await pipe.execute()
+                        await later.send()
                         return record
                     except WatchError:
                         continue

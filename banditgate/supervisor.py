@@ -25,7 +25,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from banditgate import keys
-from banditgate.redis import Redis
+from banditgate.redis import Redis, mget_values
 from banditgate.tasks import TaskGroup
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ async def check_heartbeats(
 ) -> dict[str, dict[str, object] | None]:
     """Each worker's last heartbeat on `host` (this host by default), or None if it has none."""
     host = host or socket.gethostname()
-    values = await redis.mget([keys.worker_heartbeat(host, name) for name in names])
+    values = await mget_values(redis, [keys.worker_heartbeat(host, name) for name in names])
     return {
         name: (orjson.loads(value) if value is not None else None)
         for name, value in zip(names, values, strict=True)

@@ -36,7 +36,7 @@ def serve_app(
     api.state.process_metrics = metrics
     components: list[Component] = []
     if with_ingest:
-        routes, ingest = build_ingest(IngestSettings(), redis=redis)
+        routes, ingest = build_ingest(IngestSettings(), redis=redis, metrics=metrics)
         api.include_router(routes)
         api.state.ingest = ingest
         components.append(ingest)

@@ -48,6 +48,7 @@ from banditgate_app.exposure import Exposed, check_exposure
 from banditgate_app.workers_child import WorkersChild, status_file_env
 from experiments.cli import register as register_experiments
 from experiments.settings import ControlSettings
+from monitor.cli import register as register_monitor
 from reward_ingest.cli import register as register_ingest
 from trainer.cli import register as register_trainer
 
@@ -62,6 +63,7 @@ app.add_typer(policy_app, name="policy")
 register_ingest(app)
 register_trainer(app)
 register_experiments(app)
+register_monitor(app)
 app.command("demo")(demo)
 
 Files = Annotated[list[Path], typer.Option("--file", "-f", help="Experiment spec (YAML or JSON).")]
@@ -304,10 +306,17 @@ def policy_publish(
     experiment: Annotated[str, typer.Option("--experiment", "-e")],
     note: Annotated[str, typer.Option(help="Free text kept with the version.")] = "",
     activate: Annotated[bool, typer.Option(help="Serve it at once.")] = True,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Publish even if significantly worse than the serving policy off-policy."
+        ),
+    ] = False,
     url: Url = DEFAULT_URL,
     admin_key: AdminKey = None,
 ) -> None:
-    """Publish a model by hand: checked against the experiment, then served by every router."""
+    """Publish a model by hand: checked against the experiment and, off-policy on recent joined
+    examples, against the serving policy (refused if significantly worse, unless --force)."""
     try:
         data = model.read_bytes()
     except OSError as exc:
@@ -317,6 +326,7 @@ def policy_publish(
         "note": note,
         "source": "manual",
         "activate": activate,
+        "force": force,
     }
     published = call(
         control_client(url, admin_key),
@@ -325,8 +335,17 @@ def policy_publish(
         body,
     )
     version = published["version"]["version"]
+    _print_check(published.get("check"))
     tail = "" if activate else f" (not serving it; `banditgate policy activate {version}` does)"
     console.print(f"published {experiment} policy version {version}{tail}")
+
+
+def _print_check(check: dict[str, Any] | None) -> None:
+    """The off-policy check's estimates and verdict, as the control plane reported them."""
+    if not check:
+        return
+    console.print(check["report"], markup=False, highlight=False)
+    console.print(("forced past the check: " if check["refused"] else "") + check["reason"])
 
 
 @policy_app.command("list")
@@ -370,14 +389,21 @@ def policy_activate(
     version: Annotated[int, typer.Argument()],
     experiment: Annotated[str, typer.Option("--experiment", "-e")],
     url: Url = DEFAULT_URL,
+    force: Annotated[
+        bool,
+        typer.Option(help="Serve it even if significantly worse than the serving policy."),
+    ] = False,
     admin_key: AdminKey = None,
 ) -> None:
-    """Serve an earlier (or any) version again: a rollback. The model must still fit the spec."""
-    call(
+    """Serve an earlier (or any) version again: a rollback. The model must still fit the spec,
+    and pass the same off-policy check as a publish (unless --force)."""
+    answer = call(
         control_client(url, admin_key),
         "POST",
-        f"/v1/experiments/{quoted(experiment)}/policies/{version}/activate",
+        f"/v1/experiments/{quoted(experiment)}/policies/{version}/activate"
+        + ("?force=true" if force else ""),
     )
+    _print_check(answer.get("check"))
     console.print(f"{experiment} now serves policy version {version}")
 
 

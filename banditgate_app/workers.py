@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from banditgate.supervisor import Worker
 from experiments import controller
+from monitor import worker as monitor
 from reward_ingest import export_worker
 from reward_ingest import worker as joiner
 from trainer import worker as trainer
@@ -15,6 +16,7 @@ WORKERS: Mapping[str, Worker] = {
     "exporter": export_worker.run,
     "trainer": trainer.run,
     "controller": controller.run,
+    "monitor": monitor.run,
 }
 
 

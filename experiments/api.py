@@ -84,6 +84,11 @@ class PolicyUpload(BaseModel):
         default_factory=dict, description="Off-policy numbers to keep with the version."
     )
     activate: bool = Field(default=True, description="Serve it at once.")
+    force: bool = Field(
+        default=False,
+        description="Publish even if the off-policy check on recent joined examples finds it "
+        "significantly worse than the serving policy (refused with 409 otherwise).",
+    )
 
     def model_bytes(self) -> bytes:
         try:
@@ -282,13 +287,22 @@ def routes() -> APIRouter:
             ope=upload.ope,
             n_examples=upload.n_examples,
             activate=upload.activate,
+            force=upload.force,
         )
         return {"name": name, **published}
 
     @router.post("/{name}/policies/{version}/activate", dependencies=[Admin])
-    async def activate(name: Name, version: int, ops: Ops) -> dict[str, Any]:
-        """Serve this policy version (a rollback when it is an earlier one)."""
-        return {"name": name, **await ops.activate_policy(name, version)}
+    async def activate(
+        name: Name,
+        version: int,
+        ops: Ops,
+        force: Annotated[
+            bool, Query(description="Serve it even if significantly worse off-policy (else 409).")
+        ] = False,
+    ) -> dict[str, Any]:
+        """Serve this policy version (a rollback when it is an earlier one), after the same
+        off-policy check as a publish."""
+        return {"name": name, **await ops.activate_policy(name, version, force=force)}
 
     @router.get("/{name}/stats")
     async def stats(

@@ -13,7 +13,15 @@ from banditgate.body_limit import BodyLimit
 from banditgate.http import document_models, health_routes, install_error_handlers
 from banditgate.ratelimit import RateLimit
 from banditgate.redis import Redis
-from experiments import api, dashboard, export_api, metrics, rollout_api
+from experiments import (
+    api,
+    dashboard,
+    export_api,
+    metrics,
+    monitor_api,
+    rollout_api,
+    segments,
+)
 from experiments.redact import RedactCredentials
 from experiments.service import ControlService, authorize
 from experiments.settings import ControlSettings
@@ -58,7 +66,7 @@ def build(
     """Routes plus the component that owns their state (`app.state.control`)."""
     service = ControlService(settings, redis=redis)
     router = APIRouter(dependencies=[Depends(authorize)], responses=_ERRORS)
-    for module in (api, rollout_api, export_api, dashboard, metrics):
+    for module in (api, rollout_api, export_api, dashboard, metrics, segments, monitor_api):
         router.include_router(module.routes())
     return router, service
 

@@ -17,6 +17,7 @@ import orjson
 
 from banditgate import keys
 from banditgate.contracts import BatchField, JoinedField
+from banditgate.intervals import wilson_interval
 from banditgate.redis import Redis
 from banditgate.spec import Guardrails
 
@@ -142,6 +143,15 @@ class Verdict:
         return "; ".join(self.passed)
 
 
+EARLY_MIN_ERRORS = 5
+EARLY_Z = 2.576  # 99%, one-sided the bound is stricter still
+
+
+def wilson_lower(successes: int, n: int, z: float = EARLY_Z) -> float:
+    """The Wilson score interval's lower end for a binomial proportion (0 when n is 0)."""
+    return wilson_interval(successes, n, z)[0] if n else 0.0
+
+
 def _pct(rate: float) -> str:
     return f"{rate * 100:.1f}%"
 
@@ -171,6 +181,15 @@ def judge(
     ]
     if short:
         verdict.shortfalls.extend(short)
+        # Errors can be conclusive before min_samples: a canary the routers ejected after
+        # consecutive failures gets few requests, and waiting for more would never end.
+        low = wilson_lower(cand.errors, cand.requests)
+        if cand.errors >= EARLY_MIN_ERRORS and low > base.error_rate + g.max_error_rate_delta:
+            verdict.breaches.append(
+                f"error rate {candidate_name} {cand.errors}/{cand.requests}: at least "
+                f"{_pct(low)} with 99% confidence, against {baseline_name} "
+                f"{_pct(base.error_rate)} +{_pct(g.max_error_rate_delta)} allowed"
+            )
     else:
         delta = cand.error_rate - base.error_rate
         errors = (

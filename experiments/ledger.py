@@ -3,7 +3,7 @@
 A `Ledger` per experiment reads each stream from where it stopped (XRANGE after
 its cursor), so a dashboard refreshing every few seconds costs only the new
 entries. Decisions are tallied in 10 s buckets by decision time, joined examples
-by join time; buckets older than a day merge into 10 min buckets. Lifetime totals
+by join time, shadow results (experiments.shadow_results) by result time; buckets older than a day merge into 10 min buckets. Lifetime totals
 per arm feed the Prometheus counters. The statistics on top are in
 experiments.stats.
 """
@@ -18,17 +18,25 @@ import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, fields
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import orjson
 
 from banditgate import keys
 from banditgate.contracts import JoinCounter
-from banditgate.events import Decision, Joined, decode_decision_batch, decode_joined
+from banditgate.events import (
+    Decision,
+    Joined,
+    decode_decision_batch,
+    decode_joined,
+    decode_shadow_batch,
+)
 from banditgate.redis import Redis, stream_id_ms
 from banditgate.spec import ExperimentSpec
+from experiments import shadow_results
 from experiments.sequential import SequentialComparison, Units
+from experiments.shadow_results import ShadowTally
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +64,7 @@ MAX_SIGNATURES = 32
 SEQUENTIAL_MODES = frozenset({"ab", "canary"})
 DECISION_PAGE = 2  # batches of up to 2000 decisions each
 JOINED_PAGE = 1000
+SHADOW_PAGE = 2  # batches of shadow results, like decisions
 
 
 @dataclass(slots=True)
@@ -120,6 +129,9 @@ class Bucket:
         default_factory=dict
     )
     signatures_overflow: bool = False
+    shadow: dict[str, ShadowTally] = field(default_factory=dict)  # by shadow arm
+    # Per arm: decisions counted by latency bucket (LATENCY_BUCKETS_S, then the rest).
+    latency: dict[str, np.ndarray] = field(default_factory=dict)
 
     def arm(self, name: str) -> ArmTally:
         tally = self.arms.get(name)
@@ -139,6 +151,14 @@ class Bucket:
                 mine = self.propensity[arms] = PropensityTally.empty(len(arms))
             mine.add(theirs)
         self.signatures_overflow |= other.signatures_overflow
+        for arm_name, histogram in other.latency.items():
+            mine_latency = self.latency.get(arm_name)
+            if mine_latency is None:
+                self.latency[arm_name] = histogram.copy()
+            else:
+                mine_latency += histogram
+        for shadow_arm, shadow_tally in other.shadow.items():
+            self.shadow.setdefault(shadow_arm, ShadowTally()).add(shadow_tally)
         for signature, counts in other.signatures.items():
             existing = self.signatures.get(signature)
             if existing is None:
@@ -175,11 +195,14 @@ class Ledger:
         self.fine: dict[int, Bucket] = {}
         self.coarse: dict[int, Bucket] = {}
         self.lifetime: dict[str, LifetimeArm] = {}
+        self.shadow_cursor = "0-0"
+        self.shadow_lifetime: dict[str, ShadowTally] = {}
         self.sequential: dict[tuple[str, str], SequentialComparison] = {}
         self.reward_bounds: tuple[float, float] = (0.0, 1.0)
         self.control: str | None = None
         self.lock = asyncio.Lock()
         self.last_decision_ms = 0
+        self.first_decision_ms: int | None = None
         self.last_joined_ms = 0
 
     # -- feeding ---------------------------------------------------------------------------
@@ -233,7 +256,11 @@ class Ledger:
         status = np.fromiter((int(d.get("status", 0)) for d in kept), np.int64, n)
         failed = (status >= 500) | np.fromiter(("error" in d for d in kept), bool, n)
         latency_ms = np.fromiter((float(d.get("latency_ms", 0.0)) for d in kept), np.float64, n)
-        self.last_decision_ms = max(self.last_decision_ms, max(int(d["ts_ms"]) for d in kept))
+        stamps = [int(d["ts_ms"]) for d in kept]
+        self.last_decision_ms = max(self.last_decision_ms, max(stamps))
+        earliest = min(stamps)
+        if self.first_decision_ms is None or earliest < self.first_decision_ms:
+            self.first_decision_ms = earliest
 
         def per_arm(
             mask: np.ndarray | None = None, weights: np.ndarray | None = None
@@ -276,7 +303,7 @@ class Ledger:
             propensity.sum_p += columns["action_p"]
             propensity.sum_pp += r_pmf.T @ r_pmf
             self._signatures(bucket, arms, r_pmf, r_chosen)
-        # Lifetime totals for Prometheus.
+        # Latency histograms per arm (percentiles over time), lifetime totals for Prometheus.
         edges = np.asarray(LATENCY_BUCKETS_S)
         slot = np.searchsorted(edges, latency_ms / 1000.0, side="left")
         classes = status // 100
@@ -288,7 +315,13 @@ class Ledger:
             life.decisions += int(counts[i])
             life.errors += int(columns["errors"][i])
             life.latency_sum_s += float(columns["latency_ms"][i]) / 1000.0
-            for j, c in enumerate(np.bincount(slot[mine], minlength=len(edges) + 1)):
+            histogram = np.bincount(slot[mine], minlength=len(edges) + 1)
+            held = bucket.latency.get(arm)
+            if held is None:
+                bucket.latency[arm] = histogram
+            else:
+                held += histogram
+            for j, c in enumerate(histogram):
                 life.latency_counts[j] += int(c)
             values, tallies = np.unique(classes[mine], return_counts=True)
             for value, count in zip(values, tallies, strict=True):
@@ -379,6 +412,24 @@ class Ledger:
                 )
             columns = np.asarray(rows, dtype=np.float64).T
             comparison.update(Units(*columns))
+
+    def feed_shadow(self, results: Iterable[dict[str, Any]], now_ms: int | None = None) -> None:
+        """Tally shadow results (router/shadow.py) by result time and per shadow arm."""
+        now_ms = now_ms if now_ms is not None else wall_ms()
+        by_bucket: dict[int, tuple[Bucket, list[dict[str, Any]]]] = {}
+        for result in results:
+            try:
+                ts = int(result["ts_ms"])
+            except (KeyError, TypeError, ValueError):
+                log.warning("%s: skipping a malformed shadow result", self.name)
+                continue
+            bucket = self._bucket(ts, now_ms)
+            by_bucket.setdefault(id(bucket), (bucket, []))[1].append(result)
+        for bucket, rows in by_bucket.values():
+            skipped = shadow_results.feed(bucket.shadow, rows)
+            shadow_results.feed(self.shadow_lifetime, rows)
+            if skipped:
+                log.warning("%s: skipping %d malformed shadow results", self.name, skipped)
 
     def compact(self, now_ms: int | None = None) -> None:
         now_ms = now_ms if now_ms is not None else wall_ms()
@@ -482,6 +533,17 @@ def _feed_decision_batches(ledger: Ledger, entries: StreamEntries, now_ms: int) 
         ledger.feed_decisions(batch, now_ms)
 
 
+def _feed_shadow_entries(ledger: Ledger, entries: StreamEntries, now_ms: int) -> None:
+    with cyclic_gc_paused():
+        for entry_id, fields_ in entries:
+            try:
+                batch = decode_shadow_batch(fields_)
+            except (KeyError, orjson.JSONDecodeError):
+                log.warning("%s: undecodable shadow batch %r", ledger.name, entry_id)
+                continue
+            ledger.feed_shadow(cast(list[dict[str, Any]], batch), now_ms)
+
+
 def _feed_joined_entries(ledger: Ledger, entries: StreamEntries, now_ms: int) -> None:
     with cyclic_gc_paused():
         decoded: list[tuple[int, Joined]] = []
@@ -503,6 +565,7 @@ async def refresh(redis: Redis, ledger: Ledger) -> None:
     for key, page, feed, cursor in (
         (keys.decisions(ledger.name), DECISION_PAGE, _feed_decision_entries, "decisions_cursor"),
         (keys.joined(ledger.name), JOINED_PAGE, _feed_joined_entries, "joined_cursor"),
+        (keys.shadow_results(ledger.name), SHADOW_PAGE, _feed_shadow_entries, "shadow_cursor"),
     ):
         while True:
             # A page's objects are born and freed inside one pause: none gets promoted to

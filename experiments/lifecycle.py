@@ -12,6 +12,7 @@ total stays the same, so percentages stay percentages.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import math
@@ -28,7 +29,8 @@ from banditgate.errors import (
     InvalidSpec,
     UnknownExperiment,
 )
-from banditgate.policy import default_weights, normalise
+from banditgate.policy import build_policy, default_weights, normalise, validate_model
+from banditgate.publish_check import Evaluation, PolicyRefused, evaluate, recent_examples
 from banditgate.redis import Redis
 from banditgate.registry import PolicyRegistry, PolicyVersion
 from banditgate.spec import ExperimentSpec, parse_spec
@@ -419,11 +421,25 @@ class Lifecycle:
         }
 
     async def activate_policy(
-        self, name: str, version: int, reason: str | None = None
+        self, name: str, version: int, reason: str | None = None, *, force: bool = False
     ) -> dict[str, Any]:
-        """Serve `version` again (a rollback when it is older); the registry checks it fits."""
-        record = await self.registry.activate(name, version, reason or f"api: activate {version}")
-        return {"current": version, "version": _policy_dict(record)}
+        """Serve `version` again (a rollback when it is older); the registry checks it fits,
+        and the off-policy check refuses it, unless `force`, when significantly worse."""
+        async with self.locked(name):
+            spec = await self.store.get(name)
+            record = await self.registry.get(name, version)
+            check = None
+            if version != await self.registry.current_version(name):
+                model = await self.registry.model(name, version)
+                check = await self._check_publish(spec, model, force=force)
+            record = await self.registry.activate(
+                name, version, reason or f"api: activate {version}{_forced(check, force)}"
+            )
+        return {
+            "current": version,
+            "version": _policy_dict(record),
+            "check": check.to_dict() if check else None,
+        }
 
     async def publish_policy(
         self,
@@ -435,25 +451,50 @@ class Lifecycle:
         ope: dict[str, Any] | None = None,
         n_examples: int = 0,
         activate: bool = True,
+        force: bool = False,
     ) -> dict[str, Any]:
         """A model from outside the trainer (CLI, warm start, API): the one way in for it.
 
-        The registry validates it against the spec; checks that only a hand-published
-        model needs (it did not pass the trainer's off-policy gate) belong here.
+        The registry validates it against the spec. It did not pass the trainer's gate, so
+        it is evaluated off-policy against the serving policy on recent joined examples
+        (banditgate.publish_check) and refused, unless `force`, when significantly worse.
+        Nothing is written when it is refused.
         """
         async with self.locked(name):
+            spec = await self.store.get(name)
+            check = await self._check_publish(spec, model, force=force)
+            numbers = dict(ope) if ope else dict(check.numbers)
+            numbers["publish_check"] = {
+                k: v for k, v in check.to_dict().items() if k not in ("numbers", "report")
+            } | {"forced": check.refused and force}
             record = await self.registry.publish(
                 name,
                 model,
                 parent=await self.registry.current_version(name),
                 n_examples=n_examples,
                 source=source,
-                ope=ope,
-                note=note,
+                ope=numbers,
+                note=note + _forced(check, force),
                 activate=activate,
             )
             current = await self.registry.current_version(name)
-        return {"current": current, "version": _policy_dict(record)}
+        return {"current": current, "version": _policy_dict(record), "check": check.to_dict()}
+
+    async def _check_publish(
+        self, spec: ExperimentSpec, model: bytes, *, force: bool
+    ) -> Evaluation:
+        candidate = await asyncio.to_thread(validate_model, spec, model)
+        version, serving_model = await self.registry.load_current(spec.name)
+        if version and (await self.registry.get(spec.name, version)).learner != spec.policy.learner:
+            version, serving_model = 0, None  # routers serve the cold-start policy then
+        serving = await asyncio.to_thread(build_policy, spec, serving_model, version)
+        examples = await recent_examples(self.redis, spec)
+        check = await asyncio.to_thread(
+            evaluate, spec, candidate, serving, examples, current_version=version
+        )
+        if check.refused and not force:
+            raise PolicyRefused(check)
+        return check
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -496,6 +537,12 @@ class Lifecycle:
                 }
             )
         return out
+
+
+def _forced(check: Evaluation | None, force: bool) -> str:
+    if check is not None and check.refused and force:
+        return f" [forced past the off-policy check: {check.reason}]"
+    return ""
 
 
 def _policy_dict(record: PolicyVersion) -> dict[str, Any]:

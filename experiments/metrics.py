@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -42,10 +43,12 @@ from banditgate.contracts import TRAINER_GROUP, JoinCounter
 from banditgate.metrics import ProcessMetrics
 from banditgate.redis import Redis, stream_id_ms
 from banditgate.spec import ExperimentSpec
-from experiments.ledger import LATENCY_BUCKETS_S, Ledger, join_counters, read_after
+from experiments.ledger import BUCKET_MS, LATENCY_BUCKETS_S, Ledger, join_counters, read_after
 from experiments.lifecycle import status_of
+from experiments.monitor_api import latest_reports
 from experiments.service import ControlService, Service
-from experiments.stats import srm
+from experiments.shadow_results import LATENCY_EDGES_MS, ShadowTally
+from experiments.stats import latency_quantile, srm
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,43 @@ class GroupLag:
     pending: int
 
 
+LOAD_WINDOW_S = 60
+
+
+@dataclass
+class ArmLoad:
+    """An arm's recent load, for autoscalers: the last LOAD_WINDOW_S of decisions."""
+
+    requests_per_second: float
+    latency_p50_s: float | None
+    latency_p99_s: float | None
+    instances: int | None
+
+    @property
+    def per_instance(self) -> float | None:
+        return self.requests_per_second / self.instances if self.instances else None
+
+
+def arm_load(spec: ExperimentSpec, ledger: Ledger, now_ms: int) -> dict[str, ArmLoad]:
+    """Requests per second and latency percentiles per arm over the last full minute of
+    10 s buckets (the bucket in progress is left out, so the rate does not sag)."""
+    end = now_ms - now_ms % BUCKET_MS
+    recent = ledger.merged(end - LOAD_WINDOW_S * 1000, end)
+    out = {}
+    for arm in spec.arms:
+        tally = recent.arms.get(arm.name)
+        histogram = recent.latency.get(arm.name)
+        p50 = latency_quantile(histogram, 0.5)
+        p99 = latency_quantile(histogram, 0.99)
+        out[arm.name] = ArmLoad(
+            requests_per_second=(tally.decisions if tally else 0) / LOAD_WINDOW_S,
+            latency_p50_s=p50 / 1000 if p50 is not None else None,
+            latency_p99_s=p99 / 1000 if p99 is not None else None,
+            instances=arm.instances,
+        )
+    return out
+
+
 @dataclass
 class ExperimentMetrics:
     name: str
@@ -72,6 +112,10 @@ class ExperimentMetrics:
     groups: list[GroupLag] = field(default_factory=list)
     lengths: dict[str, int] = field(default_factory=dict)
     srm: dict[str, Any] = field(default_factory=dict)
+    shadow: dict[str, ShadowTally] = field(default_factory=dict)  # by shadow arm, lifetime
+    load: dict[str, ArmLoad] = field(default_factory=dict)  # by arm, recent
+    monitor: dict[str, Any] = field(default_factory=dict)  # by arm, the latest check
+    quality: dict[str, Any] = field(default_factory=dict)  # by arm, the latest quality report
 
 
 async def group_lags(redis: Redis, stream_key: str, stream: str, now_ms: int) -> list[GroupLag]:
@@ -122,6 +166,8 @@ async def gather(service: ControlService) -> list[ExperimentMetrics]:
         override = await service.store.get_override(name)
         async with service.stats.open(spec) as ledger:
             lifetime = copy.deepcopy(ledger.lifetime)
+            shadow = copy.deepcopy(ledger.shadow_lifetime)
+            load = arm_load(spec, ledger, now_ms)
             check = await asyncio.to_thread(_srm_of, spec, override, ledger)
         metrics = ExperimentMetrics(
             name=name,
@@ -131,6 +177,10 @@ async def gather(service: ControlService) -> list[ExperimentMetrics]:
             lifetime=lifetime,
             counters=await join_counters(redis, name),
             srm=check,
+            shadow=shadow,
+            load=load,
+            monitor=await latest_reports(redis, name),
+            quality=await latest_reports(redis, name, keys.monitor_quality(name)),
         )
         for stream, key in (("decisions", keys.decisions(name)), ("joined", keys.joined(name))):
             metrics.groups += await group_lags(redis, key, stream, now_ms)
@@ -206,6 +256,92 @@ def families(experiments: Iterable[ExperimentMetrics]) -> list[Metric]:
         "banditgate_srm_flagged", "1 when the sample-ratio-mismatch check fails.", labels=e
     )
     srm_p = GaugeMetricFamily("banditgate_srm_p_value", "Sample-ratio-mismatch p-value.", labels=e)
+    rps = GaugeMetricFamily(
+        "banditgate_arm_requests_per_second",
+        f"Requests routed to the arm per second over the last {LOAD_WINDOW_S} s.",
+        labels=ea,
+    )
+    p50 = GaugeMetricFamily(
+        "banditgate_arm_latency_p50_seconds",
+        f"The arm's median latency over the last {LOAD_WINDOW_S} s.",
+        labels=ea,
+    )
+    p99 = GaugeMetricFamily(
+        "banditgate_arm_latency_p99_seconds",
+        f"The arm's 99th-percentile latency over the last {LOAD_WINDOW_S} s.",
+        labels=ea,
+    )
+    instances = GaugeMetricFamily(
+        "banditgate_arm_instances", "Instances serving the arm, as its spec declares.", labels=ea
+    )
+    per_instance = GaugeMetricFamily(
+        "banditgate_arm_invocations_per_instance",
+        "Requests per second per declared instance (like SageMaker's InvocationsPerInstance, "
+        "per second rather than per minute).",
+        labels=ea,
+    )
+    violations = GaugeMetricFamily(
+        "banditgate_monitor_violations",
+        "Data-quality and drift violations in the arm's latest monitoring check.",
+        labels=ea,
+    )
+    checked = GaugeMetricFamily(
+        "banditgate_monitor_records",
+        "Captured records the arm's latest monitoring check read.",
+        labels=ea,
+    )
+    distance = GaugeMetricFamily(
+        "banditgate_monitor_distance",
+        "Each feature's distance from the baseline in the latest check (KS or L-infinity).",
+        labels=[*ea, "feature"],
+    )
+    checked_at = GaugeMetricFamily(
+        "banditgate_monitor_last_check_timestamp_seconds",
+        "When the arm's latest monitoring check finished (Unix time).",
+        labels=ea,
+    )
+    quality = GaugeMetricFamily(
+        "banditgate_quality",
+        "The arm's model quality on ground-truth labels in the latest window "
+        "(metric: accuracy, precision, recall, f1, mae, rmse).",
+        labels=[*ea, "metric"],
+    )
+    labelled = GaugeMetricFamily(
+        "banditgate_quality_labels",
+        "Labelled predictions the arm's latest quality report scored.",
+        labels=ea,
+    )
+    quality_alert = GaugeMetricFamily(
+        "banditgate_quality_alert",
+        "1 when the arm's quality dropped against the previous window by more than alert_drop.",
+        labels=ea,
+    )
+    mirrored = CounterMetricFamily(
+        "banditgate_shadow_mirrored", "Requests mirrored to a shadow arm.", labels=ea
+    )
+    compared = CounterMetricFamily(
+        "banditgate_shadow_compared",
+        "Mirrored requests whose bodies were compared with the primary's.",
+        labels=ea,
+    )
+    agreed = CounterMetricFamily(
+        "banditgate_shadow_agreed",
+        "Compared mirrored requests whose body agreed with the primary's.",
+        labels=ea,
+    )
+    status_differs = CounterMetricFamily(
+        "banditgate_shadow_status_differs",
+        "Mirrored requests where the shadow's status differed from the primary's.",
+        labels=ea,
+    )
+    shadow_errors = CounterMetricFamily(
+        "banditgate_shadow_errors",
+        "Mirrored requests the shadow failed (5xx or no answer).",
+        labels=ea,
+    )
+    shadow_latency = HistogramMetricFamily(
+        "banditgate_shadow_latency_seconds", "Shadow arms' latency on mirrored requests.", labels=ea
+    )
 
     for m in experiments:
         for arm, life in sorted(m.lifetime.items()):
@@ -245,6 +381,47 @@ def families(experiments: Iterable[ExperimentMetrics]) -> list[Metric]:
         training = [g for g in m.groups if g.stream == "joined" and g.group == TRAINER_GROUP]
         if training:
             trainer.add_metric(e_label, training[0].lag_seconds)
+        for arm, load in m.load.items():
+            labels = [m.name, arm]
+            rps.add_metric(labels, load.requests_per_second)
+            if load.latency_p50_s is not None:
+                p50.add_metric(labels, load.latency_p50_s)
+            if load.latency_p99_s is not None:
+                p99.add_metric(labels, load.latency_p99_s)
+            if load.instances is not None:
+                instances.add_metric(labels, load.instances)
+                per_instance.add_metric(labels, load.per_instance or 0.0)
+        for arm, report in sorted(m.monitor.items()):
+            labels = [m.name, arm]
+            violations.add_metric(labels, len(report.get("violations") or []))
+            checked.add_metric(labels, report.get("records", 0))
+            checked_at.add_metric(labels, report.get("finished_ms", 0) / 1000)
+            for feature, value in sorted((report.get("distances") or {}).items()):
+                distance.add_metric([*labels, feature], value)
+        for arm, report in sorted(m.quality.items()):
+            labels = [m.name, arm]
+            current = report.get("current") or {}
+            labelled.add_metric(labels, current.get("n", 0))
+            quality_alert.add_metric(labels, 1.0 if report.get("alert") else 0.0)
+            for metric in ("accuracy", "precision", "recall", "f1", "mae", "rmse"):
+                if isinstance(current.get(metric), int | float):
+                    quality.add_metric([*labels, metric], current[metric])
+        for arm, tally in sorted(m.shadow.items()):
+            labels = [m.name, arm]
+            mirrored.add_metric(labels, tally.mirrored)
+            compared.add_metric(labels, tally.compared)
+            agreed.add_metric(labels, tally.agreed)
+            status_differs.add_metric(labels, tally.status_differs)
+            shadow_errors.add_metric(labels, tally.shadow_errors)
+            cumulative = 0
+            shadow_buckets: list[tuple[str, float]] = []
+            for edge_ms, count in zip(
+                [*LATENCY_EDGES_MS, math.inf], tally.shadow_histogram, strict=True
+            ):
+                cumulative += count
+                edge = "+Inf" if math.isinf(edge_ms) else str(edge_ms / 1000)
+                shadow_buckets.append((edge, cumulative))
+            shadow_latency.add_metric(labels, shadow_buckets, tally.shadow_latency_ms / 1000)
         srm_flag.add_metric(e_label, 1.0 if m.srm.get("flagged") else 0.0)
         if m.srm.get("p_value") is not None:
             srm_p.add_metric(e_label, m.srm["p_value"])
@@ -270,6 +447,24 @@ def families(experiments: Iterable[ExperimentMetrics]) -> list[Metric]:
         trainer,
         srm_flag,
         srm_p,
+        quality,
+        labelled,
+        quality_alert,
+        violations,
+        checked,
+        distance,
+        checked_at,
+        rps,
+        p50,
+        p99,
+        instances,
+        per_instance,
+        mirrored,
+        compared,
+        agreed,
+        status_differs,
+        shadow_errors,
+        shadow_latency,
     ]
 
 

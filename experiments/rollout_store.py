@@ -21,7 +21,7 @@ import orjson
 from redis.exceptions import WatchError
 
 from banditgate import keys
-from banditgate.announce import message
+from banditgate.announce import AfterCommit
 from banditgate.contracts import Announced
 from banditgate.errors import Conflict, InvalidInput, UnknownExperiment
 from banditgate.policy import default_weights
@@ -99,6 +99,7 @@ class RolloutStore:
                     if not (changed or stale):
                         await pipe.unwatch()
                         return after, spec
+                    later = AfterCommit(self.redis)
                     pipe.multi()
                     if changed:
                         assert after is not None
@@ -113,8 +114,9 @@ class RolloutStore:
                             weights = desired.pop("weights")
                             record = override_record(override, weights, reason=reason, **desired)
                             pipe.set(weights_key, orjson.dumps(record))
-                        pipe.publish(keys.ANNOUNCE_CHANNEL, message(name, Announced.WEIGHTS))
+                        later.add(pipe, name, Announced.WEIGHTS)
                     await pipe.execute()
+                    await later.send()
                 except WatchError:
                     continue
             if stale:

@@ -33,10 +33,19 @@ import numpy as np
 from scipy import stats as sps
 
 from banditgate.contracts import JoinCounter
-from banditgate.intervals import WeightSums, cressie_read_interval
+from banditgate.intervals import WeightSums, cressie_read_interval, wilson_interval
 from banditgate.policy import default_weights, normalise
 from banditgate.spec import ExperimentSpec
-from experiments.ledger import BUCKET_MS, ArmTally, Bucket, Ledger, control_arm, wall_ms
+from experiments import shadow_results
+from experiments.ledger import (
+    BUCKET_MS,
+    LATENCY_BUCKETS_S,
+    ArmTally,
+    Bucket,
+    Ledger,
+    control_arm,
+    wall_ms,
+)
 from experiments.planning import PlanError, plan
 from experiments.sequential import SequentialComparison
 
@@ -54,10 +63,7 @@ def mean_ci(tally: ArmTally, binary: bool) -> tuple[float | None, list[float] | 
         return None, None
     mean = tally.r_sum / n
     if binary:
-        z2 = Z95 * Z95
-        centre = (mean + z2 / (2 * n)) / (1 + z2 / n)
-        half = Z95 / (1 + z2 / n) * math.sqrt(max(mean * (1 - mean), 0.0) / n + z2 / (4 * n * n))
-        return mean, [centre - half, centre + half]
+        return mean, list(wilson_interval(tally.r_sum, n))
     if n < 2:
         return mean, None
     var = max(tally.r_sum2 - n * mean * mean, 0.0) / (n - 1)
@@ -393,6 +399,11 @@ def summarize(
         },
         "regret": regret,
         "srm": srm(spec, override, merged),
+        "shadow": shadow_results.summary(
+            spec.shadow.primary if spec.shadow is not None else None, merged.shadow
+        )
+        if spec.mode == "shadow" or merged.shadow
+        else None,
         "sequential": sequential_summary(
             spec,
             ledger,
@@ -509,6 +520,63 @@ def sequential_summary(
     }
 
 
+def latency_quantile(histogram: np.ndarray | None, q: float) -> float | None:
+    """The q-quantile in ms of a LATENCY_BUCKETS_S histogram, interpolated in its bucket."""
+    if histogram is None:
+        return None
+    total = int(histogram.sum())
+    if total == 0:
+        return None
+    rank = q * total
+    seen = 0
+    for i, count in enumerate(histogram.tolist()):
+        if count and seen + count >= rank:
+            if i >= len(LATENCY_BUCKETS_S):
+                return LATENCY_BUCKETS_S[-1] * 1000.0
+            low = LATENCY_BUCKETS_S[i - 1] if i > 0 else 0.0
+            high = LATENCY_BUCKETS_S[i]
+            return (low + (high - low) * max(0.0, rank - seen) / count) * 1000.0
+        seen += count
+    return LATENCY_BUCKETS_S[-1] * 1000.0
+
+
+def arm_value(tally: ArmTally) -> float | None:
+    """An arm's reward per decision: its self-normalised IPS value, else its mean."""
+    if tally.w > 0:
+        return tally.wr / tally.w
+    return tally.r_sum / tally.r_n if tally.r_n else None
+
+
+def cumulative(shown: list[Bucket], arms: list[str]) -> dict[str, Any]:
+    """Cumulative mean reward and regret over the steps shown, against the best arm and
+    against a uniform split, both valued on the window's data (IPS where randomised)."""
+    window = Bucket(0)
+    for step in shown:
+        window.add(step)
+    values = {a: v for a in arms if (v := arm_value(window.arms.get(a, ArmTally()))) is not None}
+    best_arm = max(values, key=lambda a: values[a]) if values else None
+    best = values[best_arm] if best_arm is not None else None
+    uniform = sum(values.values()) / len(values) if values else None
+    n = 0
+    total = 0.0
+    out: dict[str, list[float | int | None]] = {
+        "n": [],
+        "mean_reward": [],
+        "regret": [],
+        "uniform_regret": [],
+    }
+    for step in shown:
+        n += sum(t.r_n for t in step.arms.values())
+        total += sum(t.r_sum for t in step.arms.values())
+        out["n"].append(n)
+        out["mean_reward"].append(total / n if n else None)
+        out["regret"].append(n * best - total if best is not None and n else None)
+        out["uniform_regret"].append(
+            n * (best - uniform) if best is not None and uniform is not None and n else None
+        )
+    return {"best_arm": best_arm, "best_value": best, "uniform_value": uniform, **out}
+
+
 def timeseries(
     spec: ExperimentSpec,
     ledger: Ledger,
@@ -518,7 +586,9 @@ def timeseries(
     rolling_s: float | None = None,
     now_ms: int | None = None,
 ) -> dict[str, Any]:
-    """Per step and arm: traffic, probabilities, rewards; rolling reward over `rolling_s`."""
+    """Per step and arm: traffic, probabilities, rewards (rolling over `rolling_s`), errors
+    and latency percentiles; cumulative reward and regret. The steps start at the
+    experiment's first decision when that is inside the window."""
     now_ms = now_ms if now_ms is not None else wall_ms()
     if step_s is None:
         step_s = max(BUCKET_MS / 1000, math.ceil(window_s / 120 / 10) * 10)
@@ -536,6 +606,10 @@ def timeseries(
         steps[(bucket.start_ms - first) // step_ms].add(bucket)
     names = list(spec.arm_names) + sorted({a for s in steps for a in s.arms} - set(spec.arm_names))
     shown = steps[rolling_steps - 1 :]
+    skip = 0
+    if ledger.first_decision_ms is not None and ledger.first_decision_ms > start:
+        first_step = ledger.first_decision_ms - ledger.first_decision_ms % step_ms
+        skip = max(0, min(len(shown) - 1, (first_step - start) // step_ms))
     arms_out: dict[str, dict[str, list[float | int | None]]] = {}
     for arm in names:
         series: dict[str, list[float | int | None]] = {
@@ -548,10 +622,15 @@ def timeseries(
                 "mean_reward",
                 "rolling_reward",
                 "errors",
+                "error_rate",
                 "latency_ms",
+                "latency_p50_ms",
+                "latency_p99_ms",
             )
         }
         for i, step in enumerate(shown):
+            if i < skip:
+                continue
             tally = step.arms.get(arm, ArmTally())
             series["decisions"].append(tally.decisions)
             series["share"].append(tally.decisions / step.decisions if step.decisions else None)
@@ -565,13 +644,20 @@ def timeseries(
             r_sum = sum(s.arms[arm].r_sum for s in window if arm in s.arms)
             series["rolling_reward"].append(r_sum / r_n if r_n else None)
             series["errors"].append(tally.errors)
+            series["error_rate"].append(tally.errors / tally.decisions if tally.decisions else None)
             series["latency_ms"].append(
                 tally.latency_ms / tally.decisions if tally.decisions else None
             )
+            histogram = step.latency.get(arm)
+            series["latency_p50_ms"].append(latency_quantile(histogram, 0.5))
+            series["latency_p99_ms"].append(latency_quantile(histogram, 0.99))
         arms_out[arm] = series
+    shown = shown[skip:]
     return {
         "experiment": spec.name,
-        "start_ms": start,
+        "start_ms": shown[0].start_ms if shown else start,
+        "window_start_ms": start,
+        "first_decision_ms": ledger.first_decision_ms,
         "end_ms": end,
         "step_s": step_ms / 1000,
         "rolling_s": rolling_steps * step_ms / 1000,
@@ -579,4 +665,5 @@ def timeseries(
         "decisions": [s.decisions for s in shown],
         "joined": [s.joined for s in shown],
         "arms": arms_out,
+        "cumulative": cumulative(shown, names),
     }

@@ -36,6 +36,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, FastAPI, Header, Query, Request
 from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from banditgate.errors import (
     BanditgateError,
@@ -45,9 +46,11 @@ from banditgate.errors import (
     UnknownExperiment,
 )
 from banditgate.http import BearerKeys, health_routes, install_error_handlers, load_keys
+from banditgate.metrics import ProcessMetrics
 from banditgate.ratelimit import RateLimit
 from banditgate.redis import Redis
 from reward_ingest.intake import IntakeResult, Problem, RewardIntake
+from reward_ingest.metrics import IngestMetrics
 from reward_ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
@@ -63,16 +66,26 @@ JSON_LINES_TYPES = (
 class Ingest(RewardIntake):
     """The component `banditgate serve` mounts as `app.state.ingest`: intake plus the key check."""
 
-    def __init__(self, settings: IngestSettings, *, redis: Redis | None = None) -> None:
+    def __init__(
+        self,
+        settings: IngestSettings,
+        *,
+        redis: Redis | None = None,
+        metrics: ProcessMetrics | None = None,
+    ) -> None:
         super().__init__(settings, redis=redis)
+        self.metrics = IngestMetrics(metrics or ProcessMetrics())
         self.keys = BearerKeys(
             load_keys(settings.reward_keys, settings.reward_keys_file), "rewards"
         )
 
 
-def build(settings: IngestSettings, *, redis: Redis | None = None) -> tuple[APIRouter, Ingest]:
-    """Routes plus the component that owns their state (`app.state.ingest`)."""
-    ingest = Ingest(settings, redis=redis)
+def build(
+    settings: IngestSettings, *, redis: Redis | None = None, metrics: ProcessMetrics | None = None
+) -> tuple[APIRouter, Ingest]:
+    """Routes plus the component that owns their state (`app.state.ingest`); its counters go
+    to `metrics` (the host's, under `serve`) or a registry of its own."""
+    ingest = Ingest(settings, redis=redis, metrics=metrics)
     router = APIRouter()
 
     @router.post("/v1/rewards", status_code=202)
@@ -96,10 +109,12 @@ def build(settings: IngestSettings, *, redis: Redis | None = None) -> tuple[APIR
             result = await component.submit(
                 items, experiment=experiment, where=lambda _: "", grant=grant
             )
+            component.metrics.count(result)
             return _single(result)
         result = await component.submit(
             items, experiment=experiment, problems=problems, grant=grant
         )
+        component.metrics.count(result)
         return _batch(result)
 
     @router.post("/v1/events/{event_id:path}/reward", status_code=202)
@@ -121,6 +136,7 @@ def build(settings: IngestSettings, *, redis: Redis | None = None) -> tuple[APIR
         result = await component.submit(
             items, experiment=experiment, where=lambda _: "", grant=grant
         )
+        component.metrics.count(result)
         return _single(result)
 
     return router, ingest
@@ -147,6 +163,12 @@ def create_ingest_app(
     install_error_handlers(app)
     app.include_router(routes)
     app.include_router(health_routes(ingest))
+
+    @app.get("/metrics", response_class=Response, include_in_schema=False)
+    async def metrics() -> Response:
+        """This process's counters (`banditgate_ingest_*`); scrape every replica and sum."""
+        return Response(ingest.metrics.process.render(), media_type=CONTENT_TYPE_LATEST)
+
     return app
 
 

@@ -36,12 +36,12 @@ from banditgate import contracts, keys
 from banditgate.events import decode_joined
 from banditgate.export_flush import listen_for_flush, reply
 from banditgate.redis import Redis, ensure_group
+from banditgate.s3 import S3Uploader
 from banditgate.scripts import register
 from banditgate.spec import ExperimentSpec
 from banditgate.tasks import TaskGroup
 from banditgate.watcher import ExperimentWatcher
 from reward_ingest.export_files import IN_PROGRESS, ExportFile, leftovers, partition, publish
-from reward_ingest.s3 import S3Uploader
 from reward_ingest.settings import IngestSettings
 from reward_ingest.streams import (
     Entry,

@@ -25,13 +25,13 @@ from redis.exceptions import RedisError
 from banditgate import keys
 from banditgate.contracts import JoinCounter, RewardField, UnroutedCounter, check_event_id
 from banditgate.errors import BanditgateError, Forbidden, InvalidInput, NotReady, UnknownExperiment
+from banditgate.event_index import lookup
 from banditgate.events import Reward, reward_fields
 from banditgate.http import EVERYTHING, Grant
 from banditgate.redis import Redis, RedisHandle
 from banditgate.spec import ExperimentSpec
 from banditgate.tasks import TaskGroup
 from banditgate.watcher import ExperimentWatcher
-from reward_ingest.event_index import lookup
 from reward_ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)

@@ -35,11 +35,11 @@ from redis.exceptions import ResponseError
 
 from banditgate import contracts, keys
 from banditgate.contracts import RewardField, UnroutedCounter
+from banditgate.event_index import lookup
 from banditgate.redis import Redis, ensure_group, stream_id_ms
 from banditgate.scripts import lua_names, register
 from banditgate.spec import RewardSpec
 from banditgate.watcher import ExperimentWatcher
-from reward_ingest.event_index import lookup
 from reward_ingest.settings import IngestSettings
 from reward_ingest.streams import Entry, by_stream, xautoclaim_pages
 

@@ -18,13 +18,24 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from banditgate.errors import BanditgateError, MalformedJSON, NotReady, PayloadTooLarge
+from banditgate.errors import (
+    BanditgateError,
+    MalformedJSON,
+    NotReady,
+    Overloaded,
+    PayloadTooLarge,
+)
 from banditgate.metrics import ProcessMetrics
 from banditgate.redis import Redis, connect
 from banditgate.tasks import TaskGroup
+from router.arm_health import ArmHealth
 from router.backends import HttpBackend
+from router.capture import DataCapture
 from router.decision_log import DecisionLog
+from router.disconnect import DisconnectWatch
+from router.health_checks import HealthChecker
 from router.metrics import RouterMetrics
+from router.proxy_path import proxy_tail
 from router.routing import Invocation, Outcome, Router
 from router.runtime import Runtime
 from router.settings import RouterSettings
@@ -120,10 +131,26 @@ class RouterApp:
             connect_timeout_s=settings.backend_connect_timeout_s,
             max_connections=settings.backend_max_connections,
         )
+        self.health = ArmHealth(
+            failures_to_eject=settings.arm_failures_to_eject,
+            cooldown_s=settings.arm_cooldown_s,
+            max_cooldown_s=settings.arm_max_cooldown_s,
+            on_change=self._arm_changed,
+        )
+        self.inflight = 0
         self.runtime: Runtime | None = None
         self.log: DecisionLog | None = None
         self.router: Router | None = None
         self.mirror: ShadowMirror | None = None
+        self.capture = DataCapture(
+            settings.data_dir,
+            max_buffer=settings.capture_buffer_max,
+            max_buffer_bytes=settings.capture_buffer_max_bytes,
+            max_file_bytes=settings.capture_file_max_bytes,
+            s3_endpoint_url=settings.capture_s3_endpoint_url,
+            s3_region=settings.capture_s3_region,
+            metrics=self.process_metrics,
+        )
         self.tasks = TaskGroup("router")
         self.started = False
 
@@ -138,6 +165,10 @@ class RouterApp:
             max_batch=self.settings.flush_max_batch,
             flush_interval_s=self.settings.flush_interval_s,
             max_buffer=self.settings.log_buffer_max,
+            max_batch_bytes=self.settings.log_batch_max_bytes,
+            max_buffer_bytes=self.settings.log_buffer_max_bytes,
+            spill_dir=self.settings.spill_dir,
+            spill_max_bytes=self.settings.log_spill_max_bytes,
             stream_maxlen=self.settings.stream_maxlen,
             index_events=self.settings.event_index,
             metrics=self.metrics.decisions,
@@ -152,14 +183,30 @@ class RouterApp:
             metrics=self.metrics,
         )
         self.router = Router(
-            runtime=self.runtime, backend=self.backend, log=self.log, mirror=self.mirror
+            runtime=self.runtime,
+            backend=self.backend,
+            log=self.log,
+            mirror=self.mirror,
+            capture=self.capture,
+            arm_in_flight=self.metrics.arm_in_flight,
+            health=self.health,
+            retry_unreachable=self.settings.retry_unreachable,
+            on_retry=self.metrics.retries.inc,
         )
         self.log.start()
         self.mirror.start()
+        self.capture.start()
+        try:
+            await self.runtime.mark()
+        except Exception as exc:  # Redis away at start-up: routing waits for the resync
+            log.warning("cannot reach Redis at start-up (%s)", exc)
         self.tasks.spawn(self.runtime.watcher.watch(), "announcements")
+        self.checker = HealthChecker(health=self.health, runtime=self.runtime, backend=self.backend)
+        self.tasks.spawn(self.checker.run(), "arm-health-checks")
         # Serve only once every experiment's policy is loaded; a later resync is in the background.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.runtime.watcher.watching.wait(), timeout=30)
+        self.checker.refresh()
         self.started = True
 
     async def shutdown(self) -> None:
@@ -168,6 +215,7 @@ class RouterApp:
             await self.log.stop()
         if self.mirror is not None:
             await self.mirror.stop()
+        await self.capture.stop()
         await self.backend.close()
         if self.redis is not None and self._owns_redis:
             await self.redis.aclose()
@@ -207,11 +255,15 @@ class RouterApp:
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Answer an HTTP request if it is a data-plane route; False leaves it untouched."""
+        in_flight = self.metrics.in_flight
+        in_flight.inc()
         try:
             return await self._dispatch(scope["path"], scope, receive, send)
         except BanditgateError as error:
             await send_error(send, error)
             return True
+        finally:
+            in_flight.dec()
 
     async def _dispatch(self, path: str, scope: Scope, receive: Receive, send: Send) -> bool:
         parts = path.split("/")
@@ -225,15 +277,10 @@ class RouterApp:
         if parts[1:3] == ["v2", "models"] and len(parts) >= 4:
             return await self._v2(parts, method, scope, receive, send)
         if len(parts) >= 3 and parts[1] == "proxy":
-            call = Invocation(
-                parts[2],
-                "http",
-                b"",
-                {},
-                method=method,
-                path="/".join(parts[3:]),
-                query=scope.get("query_string", b"").decode("latin-1"),
+            tail, query = proxy_tail(
+                scope.get("raw_path") or path.encode(), scope.get("query_string", b"")
             )
+            call = Invocation(parts[2], "http", b"", {}, method=method, path=tail, query=query)
             await self._invoke(scope, receive, send, call)
             return True
         if len(parts) == 5 and parts[1:3] == ["v1", "experiments"] and parts[4] == "rank":
@@ -279,17 +326,47 @@ class RouterApp:
 
     async def _invoke(self, scope: Scope, receive: Receive, send: Send, call: Invocation) -> None:
         assert self.router is not None
-        call.body = await read_body(scope, receive, self.settings.max_body_bytes)
-        call.headers = header_dict(scope)
-        try:
-            outcome = await self.router.invoke(call)
-        except BanditgateError as error:
-            extra: list[tuple[bytes, bytes]] = []
-            if call.protocol == "sagemaker":
-                extra.append((b"x-amzn-errortype", error.type.encode()))
-            await send_error(send, error, extra)
+        if self.inflight >= self.settings.max_inflight:
+            await self._overloaded(send)
             return
-        await self._send_outcome(send, outcome)
+        self.inflight += 1
+        try:
+            call.body = await read_body(scope, receive, self.settings.max_body_bytes)
+            call.headers = header_dict(scope)
+            watch = DisconnectWatch(
+                receive, after_s=self.settings.disconnect_check_s, tasks=self.tasks
+            )
+            try:
+                outcome = await self.router.invoke(call)
+            except asyncio.CancelledError:
+                if not watch.absorb():
+                    raise
+                self.metrics.client_disconnects.inc()
+                return
+            except BanditgateError as error:
+                extra: list[tuple[bytes, bytes]] = []
+                if call.protocol == "sagemaker":
+                    extra.append((b"x-amzn-errortype", error.type.encode()))
+                await send_error(send, error, extra)
+                return
+            finally:
+                watch.close()
+            await self._send_outcome(send, outcome)
+        finally:
+            self.inflight -= 1
+
+    async def _overloaded(self, send: Send) -> None:
+        self.metrics.overloaded.inc()
+        error = Overloaded(
+            f"this worker has {self.settings.max_inflight} requests in flight; retry later"
+        )
+        retry_after = str(self.settings.retry_after_s).encode()
+        await send_error(send, error, [(b"retry-after", retry_after)])
+
+    def _arm_changed(self, arm: tuple[str, str], ejected: bool) -> None:
+        if ejected:
+            self.metrics.arm_ejections.inc()
+        self.metrics.arms_ejected.set(len(self.health.ejected()))
 
     async def _send_outcome(self, send: Send, outcome: Outcome) -> None:
         headers = [
@@ -314,28 +391,46 @@ class RouterApp:
         await send_response(send, 200, orjson.dumps(result), JSON, headers)
 
     async def _ready(self, send: Send) -> None:
-        problems: list[str] = []
-        if self.redis is None or self.runtime is None or not self.started:
+        """Ready = can route: experiments synced, policies loaded, an arm to send to.
+
+        Redis being away does not stop routing (decisions wait in the log): it is
+        reported as `degraded`, with 200, and in banditgate_router_redis_up.
+        """
+        runtime = self.runtime
+        if self.redis is None or runtime is None or not self.started:
             raise NotReady("starting")
+        problems: list[str] = []
+        redis_error: str | None = None
+        names: list[str] = []
         try:
-            await asyncio.wait_for(self.redis.ping(), timeout=1.0)
-            names = await self.runtime.store.names()
+            await asyncio.wait_for(self.redis.ping(), timeout=0.5)
+            names = await asyncio.wait_for(runtime.store.names(), timeout=0.5)
         except Exception as exc:
-            raise NotReady(f"redis unreachable: {exc}") from None
-        missing = [n for n in names if self.runtime.serves(n) and n not in self.runtime.experiments]
+            redis_error = str(exc) or type(exc).__name__
+        self.metrics.redis_up.set(0 if redis_error else 1)
+        if not runtime.ready:
+            problems.append("experiments not synced")
+        missing = [n for n in names if runtime.serves(n) and n not in runtime.experiments]
         if missing:
             problems.append(f"no policy loaded for {missing}")
-        if not self.runtime.ready:
-            problems.append("experiments not synced")
+        experiments: dict[str, Any] = {}
+        usable = 0
+        for name, state in runtime.experiments.items():
+            ejected = [arm for arm in state.arms if not self.health.usable((name, arm))]
+            usable += len(state.arms) - len(ejected)
+            experiments[name] = {"policy_version": state.loaded_version, "mode": state.spec.mode}
+            if ejected:
+                experiments[name]["ejected_arms"] = ejected
+        if experiments and not usable:
+            problems.append("every arm is ejected")
         if problems:
+            if redis_error is not None:
+                problems.append(f"redis unreachable: {redis_error}")
             raise NotReady("; ".join(problems))
-        body = {
-            "status": "ready",
-            "experiments": {
-                name: {"policy_version": state.loaded_version, "mode": state.spec.mode}
-                for name, state in self.runtime.experiments.items()
-            },
-        }
+        body: dict[str, Any] = {"status": "ready", "experiments": experiments}
+        if redis_error is not None:
+            body["status"] = "degraded"
+            body["redis"] = f"unreachable: {redis_error}"
         await send_response(send, 200, orjson.dumps(body))
 
 

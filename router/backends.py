@@ -11,6 +11,26 @@ from banditgate.errors import BackendError, BackendTimeout
 from banditgate.spec import Arm
 from router.http_client import ClientError, ClientTimeout, HttpClient
 
+
+class ArmUnreachable(BackendError):
+    """No connection to the arm: nothing was sent, so another arm may take the request."""
+
+    @property
+    def type(self) -> str:
+        return "BackendError"  # what clients see is unchanged
+
+
+class ArmConnectTimeout(BackendTimeout):
+    """No connection to the arm in time: nothing was sent."""
+
+    @property
+    def type(self) -> str:
+        return "BackendTimeout"
+
+
+# Failures after which the request provably never reached the backend.
+NOT_SENT = (ArmUnreachable, ArmConnectTimeout)
+
 # Request headers a proxy must not forward (RFC 9110 hop-by-hop, plus ones the client sets).
 _HOP_BY_HOP = frozenset(
     {
@@ -76,9 +96,9 @@ class HttpBackend:
     def __init__(
         self,
         *,
-        timeout_s: float = 60.0,
-        connect_timeout_s: float = 2.0,
-        max_connections: int = 0,
+        timeout_s: float = 10.0,
+        connect_timeout_s: float = 1.0,
+        max_connections: int = 128,
     ) -> None:
         self.timeout_s = timeout_s
         self.client = HttpClient(
@@ -104,10 +124,21 @@ class HttpBackend:
         seconds = timeout_s or arm.timeout_s or self.timeout_s
         started = time.perf_counter()
         try:
-            response = await self.client.request(method, url, headers, body, timeout_s=seconds)
-        except ClientTimeout:
+            response = await self.client.request(
+                method,
+                url,
+                headers,
+                body,
+                timeout_s=seconds,
+                connect_timeout_s=arm.connect_timeout_s,
+            )
+        except ClientTimeout as exc:
+            if not exc.sent:
+                raise ArmConnectTimeout(f"arm {arm.name!r}: {exc}") from None
             raise BackendTimeout(f"arm {arm.name!r} did not answer within {seconds:g}s") from None
         except ClientError as exc:
+            if not exc.sent:
+                raise ArmUnreachable(f"arm {arm.name!r} unreachable: {exc}") from None
             raise BackendError(f"arm {arm.name!r} failed: {exc}") from None
         return BackendResponse(
             status=response.status,

@@ -1,23 +1,27 @@
 """Decisions go to an in-memory queue; a background task flushes them to Redis in batches.
 
 A decision reaches Redis within `flush_interval_s` (5 ms) of its request.
-A request never waits on Redis. While Redis is unreachable the queue holds up to
-`max_buffer` decisions and retries; past that the oldest are dropped and counted
-(the queue, retries and bound are `router/stream_writer.py`'s). Each flush is one
-stream entry per experiment, plus the event index that lets a reward find its
-experiment by event id alone.
+A request never waits on Redis. Each decision is encoded when it is logged; one that
+cannot be is counted and logged, and the request is unaffected. The queue, its bounds
+in records and bytes, the spill file, replay without duplicates and the refusal of a
+batch Redis will not take are `router/stream_writer.py`'s. Each flush is one stream
+entry per experiment, plus the event index that lets a reward find its experiment by
+event id alone.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import orjson
 from redis.asyncio.client import Pipeline
 
 from banditgate import keys
-from banditgate.events import Decision, decision_batch_fields, event_index_bucket
+from banditgate.events import Decision, event_index_bucket
 from banditgate.redis import Redis
 from banditgate.scripts import lua_source
 from router.metrics import WriterMetrics
-from router.stream_writer import StreamWriter
+from router.stream_writer import Batch, Entry, StreamWriter
 
 # Indexes one flush's event ids in one call (see the script for why).
 INDEX_SCRIPT = lua_source("router", "event_index.lua")
@@ -31,7 +35,11 @@ class DecisionLog(StreamWriter[tuple[Decision, int]]):
         redis: Redis,
         *,
         max_batch: int = 2000,
+        max_batch_bytes: int = 512 * 1024,
         max_buffer: int = 500_000,
+        max_buffer_bytes: int = 64 * 1024 * 1024,
+        spill_dir: Path | None = None,
+        spill_max_bytes: int = 256 * 1024 * 1024,
         flush_interval_s: float = 0.005,
         stream_maxlen: int = 2_000_000,
         index_events: bool = True,
@@ -40,41 +48,54 @@ class DecisionLog(StreamWriter[tuple[Decision, int]]):
         super().__init__(
             redis,
             max_batch=max_batch,
+            max_batch_bytes=max_batch_bytes,
             max_buffer=max_buffer,
+            max_buffer_bytes=max_buffer_bytes,
+            spill_dir=spill_dir,
+            spill_max_bytes=spill_max_bytes,
             linger_s=flush_interval_s,
+            stream_maxlen=stream_maxlen,
             metrics=metrics,
         )
-        self.stream_maxlen = stream_maxlen
         self.index_events = index_events
 
-    def append(self, decision: Decision, index_ttl_s: int) -> None:
-        """Log one decision; its event id stays indexed for `index_ttl_s`. Never waits."""
-        self.put((decision, index_ttl_s))
+    def append(self, decision: Decision, index_ttl_s: int) -> bool:
+        """Log one decision; its event id stays indexed for `index_ttl_s`. Never waits.
 
-    def write(self, pipe: Pipeline, batch: list[tuple[Decision, int]]) -> None:
-        by_experiment: dict[str, list[Decision]] = {}
-        index: dict[tuple[int, str], list[str]] = {}
-        index_ttl: dict[tuple[int, str], int] = {}
-        for decision, ttl in batch:
-            experiment = decision["experiment"]
-            by_experiment.setdefault(experiment, []).append(decision)
-            if self.index_events:
-                slot = (event_index_bucket(decision["ts_ms"]), experiment)
-                index.setdefault(slot, []).append(decision["event_id"])
-                index_ttl[slot] = max(index_ttl.get(slot, 0), ttl)
-        for experiment, decisions in by_experiment.items():
-            pipe.xadd(
-                keys.decisions(experiment),
-                decision_batch_fields(decisions),  # type: ignore[arg-type]
-                maxlen=self.stream_maxlen,
-                approximate=True,
-            )
-        for (bucket, experiment), ids in index.items():
+        False: not logged (it cannot be encoded, or the log is full); counted and logged."""
+        return self.put((decision, index_ttl_s))
+
+    def entry(self, record: tuple[Decision, int]) -> Entry:
+        decision, ttl = record
+        return Entry(
+            decision["experiment"],
+            decision["event_id"],
+            decision["ts_ms"],
+            ttl,
+            orjson.dumps(decision),
+        )
+
+    def stream(self, group: str) -> str:
+        return keys.decisions(group)
+
+    def extra(self, pipe: Pipeline, batch: Batch) -> int:
+        """Index the batch's event ids (idempotent: a replay rewrites the same fields)."""
+        if not self.index_events:
+            return 0
+        index: dict[int, list[str]] = {}
+        ttl: dict[int, int] = {}
+        for entry in batch.entries:
+            bucket = event_index_bucket(entry.ts_ms)
+            index.setdefault(bucket, []).append(entry.event_id)
+            ttl[bucket] = max(ttl.get(bucket, 0), entry.ttl)
+        buckets = sorted(index)
+        for bucket in buckets:
             pipe.eval(
                 INDEX_SCRIPT,
                 1,
                 keys.event_index(bucket),
-                "\n".join(ids),
-                experiment,
-                index_ttl[(bucket, experiment)],
+                "\n".join(index[bucket]),
+                batch.group,
+                ttl[bucket],
             )
+        return len(buckets)

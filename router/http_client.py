@@ -29,9 +29,28 @@ Header = tuple[bytes, bytes]
 class ClientError(Exception):
     """The exchange failed: refused, reset, malformed, or too large."""
 
+    sent = True  # some byte of the request may have reached the server
+
 
 class ClientTimeout(ClientError):
     pass
+
+
+class ConnectFailed(ClientError):
+    """No connection: not one byte of the request was sent."""
+
+    sent = False
+
+
+class ConnectTimeout(ClientTimeout):
+    """No connection (or no free one under the cap) in time: nothing was sent."""
+
+    sent = False
+
+
+# Methods a client may repeat (RFC 9110 9.2.2): only these are re-sent after a kept-alive
+# connection fails without a response, since the server may have processed the request.
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
 @dataclass(frozen=True)
@@ -207,21 +226,24 @@ class HttpClient:
         body: bytes,
         *,
         timeout_s: float,
+        connect_timeout_s: float | None = None,
     ) -> Response:
         target, path = parse_target(url)
+        connect_s = connect_timeout_s or self.connect_timeout_s
         if not self.max_connections_per_host:
-            return await self._request(method, target, path, headers, body, timeout_s)
+            return await self._request(method, target, path, headers, body, timeout_s, connect_s)
         limit = self._limits.get(target.key)
         if limit is None:
             limit = self._limits[target.key] = asyncio.Semaphore(self.max_connections_per_host)
         try:
             await asyncio.wait_for(limit.acquire(), timeout_s)
         except TimeoutError:
-            raise ClientTimeout(
-                f"no free connection to {target.host}:{target.port} in time"
+            raise ConnectTimeout(
+                f"no free connection to {target.host}:{target.port} in time "
+                f"({self.max_connections_per_host} in use)"
             ) from None
         try:
-            return await self._request(method, target, path, headers, body, timeout_s)
+            return await self._request(method, target, path, headers, body, timeout_s, connect_s)
         finally:
             limit.release()
 
@@ -233,22 +255,28 @@ class HttpClient:
         headers: Mapping[str, str],
         body: bytes,
         timeout_s: float,
+        connect_s: float,
     ) -> Response:
         head = self._head(method, path, target, headers, body)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         connection, reused = self._take(target)
         if connection is None:
-            connection = await self._open(target, loop, deadline)
+            connection = await self._open(target, loop, deadline, connect_s)
         try:
             return await self._exchange(connection, loop, head, body, method, deadline, target)
         except ClientError as error:
-            # A kept-alive connection the backend had already closed fails before any
-            # byte of response; the request never reached the backend, so send it once
-            # more on a fresh connection.
-            if not reused or connection.received or isinstance(error, ClientTimeout):
+            # A kept-alive connection that fails before any byte of response was most
+            # likely closed by the backend while idle, but it may also have processed the
+            # request and then reset: only a request that may be repeated is sent again.
+            if (
+                not reused
+                or connection.received
+                or isinstance(error, ClientTimeout)
+                or method not in _IDEMPOTENT
+            ):
                 raise
-        connection = await self._open(target, loop, deadline)
+        connection = await self._open(target, loop, deadline, connect_s)
         return await self._exchange(connection, loop, head, body, method, deadline, target)
 
     @staticmethod
@@ -278,14 +306,14 @@ class HttpClient:
         return None, False
 
     async def _open(
-        self, target: Target, loop: asyncio.AbstractEventLoop, deadline: float
+        self, target: Target, loop: asyncio.AbstractEventLoop, deadline: float, connect_s: float
     ) -> _Connection:
         ssl_context = None
         if target.scheme == "https":
             if self._ssl is None:
                 self._ssl = ssl.create_default_context()
             ssl_context = self._ssl
-        timeout = min(self.connect_timeout_s, max(deadline - loop.time(), 0.001))
+        timeout = min(connect_s, max(deadline - loop.time(), 0.001))
         try:
             _, connection = await asyncio.wait_for(
                 loop.create_connection(
@@ -298,9 +326,9 @@ class HttpClient:
                 timeout,
             )
         except TimeoutError:
-            raise ClientTimeout(f"connecting to {target.host}:{target.port} timed out") from None
+            raise ConnectTimeout(f"connecting to {target.host}:{target.port} timed out") from None
         except OSError as exc:
-            raise ClientError(
+            raise ConnectFailed(
                 f"cannot connect to {target.host}:{target.port}: {exc.strerror or exc}"
             ) from None
         self.opened += 1

@@ -2,25 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from prometheus_client import Gauge
 
-from banditgate.contracts import MAX_ACTION_ID_CHARS, check_event_id
-from banditgate.errors import BackendError, InvalidInput, MalformedJSON, UnknownVariant
+from banditgate.contracts import MAX_ACTION_ID_CHARS, MAX_EVENT_ID_CHARS, check_event_id
+from banditgate.errors import (
+    BackendError,
+    InvalidInput,
+    MalformedJSON,
+    PayloadTooLarge,
+    UnknownVariant,
+)
 from banditgate.events import ArmCall, Decision, new_event_id
 from banditgate.featurize import ContextFeatures, action_lines, text_features
 from banditgate.policy import ActionSet, sample_index
 from router.allocation import allocate
-from router.backends import Backend, BackendResponse, forward_headers
+from router.arm_health import ArmHealth, spread
+from router.backends import NOT_SENT, Backend, BackendResponse, forward_headers
+from router.capture import Captured, DataCapture
 from router.decision_log import DecisionLog
 from router.runtime import ExperimentState, Runtime
 from router.shadow import ShadowMirror
 
 MAX_RANK_ACTIONS = 1000
+MAX_ARM_GAUGES = 10_000
 
 SAGEMAKER_PASSTHROUGH = frozenset(
     {
@@ -60,6 +72,27 @@ class Choice:
     forced: bool
     context: ContextFeatures
     actions: ActionSet
+    retry_of: str | None = None
+
+
+def _client_event_id(value: Any, where: str) -> str:
+    """A client's event id: printable ASCII only. It goes back in a response header, and
+    a header's bytes are Latin-1 to the server: UTF-8 ids would be stored garbled and
+    their rewards never join, so they are refused rather than mangled."""
+    event_id = check_event_id(value, where, status=400)
+    if not event_id.isascii():
+        raise InvalidInput(
+            f"{where}: an event id is printable ASCII (no accented or non-Latin letters)",
+            status=400,
+            field=where,
+        )
+    return event_id
+
+
+def _attempt_id(event_id: str) -> str:
+    """The id a failed first attempt is logged under when its request went to another arm."""
+    derived = f"{event_id}~1"
+    return derived if len(derived) <= MAX_EVENT_ID_CHARS else new_event_id()
 
 
 @dataclass
@@ -70,6 +103,17 @@ class Outcome:
     event_id: str
     variant: str
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+def check_context_size(state: ExperimentState, context: ContextFeatures) -> None:
+    """The context is logged with every decision: its size is bounded per experiment."""
+    limit = state.spec.context.max_bytes
+    size = len(orjson.dumps(context))
+    if size > limit:
+        raise PayloadTooLarge(
+            f"context: {size} bytes as logged, above this experiment's {limit} (context.max_bytes)",
+            field="context",
+        )
 
 
 def parse_json(body: bytes, what: str = "request body") -> Any:
@@ -87,11 +131,23 @@ class Router:
         backend: Backend,
         log: DecisionLog,
         mirror: ShadowMirror | None = None,
+        capture: DataCapture | None = None,
+        arm_in_flight: Gauge | None = None,
+        health: ArmHealth | None = None,
+        retry_unreachable: bool = True,
+        on_retry: Callable[[], None] | None = None,
     ) -> None:
         self.runtime = runtime
         self.backend = backend
         self.log = log
         self.mirror = mirror
+        self.capture = capture
+        self.arm_in_flight = arm_in_flight
+        self._arm_gauges: dict[tuple[str, str], Any] = {}
+        self.health = health if health is not None else ArmHealth()
+        self.retry_unreachable = retry_unreachable
+        self.retries = 0
+        self.on_retry = on_retry
 
     def choose(
         self,
@@ -103,7 +159,9 @@ class Router:
         headers: Mapping[str, str] | None = None,
         body: Any = None,
         actions: ActionSet | None = None,
-    ) -> Choice:
+        exclude: str | None = None,
+    ) -> Choice | None:
+        """The arm for a request; None only when `exclude` leaves no arm to choose."""
         actions = actions or state.actions
         if target is not None:
             try:
@@ -120,10 +178,28 @@ class Router:
             )
         allocation = allocate(state, context, actions, headers or {}, body)
         pmf = allocation.pmf
+        health = self.health
+        if (health or exclude is not None) and actions is state.actions:
+            # Ejected arms get no traffic: the pmf is spread over the others, and the
+            # pmf logged is the one sampled from. With every arm ejected, all are tried.
+            experiment = state.name
+            usable = [
+                name != exclude and health.usable((experiment, name)) for name in actions.names
+            ]
+            spread_pmf = spread(pmf, usable)
+            if spread_pmf is None and exclude is not None:
+                usable = [name != exclude for name in actions.names]
+                spread_pmf = spread(pmf, usable)
+                if spread_pmf is None:
+                    return None
+            if spread_pmf is not None:
+                pmf = spread_pmf
         if allocation.seed_key is not None:
             index = sample_index(pmf, allocation.seed_key, 0)
         else:
             index = sample_index(pmf, event_id, allocation.version)
+        if health:
+            health.dispatched((state.name, actions.names[index]))
         return Choice(
             event_id, index, actions.names[index], pmf, allocation.version, False, context, actions
         )
@@ -136,6 +212,7 @@ class Router:
         status: int,
         latency_ms: float,
         error: str | None = None,
+        retry_of: str | None = None,
     ) -> Decision:
         decision: Decision = {
             "event_id": choice.event_id,
@@ -145,7 +222,7 @@ class Router:
             "mode": state.spec.mode,
             "context": choice.context,
             "arms": list(choice.actions.names),
-            "pmf": choice.pmf,
+            "pmf": [float(p) for p in choice.pmf],
             "chosen": choice.arm,
             "forced": choice.forced,
             "status": status,
@@ -155,6 +232,8 @@ class Router:
             decision["action_features"] = list(choice.actions.features)
         if error is not None:
             decision["error"] = error
+        if retry_of is not None:
+            decision["retry_of"] = retry_of
         self.log.append(decision, state.index_ttl_s)
         return decision
 
@@ -177,18 +256,19 @@ class Router:
         if call.protocol == "sagemaker":
             given = headers.get("x-amzn-sagemaker-inference-id")
             if given is not None:
-                return check_event_id(given, "X-Amzn-SageMaker-Inference-Id", status=400)
+                return _client_event_id(given, "X-Amzn-SageMaker-Inference-Id")
         given = headers.get("x-banditgate-event-id")
         if given is not None:
-            return check_event_id(given, "X-Banditgate-Event-Id", status=400)
+            return _client_event_id(given, "X-Banditgate-Event-Id")
         if call.protocol == "v2" and isinstance(body, dict) and isinstance(body.get("id"), str):
-            return check_event_id(body["id"], "id", status=400)
+            return _client_event_id(body["id"], "id")
         return new_event_id()
 
     async def invoke(self, call: Invocation) -> Outcome:
         state = self.runtime.get(call.experiment)
         headers = call.headers
         context, body = self._context(state, call)
+        check_context_size(state, context)
         if call.protocol == "v2" and body is None and call.body:
             body = parse_json(call.body)
         event_id = self._event_id(call, body)
@@ -196,26 +276,144 @@ class Router:
             "x-banditgate-variant"
         )
         choice = self.choose(state, context, event_id, target=target, headers=headers, body=body)
+        assert choice is not None
+        try:
+            response = await self._forward(state, call, choice)
+        except BackendError as exc:
+            if not (
+                isinstance(exc, NOT_SENT)
+                and self.retry_unreachable
+                and not choice.forced
+                and len(choice.actions.names) > 1
+            ):
+                raise
+            retry = self.choose(
+                state, context, event_id, headers=headers, body=body, exclude=choice.arm
+            )
+            if retry is None:
+                raise
+            # Nothing reached the first arm: the request goes to another one, as a new
+            # decision with its own pmf. It keeps the event id the client sees and rewards;
+            # the failed attempt is logged under a derived id, which `retry_of` names.
+            failed_id: str = getattr(exc, "event_id", choice.event_id)
+            self.retries += 1
+            if self.on_retry is not None:
+                self.on_retry()
+            retry.retry_of = failed_id
+            response = await self._forward(state, call, retry)
+            choice = retry
+        if state.shadow is not None:
+            self.after_response(state, call, choice, response)
+        return self._outcome(call, choice, response)
+
+    async def _forward(
+        self, state: ExperimentState, call: Invocation, choice: Choice
+    ) -> BackendResponse:
+        """Send the request to the chosen arm and log the decision, whatever happens."""
         arm = state.arms[choice.arm]
-        url, out_headers = self._request_for(call, arm.url, arm.path, arm.model_name, event_id)
+        url, out_headers = self._request_for(
+            call, arm.url, arm.path, arm.model_name, choice.event_id
+        )
+        key = (state.name, choice.arm)
+        in_flight = self._arm_in_flight(key)
+        if in_flight is not None:
+            in_flight.inc()
         started = time.perf_counter()
         try:
             response = await self.backend.send(arm, url, call.body, out_headers, method=call.method)
         except BackendError as exc:
+            self.health.failure(key)
+            logged = choice
+            retryable = isinstance(exc, NOT_SENT) and not choice.forced and choice.retry_of is None
+            if retryable and self.retry_unreachable and len(choice.actions.names) > 1:
+                logged = dataclasses.replace(choice, event_id=_attempt_id(choice.event_id))
             self.record(
                 state,
-                choice,
+                logged,
                 status=exc.status,
                 latency_ms=(time.perf_counter() - started) * 1000,
                 error=exc.message,
+                retry_of=choice.retry_of,
             )
-            exc.event_id = event_id  # type: ignore[attr-defined]
+            if state.capture is not None:
+                self.captured(state, call, logged, exc.status, 0.0, None, error=exc.message)
+            exc.event_id = logged.event_id  # type: ignore[attr-defined]
             exc.variant = choice.arm  # type: ignore[attr-defined]
             raise
-        self.record(state, choice, status=response.status, latency_ms=response.latency_ms)
-        if state.shadow is not None:
-            self.after_response(state, call, choice, response)
-        return self._outcome(call, choice, response)
+        except asyncio.CancelledError:
+            # The client went away: the backend call is abandoned, the decision still logged.
+            self.record(
+                state,
+                choice,
+                status=499,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                error="client disconnected",
+                retry_of=choice.retry_of,
+            )
+            raise
+        finally:
+            if in_flight is not None:
+                in_flight.dec()
+        if response.status >= 500:
+            self.health.failure(key)
+        else:
+            self.health.success(key)
+        self.record(
+            state,
+            choice,
+            status=response.status,
+            latency_ms=response.latency_ms,
+            retry_of=choice.retry_of,
+        )
+        if state.capture is not None:
+            self.captured(state, call, choice, response.status, response.latency_ms, response)
+        return response
+
+    def _arm_in_flight(self, key: tuple[str, str]) -> Any:
+        """The per-arm in-flight gauge's child for (experiment, arm), made once."""
+        if self.arm_in_flight is None:
+            return None
+        child = self._arm_gauges.get(key)
+        if child is None:
+            if len(self._arm_gauges) >= MAX_ARM_GAUGES:
+                return None  # bounded: arms come from specs, but specs come and go
+            child = self._arm_gauges[key] = self.arm_in_flight.labels(*key)
+        return child
+
+    def captured(
+        self,
+        state: ExperimentState,
+        call: Invocation,
+        choice: Choice,
+        status: int,
+        latency_ms: float,
+        response: BackendResponse | None,
+        error: str | None = None,
+    ) -> None:
+        """Hand a sampled request and its answer to data capture; never waits or raises."""
+        plan = state.capture
+        capture = self.capture
+        if plan is None or capture is None or not plan.selects(choice.event_id):
+            return
+        capture.submit(
+            Captured(
+                experiment=state.name,
+                arm=choice.arm,
+                event_id=choice.event_id,
+                ts=time.time(),
+                policy_version=choice.version,
+                status=status,
+                latency_ms=latency_ms,
+                request=call.body if plan.request else None,
+                request_type=call.headers.get("content-type", "application/octet-stream"),
+                response=response.body if plan.response and response is not None else None,
+                response_type=response.content_type.decode("latin-1")
+                if response is not None and response.content_type
+                else "application/octet-stream",
+                plan=plan,
+                error=error,
+            )
+        )
 
     def after_response(
         self, state: ExperimentState, call: Invocation, choice: Choice, response: BackendResponse
@@ -248,6 +446,7 @@ class Router:
                 call.method,
                 primary,
                 primary_body,
+                plan.pointer,
             )
 
     def _request_for(
@@ -292,14 +491,13 @@ class Router:
         context_in = payload.get("context", {})
         if not isinstance(context_in, dict):
             raise InvalidInput("context: must be an object", field="context")
-        event_id = payload.get("event_id")
-        if event_id is None:
-            event_id = new_event_id()
-        else:
-            event_id = check_event_id(event_id, "event_id", status=400)
+        given = payload.get("event_id")
+        event_id = new_event_id() if given is None else _client_event_id(given, "event_id")
         actions = _rank_actions(payload.get("actions"))
         context = state.featurizer.from_rank(context_in)
+        check_context_size(state, context)
         choice = self.choose(state, context, event_id, actions=actions, body=context_in)
+        assert choice is not None
         self.record(state, choice, status=200, latency_ms=0.0)
         order = sorted(range(len(choice.pmf)), key=lambda i: (i != choice.index, -choice.pmf[i]))
         return {

@@ -1,5 +1,11 @@
 """What a router knows about each experiment, kept current from Redis announcements.
 
+When Redis comes back empty (restarted without persistence), a resync finds no specs.
+Deleted experiments are announced one by one; an empty store without the data marker
+(`keys.DATA_MARKER`, set by every router) means the data was lost instead: the router
+keeps serving what it holds and writes its specs and active policies back (under each
+experiment's control lock, only where still missing), so every component recovers.
+
 The experiment watcher (banditgate/watcher.py) keeps the served specs; on each change it
 reports, the runtime loads the policy and the weights override on top.
 
@@ -16,6 +22,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from banditgate import keys
 from banditgate.contracts import Announced
 from banditgate.errors import UnknownExperiment
 from banditgate.featurize import Featurizer
@@ -25,6 +32,7 @@ from banditgate.registry import PolicyRegistry
 from banditgate.spec import Arm, ExperimentSpec
 from banditgate.store import override_applies
 from banditgate.watcher import ExperimentWatcher
+from router.capture import CapturePlan
 from router.shadow import ShadowPlan
 
 log = logging.getLogger(__name__)
@@ -43,6 +51,8 @@ class ExperimentState:
     loaded_version: int = 0
     reads_body: bool = False
     shadow: ShadowPlan | None = None
+    capture: CapturePlan | None = None
+    model: bytes | None = None  # the active policy's model, to write back if Redis loses it
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -89,6 +99,7 @@ def build_state(
         loaded_version=version,
         reads_body=_reads_body(spec),
         shadow=ShadowPlan.from_spec(spec.shadow) if spec.mode == "shadow" and spec.shadow else None,
+        capture=CapturePlan.from_spec(spec.capture) if spec.capture is not None else None,
     )
 
 
@@ -126,7 +137,17 @@ class Runtime:
         """Load every served experiment from the watcher's specs (after each resync)."""
         async with self._lock:
             specs = self.watcher.specs
+            if any(name not in specs for name in self.experiments):
+                try:
+                    await self._restore_lost()
+                    # Read again: another router may have just written them back.
+                    specs = await self.watcher.sync()
+                except Exception:  # Redis away again: keep serving, the next resync retries
+                    log.exception("writing back the served experiments failed")
+                    specs = {**{n: s.spec for n, s in self.experiments.items()}, **specs}
             for name in specs:
+                if name not in self.watcher.specs:
+                    continue  # kept from before: Redis lost it and could not be written to
                 try:
                     await self._reload(name)
                 except Exception:  # one unreadable experiment must not stop the others
@@ -135,6 +156,34 @@ class Runtime:
                 if name not in specs:
                     self.experiments.pop(name, None)
         self.synced.set()
+
+    async def mark(self) -> None:
+        """Say this Redis holds banditgate's data (see the module docstring)."""
+        await self.redis.set(keys.DATA_MARKER, "1")
+
+    async def _restore_lost(self) -> bool:
+        """Write back served specs and policies if Redis lost its data; True if it did."""
+        if await self.redis.exists(keys.DATA_MARKER):
+            return False  # the data is there: experiments missing from it were deleted
+        restored = 0
+        for name, state in list(self.experiments.items()):
+            async with self.store.locked(name):
+                if await self.store.find(name) is None:
+                    await self.store.put(state.spec, reason="restored by a router: Redis lost it")
+                    restored += 1
+            if state.model is not None and await self.registry.current_version(name) is None:
+                await self.registry.publish(
+                    name,
+                    state.model,
+                    learner=state.spec.policy.learner,
+                    source="router-restore",
+                    note=f"version {state.loaded_version} before Redis lost its data",
+                )
+            if state.override is not None and await self.store.get_override(name) is None:
+                log.warning("experiment %s: its weights override was lost with Redis", name)
+        await self.mark()
+        log.warning("Redis had lost its data: %d experiments written back", restored)
+        return True
 
     async def changed(self, name: str | None, kind: str) -> None:
         """The watcher's news: a resync (name None), or one experiment's announcement."""
@@ -174,4 +223,6 @@ class Runtime:
                 if self._swap_counter is not None:
                     self._swap_counter.inc()
                 log.info("experiment %s: policy %d -> %d", name, current.loaded_version, version)
-        self.experiments[name] = build_state(spec, policy, version, override)
+        state = build_state(spec, policy, version, override)
+        state.model = model if version else None
+        self.experiments[name] = state

@@ -7,39 +7,37 @@ and counted rather than queued, so a slow or dead shadow costs the primary
 nothing but a dictionary lookup. Results go to the experiment's shadow stream
 through a batched writer (`router/stream_writer.py`), at most one write per
 `linger_s`; while Redis is away it holds up to `max_buffer` results, then drops
-the oldest and counts them.
+the oldest and counts them (or spills them to a file, given `spill_dir`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
-from redis.asyncio.client import Pipeline
 
 from banditgate import keys
 from banditgate.errors import BackendError
-from banditgate.events import ArmCall, ShadowResult, shadow_batch_fields
+from banditgate.events import ArmCall, ShadowResult
+from banditgate.pointers import resolve
+from banditgate.policy import unit_fraction
 from banditgate.redis import Redis
 from banditgate.spec import Arm, ShadowSpec
 from banditgate.tasks import TaskGroup
 from router.backends import Backend, BackendResponse
 from router.metrics import RouterMetrics, WriterMetrics
-from router.stream_writer import StreamWriter
+from router.stream_writer import Entry, StreamWriter
 
 log = logging.getLogger(__name__)
-
-_UNIT = 18446744073709551616.0
 
 
 def mirror_fraction(event_id: str) -> float:
     """Where an event id falls in [0, 1): deterministic, so a mirroring decision can be replayed."""
-    digest = hashlib.blake2b(f"shadow\x00{event_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / _UNIT
+    return unit_fraction(f"shadow\x00{event_id}")
 
 
 @dataclass(frozen=True)
@@ -48,10 +46,17 @@ class ShadowPlan:
     shadows: tuple[str, ...]
     fraction: float
     compare_bodies: bool
+    pointer: str | None = None
 
     @classmethod
     def from_spec(cls, spec: ShadowSpec) -> ShadowPlan:
-        return cls(spec.primary, tuple(spec.shadows), spec.percent / 100.0, spec.compare_bodies)
+        return cls(
+            spec.primary,
+            tuple(spec.shadows),
+            spec.percent / 100.0,
+            spec.compare_bodies or spec.compare_pointer is not None,
+            spec.compare_pointer,
+        )
 
     def selects(self, event_id: str) -> bool:
         if self.fraction >= 1.0:
@@ -79,34 +84,46 @@ class ShadowResults(StreamWriter[ShadowResult]):
         max_buffer: int = 100_000,
         linger_s: float = 0.05,
         stream_maxlen: int = 1_000_000,
+        spill_dir: Path | None = None,
         metrics: WriterMetrics | None = None,
     ) -> None:
         super().__init__(
-            redis, max_batch=max_batch, max_buffer=max_buffer, linger_s=linger_s, metrics=metrics
+            redis,
+            max_batch=max_batch,
+            max_buffer=max_buffer,
+            linger_s=linger_s,
+            stream_maxlen=stream_maxlen,
+            spill_dir=spill_dir,
+            metrics=metrics,
         )
-        self.stream_maxlen = stream_maxlen
 
-    def write(self, pipe: Pipeline, batch: list[ShadowResult]) -> None:
-        by_experiment: dict[str, list[ShadowResult]] = {}
-        for result in batch:
-            by_experiment.setdefault(result["experiment"], []).append(result)
-        for experiment, results in by_experiment.items():
-            pipe.xadd(
-                keys.shadow_results(experiment),
-                shadow_batch_fields(results),  # type: ignore[arg-type]
-                maxlen=self.stream_maxlen,
-                approximate=True,
-            )
+    def entry(self, record: ShadowResult) -> Entry:
+        return Entry(
+            record["experiment"], record["event_id"], record["ts_ms"], 0, orjson.dumps(record)
+        )
+
+    def stream(self, group: str) -> str:
+        return keys.shadow_results(group)
 
 
-def same_body(primary: bytes, shadow: bytes) -> bool:
-    """Equal bytes, or equal JSON documents (key order and spacing do not count)."""
-    if primary == shadow:
+_ABSENT = object()
+
+
+def same_body(primary: bytes, shadow: bytes, pointer: str | None = None) -> bool:
+    """Equal bytes, or equal JSON documents (key order and spacing do not count); with a
+    pointer, equal values at that pointer in both (absent in either: not equal)."""
+    if pointer is None and primary == shadow:
         return True
     try:
-        return bool(orjson.loads(primary) == orjson.loads(shadow))
+        ours, theirs = orjson.loads(primary), orjson.loads(shadow)
     except orjson.JSONDecodeError:
         return False
+    if pointer is None:
+        return bool(ours == theirs)
+    if pointer == "":
+        return bool(ours == theirs)
+    value = resolve(ours, pointer, _ABSENT)
+    return value is not _ABSENT and bool(value == resolve(theirs, pointer, _ABSENT))
 
 
 class ShadowMirror:
@@ -155,6 +172,7 @@ class ShadowMirror:
         method: str,
         primary: ArmCall,
         primary_body: bytes | None,
+        pointer: str | None = None,
     ) -> bool:
         """Start one mirrored call unless `max_inflight` are already running; never waits."""
         if len(self.calls.tasks) >= self.max_inflight:
@@ -164,7 +182,7 @@ class ShadowMirror:
             return False
         self.stats.started += 1
         coro = self._mirror(
-            experiment, event_id, arm, url, body, headers, method, primary, primary_body
+            experiment, event_id, arm, url, body, headers, method, primary, primary_body, pointer
         )
         self.calls.spawn(coro, arm.name)
         return True
@@ -180,6 +198,7 @@ class ShadowMirror:
         method: str,
         primary: ArmCall,
         primary_body: bytes | None,
+        pointer: str | None,
     ) -> None:
         started = time.perf_counter()
         shadow: ArmCall
@@ -210,7 +229,9 @@ class ShadowMirror:
             "shadow": shadow,
         }
         if primary_body is not None:
-            result["same_body"] = response is not None and same_body(primary_body, response.body)
+            result["same_body"] = response is not None and same_body(
+                primary_body, response.body, pointer
+            )
         self.results.put(result)
 
     async def stop(self, grace_s: float = 2.0) -> None:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import redis as redis_sync
 from pydantic import SecretStr
 
 from banditgate.redis import EmbeddedRedis, Redis, connect
 from experiments.app import create_control_app
 from experiments.settings import ControlSettings
+from tests.redis_cluster import LocalCluster, flush
 from tests.support import ADMIN_KEY, Control, serve_asgi
 
 
@@ -20,11 +20,14 @@ from tests.support import ADMIN_KEY, Control, serve_asgi
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The machine's Redis when BANDITGATE_REDIS_URL is set, else an embedded redis-server."""
     url = os.environ.get("BANDITGATE_REDIS_URL")
+    if os.environ.get("BANDITGATE_TEST_CLUSTER") == "1":
+        # The whole suite on a local three-master Redis Cluster started here.
+        with LocalCluster() as cluster:
+            yield cluster.url
+        return
     if url:
         # The suite owns this database: start from empty, as on a fresh embedded server.
-        client = redis_sync.Redis.from_url(url)
-        client.flushdb()
-        client.close()
+        flush(url)
         yield url
         return
     embedded = EmbeddedRedis(tmp_path_factory.mktemp("redis"))

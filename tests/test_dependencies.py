@@ -10,7 +10,15 @@ from importlib.metadata import packages_distributions
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("banditgate", "banditgate_app", "router", "reward_ingest", "trainer", "experiments")
+PACKAGES = (
+    "banditgate",
+    "banditgate_app",
+    "router",
+    "reward_ingest",
+    "trainer",
+    "experiments",
+    "monitor",
+)
 OURS = {*PACKAGES, "tests", "bench"}
 # Declared but used by name rather than imported: (file that names it, the name).
 NAMED = {"uvloop": ("banditgate/process.py", 'loop="uvloop"')}

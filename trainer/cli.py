@@ -27,6 +27,9 @@ def train(
     experiment: Annotated[str, typer.Option("--experiment", "-e")],
     publish: Annotated[bool, typer.Option(help="Publish the result as the serving policy.")] = True,
     out: Annotated[Path | None, typer.Option(help="Also write the model to this file.")] = None,
+    force: Annotated[
+        bool, typer.Option(help="Publish even if significantly worse than the serving policy.")
+    ] = False,
     url: Url = DEFAULT_URL,
     admin_key: AdminKey = None,
 ) -> None:
@@ -43,6 +46,8 @@ def train(
         validate_model(spec, result.model)
     except BanditgateError as exc:
         fail(exc.message)
+    if out is not None:
+        out.write_bytes(result.model)
     version = None
     if publish:
         body = {
@@ -51,10 +56,9 @@ def train(
             "note": f"trained from {source}",
             "n_examples": result.examples,
             "ope": result.numbers,
+            "force": force,
         }
         version = call(api, "POST", f"{path}/policies", body)["version"]["version"]
-    if out is not None:
-        out.write_bytes(result.model)
     rows = []
     for label, key in (("new policy", "candidate"), ("logging policy", "logging_policy")):
         numbers = result.numbers[key]

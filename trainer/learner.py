@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -13,59 +11,19 @@ import orjson
 import vowpalwabbit
 
 from banditgate.errors import InvalidPolicy
-from banditgate.events import Joined
-from banditgate.featurize import action_line, example_lines
+from banditgate.featurize import example_lines
+from banditgate.linear_thompson import LinearThompsonModel
+from banditgate.logged import Example as Example
+from banditgate.logged import to_example as to_example
 from banditgate.policy import (
-    ActionSet,
     BetaCounts,
+    LinearThompsonPolicy,
     ThompsonPolicy,
     new_workspace,
     workspace_from_bytes,
     workspace_to_bytes,
 )
 from banditgate.spec import ExperimentSpec, PolicySpec
-
-
-@dataclass
-class Example:
-    """One joined example, ready to learn from and to evaluate on."""
-
-    context: dict[str, Any]
-    actions: ActionSet
-    chosen: int
-    logged_prob: float
-    reward: float
-
-    @property
-    def shared_and_actions(self) -> list[str]:
-        return example_lines(self.context, self.actions.lines)
-
-
-def to_example(joined: Joined, spec: ExperimentSpec | None) -> Example | None:
-    """The learnable form of a joined example, or None if it cannot be learned from."""
-    decision = joined["decision"]
-    names = decision.get("arms") or []
-    pmf = decision.get("pmf") or []
-    chosen = decision.get("chosen")
-    if not names or len(pmf) != len(names) or chosen not in names:
-        return None
-    index = names.index(chosen)
-    probability = float(pmf[index])
-    if not (0.0 < probability <= 1.0) or not math.isfinite(joined["reward"]):
-        return None
-    supplied = decision.get("action_features")
-    lines = []
-    for position, name in enumerate(names):
-        if supplied is not None and position < len(supplied):
-            features = supplied[position]
-        else:
-            arm = spec.arm(name) if spec is not None else None
-            features = arm.features if arm is not None else {}
-        lines.append(action_line(name, features))
-    context = decision.get("context") or {}
-    return Example(
-        context, ActionSet(tuple(names), tuple(lines)), index, probability, joined["reward"]
-    )
 
 
 class Learner(Protocol):
@@ -225,6 +183,58 @@ class ThompsonLearner:
         return cls(low, high, BetaCounts.from_bytes(model), int(header["n"]))
 
 
+class LinearThompsonLearner:
+    """Contextual Thompson sampling (banditgate.linear_thompson): Bayesian linear regression
+    of the scaled reward per arm over the featurizer's features.
+
+    Learning needs no importance weights: the regression estimates each arm's reward
+    given the context, whichever policy chose the arm. The policy's pmf is for the
+    current model, without the spec's floor (the serving policy applies it).
+    """
+
+    kind = "linear_thompson"
+
+    def __init__(
+        self, *, low: float = 0.0, high: float = 1.0, model: LinearThompsonModel | None = None
+    ) -> None:
+        self.low, self.high = low, high
+        self.model = model if model is not None else LinearThompsonModel()
+
+    @property
+    def n_examples(self) -> int:
+        return self.model.n_examples
+
+    @n_examples.setter
+    def n_examples(self, value: int) -> None:
+        self.model.n_examples = value
+
+    def _scaled(self, reward: float) -> float:
+        return min(max((reward - self.low) / (self.high - self.low), 0.0), 1.0)
+
+    def probabilities(self, example: Example) -> list[float]:
+        return LinearThompsonPolicy(self.model).probabilities(example.context, example.actions)
+
+    def reward_estimates(self, example: Example) -> list[float]:
+        means, _ = self.model.predictive(example.context, example.actions.names)
+        return [self.low + (self.high - self.low) * float(m) for m in means]
+
+    def learn(self, example: Example) -> None:
+        arm = example.actions.names[example.chosen]
+        self.model.learn(example.context, arm, self._scaled(example.reward))
+
+    def model_bytes(self) -> bytes:
+        return self.model.to_bytes()
+
+    def state_bytes(self) -> bytes:
+        return self.model_bytes()  # the model is the whole state
+
+    @classmethod
+    def from_bytes(
+        cls, raw: bytes, *, low: float = 0.0, high: float = 1.0
+    ) -> LinearThompsonLearner:
+        return cls(low=low, high=high, model=LinearThompsonModel.from_bytes(raw))
+
+
 def new_learner(
     spec: ExperimentSpec, *, model: bytes | None = None, state: bytes | None = None
 ) -> Learner:
@@ -235,6 +245,12 @@ def new_learner(
             return ThompsonLearner.from_state(low, high, state)
         counts = BetaCounts.from_bytes(model) if model is not None else None
         return ThompsonLearner(low, high, counts)
+    if learner == "linear_thompson":
+        low, high = spec.reward.min, spec.reward.max
+        raw = state if state is not None else model
+        if raw is not None:
+            return LinearThompsonLearner.from_bytes(raw, low=low, high=high)
+        return LinearThompsonLearner(low=low, high=high)
     if learner == "vw":
         if state is not None:
             return VWLearner.from_state(spec.policy, state)

@@ -8,7 +8,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-Z95 = 1.959963984540054
+from banditgate.intervals import wilson_interval
 
 
 @dataclass
@@ -28,16 +28,6 @@ class Served:
     policy_version: int = 0
 
 
-def wilson(successes: float, n: int) -> tuple[float, float]:
-    if n == 0:
-        return (math.nan, math.nan)
-    p = successes / n
-    denominator = 1 + Z95**2 / n
-    centre = (p + Z95**2 / (2 * n)) / denominator
-    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / denominator
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def summarise(served: list[Served], arms: list[str]) -> dict[str, Any]:
     n = len(served)
     if n == 0:
@@ -53,7 +43,7 @@ def summarise(served: list[Served], arms: list[str]) -> dict[str, Any]:
     for arm in arms:
         routed = [s for s in served if s.arm == arm]
         successes = sum(s.reward for s in routed)
-        lo, hi = wilson(successes, len(routed))
+        lo, hi = wilson_interval(successes, len(routed))
         arm_rows[arm] = {
             "share": len(routed) / n,
             "requests": len(routed),
@@ -138,4 +128,36 @@ def timeline(served: list[Served], arms: list[str], buckets: int = 60) -> dict[s
             total -= served[i - window].reward
         rolling.append(total / min(i + 1, window))
     out["rolling_reward"] = {"x": list(range(1, n + 1)), "y": rolling}
+    out["cumulative"] = cumulative(served, arms)
+    return out
+
+
+def cumulative(served: list[Served], arms: list[str], points: int = 400) -> dict[str, Any]:
+    """Cumulative average reward and cumulative regret against the per-context oracle, for
+    the bandit and the baselines on the same requests (every arm's answer is known here)."""
+    n = len(served)
+    by_kind: dict[str, dict[str, int]] = {}
+    for s in served:
+        counts = by_kind.setdefault(s.kind, dict.fromkeys(arms, 0))
+        for arm in arms:
+            counts[arm] += bool(s.correct[arm])
+    oracle_arm = {kind: max(arms, key=counts.__getitem__) for kind, counts in by_kind.items()}
+    best_arm = max(arms, key=lambda a: sum(c[a] for c in by_kind.values()))
+    step = max(1, math.ceil(n / points))
+    out: dict[str, Any] = {"x": [], "best_arm_name": best_arm}
+    policies = ("bandit", "uniform", "best_arm", "oracle")
+    for name in policies:
+        out[name] = []
+        out[f"{name}_regret"] = []
+    totals = dict.fromkeys(policies, 0.0)
+    for i, s in enumerate(served, start=1):
+        totals["bandit"] += s.reward
+        totals["uniform"] += sum(s.correct[a] for a in arms) / len(arms)
+        totals["best_arm"] += s.correct[best_arm]
+        totals["oracle"] += s.correct[oracle_arm[s.kind]]
+        if i % step == 0 or i == n:
+            out["x"].append(i)
+            for name in policies:
+                out[name].append(totals[name] / i)
+                out[f"{name}_regret"].append(totals["oracle"] - totals[name])
     return out

@@ -27,6 +27,8 @@ th:first-child, td:first-child {{ text-align: left; }}
 <table><tr><th>policy on this traffic</th><th>average reward</th></tr>{comparison}</table>
 <table><tr><th>arm</th><th>traffic share</th><th>requests</th><th>mean reward [95% CI]</th></tr>{arms}</table>
 <div class="grid">
+  <div class="chart"><h2>Cumulative average reward</h2><div id="cumulative"></div></div>
+  <div class="chart"><h2>Cumulative regret against the per-context oracle</h2><div id="regret"></div></div>
   <div class="chart"><h2>Traffic split over time</h2><div id="share"></div></div>
   <div class="chart"><h2>Rolling 100-event mean reward</h2><div id="reward"></div></div>
   <div class="chart"><h2>Mean action probability per arm</h2><div id="action"></div></div>
@@ -45,6 +47,16 @@ function chart(id, x, seriesByName, yLabel, extra) {{
              scales: {{x: {{time: false}}}}}}, data, document.getElementById(id));
 }}
 const t = DATA.timeline;
+const c = t.cumulative;
+const BASELINES = [
+  ["uniform", "uniform A/B", "#999", [6, 4]],
+  ["best_arm", "best fixed arm (" + c.best_arm_name + ")", "#555", [2, 3]],
+  ["oracle", "per-context oracle", "#2a9d2a", [8, 3]],
+];
+chart("cumulative", c.x, {{bandit: c.bandit}}, "average reward",
+      BASELINES.map(([k, label, color, dash]) => ({{series: {{label: label, stroke: color, dash: dash}}, data: c[k]}})));
+chart("regret", c.x, {{bandit: c.bandit_regret}}, "regret (rewards)",
+      BASELINES.slice(0, 2).map(([k, label, color, dash]) => ({{series: {{label: label, stroke: color, dash: dash}}, data: c[k + "_regret"]}})));
 chart("share", t.x, t.share, "share");
 chart("action", t.x, t.action_prob, "probability");
 chart("sampled", t.x, t.sampled_prob, "probability");

@@ -6,7 +6,7 @@
   const PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#7f7f7f", "#F0E442"];
   const params = new URLSearchParams(location.search);
   const REFRESH_MS = Math.max(1, Number(params.get("refresh") || 5)) * 1000;
-  const state = { data: null, charts: {}, renders: 0, timer: null, colors: {} };
+  const state = { data: null, charts: {}, renders: 0, timer: null, colors: {}, marks: [], segments: null };
   window.banditgate = state;
 
   const $ = (id) => document.getElementById(id);
@@ -33,6 +33,36 @@
     return getComputedStyle(document.documentElement).getPropertyValue(name).trim() || "#888";
   }
 
+  // Policy versions as dashed vertical lines on every time axis (activation times).
+  function marksPlugin() {
+    return {
+      hooks: {
+        draw: [
+          (u) => {
+            const ctx = u.ctx;
+            const ratio = window.devicePixelRatio || 1;
+            ctx.save();
+            ctx.strokeStyle = cssVar("--muted");
+            ctx.fillStyle = cssVar("--muted");
+            ctx.setLineDash([4 * ratio, 3 * ratio]);
+            ctx.lineWidth = ratio;
+            ctx.font = `${10 * ratio}px sans-serif`;
+            for (const mark of state.marks) {
+              const x = u.valToPos(mark.t, "x", true);
+              if (!(x >= u.bbox.left && x <= u.bbox.left + u.bbox.width)) continue;
+              ctx.beginPath();
+              ctx.moveTo(x, u.bbox.top);
+              ctx.lineTo(x, u.bbox.top + u.bbox.height);
+              ctx.stroke();
+              ctx.fillText(`v${mark.version}`, x + 3 * ratio, u.bbox.top + 10 * ratio);
+            }
+            ctx.restore();
+          },
+        ],
+      },
+    };
+  }
+
   function lineChart(key, el, xs, series, yRange, yFormat) {
     const data = [xs, ...series.map((s) => s.values)];
     const signature = series.map((s) => s.label).join("\u0000");
@@ -51,6 +81,7 @@
       axes: [axis, { ...axis, size: 56, values: (u, vals) => vals.map(yFormat) }],
       legend: { live: true },
       cursor: { drag: { x: true, y: false } },
+      plugins: [marksPlugin()],
     };
     const plot = new uPlot(opts, data, el);
     state.charts[key] = { plot, signature };
@@ -84,6 +115,153 @@
       (v) => num(v, 3),
     );
     $("caption-reward").textContent = `Rolling mean reward (trailing ${num(ts.rolling_s / 60, 2)} min, by join time)`;
+
+    const c = ts.cumulative;
+    const flat = (v) => xs.map(() => (isNum(v) ? v : null));
+    lineChart(
+      "cumulative",
+      $("chart-cumulative"),
+      xs,
+      [
+        { label: "obtained", color: cssVar("--text"), values: c.mean_reward },
+        { label: `best arm (${c.best_arm || "–"})`, color: c.best_arm ? colorOf(c.best_arm) : "#888", dash: [6, 4], values: flat(c.best_value) },
+        { label: "uniform split", color: "#7f7f7f", dash: [2, 3], values: flat(c.uniform_value) },
+      ],
+      null,
+      (v) => num(v, 3),
+    );
+    lineChart(
+      "regret",
+      $("chart-regret"),
+      xs,
+      [
+        { label: "this experiment", color: cssVar("--text"), values: c.regret },
+        { label: "uniform split", color: "#7f7f7f", dash: [2, 3], values: c.uniform_regret },
+      ],
+      null,
+      (v) => num(v, 3),
+    );
+    const latency = [];
+    for (const a of arms) {
+      latency.push({ label: `${a} p50`, color: colorOf(a), values: ts.arms[a].latency_p50_ms });
+      latency.push({ label: `${a} p99`, color: colorOf(a), dash: [6, 4], values: ts.arms[a].latency_p99_ms });
+    }
+    lineChart("latency", $("chart-latency"), xs, latency, null, (v) => `${num(v, 3)} ms`);
+    lineChart(
+      "errors",
+      $("chart-errors"),
+      xs,
+      arms.map((a) => ({ label: a, color: colorOf(a), values: ts.arms[a].error_rate })),
+      [0, 1],
+      (v) => pct(v, 1),
+    );
+    lineChart(
+      "volume",
+      $("chart-volume"),
+      xs,
+      arms.map((a) => ({ label: a, color: colorOf(a), values: ts.arms[a].decisions })),
+      null,
+      (v) => int(v),
+    );
+  }
+
+  // The monitoring worker's latest check per arm (monitor/, through /v1/.../monitor).
+  async function refreshMonitor() {
+    try {
+      const response = await fetch(`../v1/experiments/${encodeURIComponent(NAME)}/monitor`, { headers: { accept: "application/json" } });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      drawMonitor(await response.json());
+    } catch (err) {
+      $("monitor").innerHTML = `<p class="muted">monitoring unavailable (${esc(err.message)})</p>`;
+    }
+  }
+
+  function qualityTable(q) {
+    if (!q || !q.configured) return "";
+    const arms = Object.keys(q.arms).sort();
+    if (!arms.length) return `<p class="muted">Model quality: no report yet (${int(q.labels_received)} labels received).</p>`;
+    const rows = arms.map((arm) => {
+      const r = q.arms[arm];
+      const c = r.current || {};
+      const p = r.previous || {};
+      const main = r.problem === "regression" ? `MAE ${num(c.mae, 4)}` : `accuracy ${pct(c.accuracy, 1)}`;
+      const ci = c.accuracy_ci || c.mae_ci;
+      const before = r.problem === "regression" ? num(p.mae, 4) : pct(p.accuracy, 1);
+      return `<tr data-arm="${esc(arm)}"><td>${esc(arm)}</td><td class="quality">${main}</td><td>${ci ? `[${num(ci[0], 3)}, ${num(ci[1], 3)}]` : "–"}</td><td>${isNum(c.f1) ? num(c.f1, 3) : isNum(c.rmse) ? `RMSE ${num(c.rmse, 4)}` : "–"}</td><td>${int(c.n)}</td><td>${before}</td><td class="left">${r.alert ? `<span class="bad">${esc(r.alert)}</span>` : '<span class="good">ok</span>'}</td></tr>`;
+    });
+    return `<h2 style="margin-top:12px">Model quality on ground truth</h2><table id="quality-table"><thead><tr><th>arm</th><th>this window</th><th>95% CI</th><th>F1</th><th>labels</th><th>previous window</th><th class="left">alert</th></tr></thead><tbody>${rows.join("")}</tbody></table>`;
+  }
+
+  function drawMonitor(m) {
+    state.monitor = m;
+    const panel = $("monitor-panel");
+    panel.hidden = !m.configured && !(m.quality && m.quality.configured);
+    if (panel.hidden) return;
+    const arms = Object.keys(m.arms).sort();
+    const quality = qualityTable(m.quality);
+    if (!m.configured) {
+      $("monitor").innerHTML = quality;
+      return;
+    }
+    if (!m.baseline || !arms.length) {
+      $("monitor").innerHTML = `<p class="muted">${m.baseline ? "No check has run yet." : "No baseline yet: banditgate monitor baseline -e " + esc(NAME) + " --from training-data.parquet"}</p>` + quality;
+      return;
+    }
+    const rows = arms.map((arm) => {
+      const r = m.arms[arm];
+      const found = r.violations || [];
+      const worst = Object.entries(r.distances || {}).sort((a, b) => b[1] - a[1])[0];
+      const list = found.map((v) => `<li>${esc(v.feature_name)}: ${esc(v.description)}</li>`).join("");
+      return `<tr data-arm="${esc(arm)}"><td><span class="swatch" style="background:${colorOf(arm)}"></span>${esc(arm)}</td><td>${time(r.finished_ms)}</td><td>${int(r.records)}</td>` +
+        `<td class="violations">${found.length ? `<span class="bad">${found.length}</span>` : '<span class="good">0</span>'}</td>` +
+        `<td>${worst ? `${esc(worst[0])} ${num(worst[1], 3)}` : "–"}</td><td class="left"><ul class="history">${list}</ul></td></tr>`;
+    });
+    $("monitor").innerHTML = `<table id="monitor-table"><thead><tr><th>arm</th><th>checked</th><th>records</th><th>violations</th><th>largest distance</th><th class="left">what</th></tr></thead><tbody>${rows.join("")}</tbody></table>` + quality;
+  }
+
+  // Reward per arm for each value of one context feature (the segments API).
+  async function refreshSegments() {
+    const select = $("segment-feature");
+    const feature = select.value || params.get("segment") || "";
+    const query = new URLSearchParams({ window_s: $("window").value });
+    if (feature) query.set("feature", feature);
+    try {
+      const response = await fetch(`../v1/experiments/${encodeURIComponent(NAME)}/segments?${query}`, { headers: { accept: "application/json" } });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      drawSegments(await response.json());
+    } catch (err) {
+      $("segments").innerHTML = `<p class="muted">segments unavailable (${esc(err.message)})</p>`;
+    }
+  }
+
+  function drawSegments(s) {
+    state.segments = s;
+    const select = $("segment-feature");
+    const names = s.features.map((f) => f.name);
+    if (s.feature && !names.includes(s.feature)) names.unshift(s.feature);
+    const options = ['<option value="">pick a feature</option>'].concat(names.map((n) => `<option value="${esc(n)}">${esc(n)}</option>`));
+    if (select.options.length !== options.length) select.innerHTML = options.join("");
+    select.value = s.feature || "";
+    if (!s.feature) {
+      $("segments").innerHTML = `<p class="muted">${names.length ? "Pick a context feature to compare the arms in each of its values." : "No joined examples in this window yet."}</p>`;
+      return;
+    }
+    const arms = [...new Set(s.segments.flatMap((g) => Object.keys(g.arms)))];
+    const rows = s.segments.map(
+      (g) =>
+        `<tr data-segment="${esc(g.segment)}"><td class="left">${esc(g.segment)}</td><td>${int(g.n)}</td>` +
+        arms.map((a) => {
+          const cell = g.arms[a];
+          if (!cell) return "<td>–</td>";
+          const value = isNum(cell.value) ? cell.value : cell.mean_reward;
+          const best = g.best_arm === a ? ' class="good"' : "";
+          return `<td${best}>${num(value, 3)} <span class="muted">(${int(cell.n)})</span></td>`;
+        }).join("") +
+        "</tr>",
+    );
+    $("segments").innerHTML =
+      `<table id="segments-table"><thead><tr><th class="left">${esc(s.feature)}</th><th>examples</th>${arms.map((a) => `<th>${esc(a)}</th>`).join("")}</tr></thead><tbody>${rows.join("")}</tbody></table>` +
+      `<p class="note">IPS value per arm (mean reward where none was randomised), examples in brackets; green: the segment's best arm. ${int(s.examples)} newest joined examples of the window${s.truncated ? " (truncated)" : ""}.</p>`;
   }
 
   function drawCi(stats) {
@@ -238,6 +416,27 @@
       `<p class="note">Anytime-valid (${esc(seq.method)}): look as often as you like; the chance of ever declaring a difference that is not there stays below ${pct(seq.alpha, 0)} (Bonferroni over ${seq.comparisons.length} comparison${seq.comparisons.length === 1 ? "" : "s"}).</p>`;
   }
 
+  // Each shadow arm against the primary it mirrors (experiments/shadow_results.py).
+  function drawShadow(shadow) {
+    const panel = $("shadow-panel");
+    panel.hidden = !shadow;
+    if (!shadow) return;
+    const ms = (l) => (l && isNum(l.p50) ? `${num(l.p50, 3)} / ${num(l.p99, 3)} ms` : "–");
+    const rows = shadow.arms.map(
+      (a) =>
+        `<tr data-arm="${esc(a.arm)}"><td><span class="swatch" style="background:${colorOf(a.arm)}"></span>${esc(a.arm)}</td>` +
+        `<td>${int(a.mirrored)}</td>` +
+        `<td class="agreement">${a.compared ? pct(a.agreement_rate, 1) : '<span class="muted">not compared</span>'}</td>` +
+        `<td>${pct(a.status_differs_rate, 1)}</td>` +
+        `<td>${a.shadow_error_rate ? `<span class="bad">${pct(a.shadow_error_rate, 1)}</span>` : pct(a.shadow_error_rate, 1)}</td>` +
+        `<td>${pct(a.primary_error_rate, 1)}</td>` +
+        `<td>${ms(a.shadow_latency_ms)}</td><td>${ms(a.primary_latency_ms)}</td></tr>`,
+    );
+    $("shadow").innerHTML = rows.length
+      ? `<table id="shadow-table"><thead><tr><th>shadow arm</th><th>mirrored</th><th>agrees with ${esc(shadow.primary || "primary")}</th><th>status differs</th><th>shadow errors</th><th>primary errors</th><th>shadow p50 / p99</th><th>primary p50 / p99</th></tr></thead><tbody>${rows.join("")}</tbody></table>`
+      : '<p class="muted">No mirrored requests in this window yet.</p>';
+  }
+
   // Units the anytime-valid test needs for 80% power at the effect seen so far, and the
   // hours that takes at the current traffic (experiments.planning via the stats API).
   function toSignificance(c) {
@@ -307,6 +506,7 @@
 
   function render(d) {
     state.data = d;
+    state.marks = (d.policies.history || []).filter((h) => isNum(h.ts_ms)).map((h) => ({ t: h.ts_ms / 1000, version: h.version }));
     drawHeader(d);
     drawSrm(d.stats.srm);
     drawCards(d);
@@ -314,6 +514,7 @@
     drawCi(d.stats);
     drawArms(d.stats);
     drawSequential(d.stats.sequential);
+    drawShadow(d.stats.shadow);
     drawRollout(d);
     drawVersions(d);
     state.renders += 1;
@@ -326,6 +527,8 @@
       const response = await fetch(`${encodeURIComponent(NAME)}/data?window_s=${windowS}`, { headers: { accept: "application/json" } });
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       render(await response.json());
+      await refreshSegments();
+      await refreshMonitor();
     } catch (err) {
       $("updated").textContent = `refresh failed (${err.message}); retrying`;
     }
@@ -342,6 +545,13 @@
     params.set("window", $("window").value);
     history.replaceState(null, "", `?${params}`);
     refresh();
+  });
+  $("segment-feature").addEventListener("change", () => {
+    const feature = $("segment-feature").value;
+    if (feature) params.set("segment", feature);
+    else params.delete("segment");
+    history.replaceState(null, "", `?${params}`);
+    refreshSegments();
   });
   $("live").addEventListener("change", schedule);
   window.addEventListener("resize", () => {

@@ -41,4 +41,5 @@ def test_small_demo_runs_the_whole_loop_and_reports(tmp_path, monkeypatch) -> No
     assert summary["reward_to_policy_s"] is not None and summary["reward_to_policy_s"] < 10
     page = (tmp_path / "out" / "demo.html").read_text()
     assert "uPlot" in page and '"rolling_reward"' in page and "<script src=" not in page
+    assert '"cumulative"' in page and "Cumulative regret against the per-context oracle" in page
     assert "Average reward on the same traffic" in result.output

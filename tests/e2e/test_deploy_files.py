@@ -105,6 +105,7 @@ def test_all_in_one_and_split_are_separate_files() -> None:
         "exporter",
         "trainer",
         "controller",
+        "monitor",
     }
 
 

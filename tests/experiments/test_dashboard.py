@@ -6,6 +6,7 @@ import os
 import shutil
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,10 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from banditgate import keys
+from banditgate.events import shadow_batch_fields
 from banditgate.redis import Redis
+from banditgate.registry import PolicyRegistry
+from banditgate.spec import ExperimentSpec
 from experiments.controller import Controller
 from tests.experiments.conftest import (
     ADMIN_KEY,
@@ -23,6 +27,7 @@ from tests.experiments.conftest import (
     spec_doc,
     write_decisions,
 )
+from tests.router.test_policy_serving import trained_model
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -34,6 +39,10 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+# Screenshots of the pages the tests drive, kept for a person to look at (CI keeps the folder).
+ARTIFACTS = Path(os.environ.get("BANDITGATE_TEST_ARTIFACTS", "test-artifacts"))
+ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
 
 def chromium_path() -> str:
@@ -70,17 +79,17 @@ async def seed(redis: Redis, name: str, *, skew: float) -> None:
         chosen = "b" if rng.random() < p_b else "a"
         if chosen == "a" and rng.random() < skew:
             chosen = "b"
-        rows.append(
-            decision(
-                name,
-                chosen,
-                [1 - p_b, p_b],
-                ts_ms=start + i * 400,
-                event_id=str(i),
-                latency_ms=float(rng.gamma(2.0, 8.0)),
-                status=503 if i % 500 == 7 else 200,
-            )
+        row = decision(
+            name,
+            chosen,
+            [1 - p_b, p_b],
+            ts_ms=start + i * 400,
+            event_id=str(i),
+            latency_ms=float(rng.gamma(2.0, 8.0)),
+            status=503 if i % 500 == 7 else 200,
         )
+        row["context"] = {"x-device": "mobile" if i % 3 else "desktop"}
+        rows.append(row)
     async with redis.pipeline(transaction=False) as pipe:
         for j in range(0, len(rows), 100):
             batch = rows[j : j + 100]
@@ -172,7 +181,16 @@ async def test_experiment_dashboard_draws_what_the_api_returns(
         """() => Object.fromEntries(Object.entries(window.banditgate.charts).map(([k, c]) =>
                [k, {data: c.plot.data, labels: c.plot.series.slice(1).map(s => s.label)}]))"""
     )
-    assert set(charts) == {"traffic", "probabilities", "reward"}
+    assert set(charts) == {
+        "traffic",
+        "probabilities",
+        "reward",
+        "cumulative",
+        "regret",
+        "latency",
+        "errors",
+        "volume",
+    }
     assert charts["traffic"]["labels"] == ["a", "b"]
     assert_series_match(charts["traffic"]["data"], charts["traffic"]["labels"], series, "share")
     probabilities = charts["probabilities"]
@@ -185,6 +203,26 @@ async def test_experiment_dashboard_draws_what_the_api_returns(
     assert_series_match(
         charts["reward"]["data"], charts["reward"]["labels"], series, "rolling_reward"
     )
+
+    assert_series_match(
+        charts["latency"]["data"], charts["latency"]["labels"], series, "latency_p50_ms", " p50"
+    )
+    assert_series_match(
+        charts["latency"]["data"], charts["latency"]["labels"], series, "latency_p99_ms", " p99"
+    )
+    assert_series_match(charts["errors"]["data"], charts["errors"]["labels"], series, "error_rate")
+    assert_series_match(charts["volume"]["data"], charts["volume"]["labels"], series, "decisions")
+    cumulative = charts["cumulative"]
+    assert cumulative["labels"][0] == "obtained"
+    shown = by_time(cumulative["data"][0], cumulative["data"][1])
+    api_cumulative = by_time([t / 1000 for t in series["t"]], series["cumulative"]["mean_reward"])
+    common = [t for t in api_cumulative if t in shown and api_cumulative[t] is not None]
+    assert len(common) > 20
+    for t in common:
+        assert shown[t] == pytest.approx(api_cumulative[t], rel=1e-12)
+    # The time axis starts at the first decision (20 minutes back), not an hour back.
+    assert charts["traffic"]["data"][0][0] * 1000 == series["t"][0]
+    assert series["t"][0] > series["window_start_ms"]
 
     rows = await page.eval_on_selector_all(
         "#chart-ci .ci-row",
@@ -214,6 +252,18 @@ async def test_experiment_dashboard_draws_what_the_api_returns(
     assert (
         await page.inner_text("#rollout-phase") == "Learning"
     )  # the rollout API's phase for a bandit
+    await page.select_option("#segment-feature", "x-device")
+    await page.wait_for_selector('#segments-table tr[data-segment="mobile"]')
+    segments = await control.get(f"/v1/experiments/{name}/segments?feature=x-device&window_s=3600")
+    shown_segments = await page.eval_on_selector_all(
+        "#segments-table tbody tr",
+        "els => els.map(e => [e.dataset.segment, e.children[1].textContent])",
+    )
+    assert {s: int(n.replace(",", "")) for s, n in shown_segments} == {
+        s["segment"]: s["n"] for s in segments["segments"]
+    }
+    assert "segment=x-device" in page.url
+    await page.screenshot(path=str(ARTIFACTS / f"bandit-{name}.png"), full_page=True)
     cards = await page.inner_text("#cards")
     assert f"{stats['totals']['decisions']:,}" in cards
     assert "4 / 2" in cards  # late / orphaned rewards from the joiner's counters
@@ -280,3 +330,58 @@ async def test_unknown_experiment_page_is_404(control: Control, name: str) -> No
     assert body["error"]["type"] == "UnknownExperiment"
     status, _ = await control.call("GET", "/dashboard/_static/../app.py")
     assert status == 404
+
+
+async def test_shadow_arms_are_compared_with_the_primary(
+    control: Control, browser: Browser, redis: Redis, name: str
+) -> None:
+    spec = spec_doc(
+        name,
+        arms=("live", "next"),
+        mode="shadow",
+        shadow={"primary": "live", "shadows": ["next"], "compare_bodies": True},
+    )
+    await control.call("POST", "/v1/experiments", spec)
+    now = int(time.time() * 1000)
+    results = [
+        {
+            "event_id": str(i),
+            "experiment": name,
+            "ts_ms": now - 60_000 + i,
+            "primary": {"arm": "live", "status": 200, "latency_ms": 12.0},
+            "shadow": {"arm": "next", "status": 500 if i < 4 else 200, "latency_ms": 30.0},
+            "same_body": i % 5 != 0,
+        }
+        for i in range(40)
+    ]
+    await redis.xadd(keys.shadow_results(name), shadow_batch_fields(results))  # type: ignore[arg-type]
+    stats = await control.get(f"/v1/experiments/{name}/stats")
+    (entry,) = stats["shadow"]["arms"]
+    assert entry["agreement_rate"] == 32 / 40 and entry["shadow_error_rate"] == 4 / 40
+
+    page, problems = await open_page(browser, f"{control.url}/dashboard/{name}")
+    assert await page.is_visible("#shadow-panel")
+    row = page.locator('#shadow-table tr[data-arm="next"]')
+    cells = await row.locator("td").all_inner_texts()
+    assert cells[1] == "40"
+    assert cells[2] == "80.0%" and cells[4] == "10.0%"
+    assert "agrees with live" in await page.inner_text("#shadow-table thead")
+    await page.screenshot(path=str(ARTIFACTS / f"shadow-{name}.png"), full_page=True)
+    assert problems == []
+
+
+async def test_policy_versions_are_marked_on_the_time_axes(
+    control: Control, browser: Browser, redis: Redis, name: str
+) -> None:
+    await control.call("POST", "/v1/experiments", spec_doc(name))
+    await seed(redis, name, skew=0.0)
+    spec = ExperimentSpec.model_validate(spec_doc(name))
+    registry = PolicyRegistry(redis)
+    await registry.publish(name, trained_model(spec, best="b"), learner="vw")
+    history = (await control.get(f"/v1/experiments/{name}/policies"))["history"]
+    page, problems = await open_page(browser, f"{control.url}/dashboard/{name}")
+    marks = await page.evaluate("() => window.banditgate.marks")
+    assert [(m["version"], round(m["t"] * 1000)) for m in marks] == [
+        (h["version"], h["ts_ms"]) for h in history
+    ]
+    assert problems == []

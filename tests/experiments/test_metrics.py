@@ -149,3 +149,28 @@ async def test_lag_seconds_is_the_age_of_the_oldest_undelivered_entry(
     m = samples(await scrape(control.url))
     lag = value(m, "banditgate_joiner_lag_seconds", experiment=name)
     assert 90 <= lag < 90 + 60
+
+
+async def test_per_arm_load_for_autoscalers(control: Control, name: str, redis: Redis) -> None:
+    """Requests per second, latency percentiles and load per declared instance, per arm,
+    over the last full minute (the 10 s bucket in progress is left out)."""
+    doc = spec_doc(name)
+    doc["arms"][0]["instances"] = 4
+    await control.call("POST", "/v1/experiments", doc)
+    now = int(time.time() * 1000)
+    last_full = now - now % 10_000 - 5_000  # inside the last complete bucket
+    rows = [decision(name, "a", [0.5, 0.5], ts_ms=last_full, latency_ms=4.0)] * 117 + [
+        decision(name, "a", [0.5, 0.5], ts_ms=last_full, latency_ms=900.0)
+    ] * 3
+    rows += [decision(name, "b", [0.5, 0.5], ts_ms=last_full - 20_000, latency_ms=30.0)] * 30
+    rows += [decision(name, "b", [0.5, 0.5], ts_ms=now - 120_000)] * 50  # too old to count
+    await write_decisions(redis, name, rows)
+    m = samples(await scrape(control.url))
+    assert value(m, "banditgate_arm_requests_per_second", experiment=name, arm="a") == 2.0
+    assert value(m, "banditgate_arm_requests_per_second", experiment=name, arm="b") == 0.5
+    assert value(m, "banditgate_arm_instances", experiment=name, arm="a") == 4
+    assert value(m, "banditgate_arm_invocations_per_instance", experiment=name, arm="a") == 0.5
+    assert ("banditgate_arm_instances", (("arm", "b"), ("experiment", name))) not in m
+    p50 = value(m, "banditgate_arm_latency_p50_seconds", experiment=name, arm="a")
+    p99 = value(m, "banditgate_arm_latency_p99_seconds", experiment=name, arm="a")
+    assert 0.0025 <= p50 <= 0.005 and 0.5 <= p99 <= 1.0

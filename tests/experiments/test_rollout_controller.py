@@ -137,7 +137,10 @@ async def test_a_canary_answering_5xx_is_rolled_back_to_zero(start_router, redis
     view = await RolloutStore(redis).view(name)
     assert view["phase"] == "RolledBack"
     reason = view["history"][-1]["reason"]
-    assert reason.startswith("step 1/3 (20% to new): error rate new 100.0%")
+    # The routers eject the failing arm after a few 5xx, so it sees little traffic; its
+    # errors are conclusive anyway (a lower confidence bound above the allowed rate).
+    assert reason.startswith("step 1/3 (20% to new): error rate new ")
+    assert "100.0%" in reason or "with 99% confidence" in reason
     assert reason.endswith("rolled back to 0%")
 
 

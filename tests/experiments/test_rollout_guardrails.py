@@ -114,3 +114,28 @@ def test_judge_breaches_on_error_rate_above_the_allowed_delta():
     )
     assert verdict.outcome == "breach"
     assert verdict.breaches == ["error rate c 4.0% (4/100) vs b 1.0% (1/100), allowed +2.0%"]
+
+
+def test_errors_conclusive_before_min_samples_breach_early():
+    """A canary ejected by the routers after consecutive failures gets few requests; its
+    errors so far already show it breaks the guardrail, so waiting is not needed."""
+    g = Guardrails(min_samples=50, max_error_rate_delta=0.02)
+    failing = judge(
+        ArmMetrics(requests=160),
+        ArmMetrics(requests=6, errors=6),
+        g,
+        baseline_name="b",
+        candidate_name="c",
+    )
+    assert failing.outcome == "breach"
+    assert failing.breaches[0].startswith("error rate c 6/6: at least 4")
+    # Too few errors to be sure (one failure in six, or four of four): wait for traffic.
+    for errors, requests in ((1, 6), (4, 4)):
+        unsure = judge(
+            ArmMetrics(requests=160),
+            ArmMetrics(requests=requests, errors=errors),
+            g,
+            baseline_name="b",
+            candidate_name="c",
+        )
+        assert unsure.outcome == "insufficient", (errors, requests)

@@ -303,3 +303,79 @@ async def test_timeseries_places_decisions_in_their_steps(
 
 def _joined_fields(d: Any, reward: float) -> dict[str, Any]:
     return {"d": orjson.dumps(d), "r": repr(reward), "rw": b"1", "n": 1, "jt": d["ts_ms"]}
+
+
+async def test_timeseries_starts_at_the_first_decision_with_latency_errors_and_regret(
+    control: Control, name: str, redis: Redis
+) -> None:
+    await control.call("POST", "/v1/experiments", spec_doc(name))
+    now = int(time.time() * 1000)
+    step = 60_000
+    current = now - now % step
+    first = current - 3 * step + 500  # 3 steps back in a one-hour window
+    fast = [decision(name, "a", [0.5, 0.5], ts_ms=first, latency_ms=2.0 + i % 3) for i in range(98)]
+    slow = [decision(name, "a", [0.5, 0.5], ts_ms=first, latency_ms=400.0) for _ in range(2)]
+    failing = [decision(name, "b", [0.5, 0.5], ts_ms=first, status=503) for _ in range(4)]
+    fine = [decision(name, "b", [0.5, 0.5], ts_ms=first) for _ in range(4)]
+    batch = fast + slow + failing + fine
+    await redis.xadd(
+        keys.decisions(name), {"n": len(batch), "b": orjson.dumps(batch)}, id=f"{first}-0"
+    )
+    # Rewards: a earns 1 on 10 examples, b earns 0 on 10 (a is the best arm).
+    for seq, d in enumerate(fast[:10] + fine + failing + fine[:2]):
+        reward = 1.0 if d["chosen"] == "a" else 0.0
+        await redis.xadd(keys.joined(name), _joined_fields(d, reward), id=f"{first + 10}-{seq}")
+    series = await control.get(f"/v1/experiments/{name}/timeseries?window_s=3600&step_s=60")
+    assert series["t"][0] == current - 3 * step  # not an hour of empty steps before it
+    assert series["first_decision_ms"] == first
+    assert series["window_start_ms"] < series["start_ms"] == series["t"][0]
+    a, b = series["arms"]["a"], series["arms"]["b"]
+    assert a["decisions"][0] == 100 and b["decisions"][0] == 8
+    assert b["error_rate"][0] == pytest.approx(0.5) and a["error_rate"][0] == 0.0
+    assert 2.5 <= a["latency_p50_ms"][0] <= 5.0  # in the (2.5 ms, 5 ms] bucket
+    assert 250.0 <= a["latency_p99_ms"][0] <= 500.0  # the two slow calls
+    assert a["error_rate"][1] is None and a["latency_p50_ms"][1] is None  # an empty step
+    cumulative = series["cumulative"]
+    assert cumulative["best_arm"] == "a"
+    assert cumulative["best_value"] == pytest.approx(1.0)
+    assert cumulative["uniform_value"] == pytest.approx(0.5)
+    assert cumulative["n"][0] == 20 and cumulative["n"][-1] == 20
+    assert cumulative["mean_reward"][0] == pytest.approx(0.5)
+    assert cumulative["regret"][-1] == pytest.approx(10.0)  # 20 * 1.0 - 10 earned
+    assert cumulative["uniform_regret"][-1] == pytest.approx(10.0)
+
+
+async def test_segments_break_reward_down_by_a_context_feature(
+    control: Control, name: str, redis: Redis
+) -> None:
+    """a wins on mobile, b on desktop: the breakdown shows it, with IPS values."""
+    await control.call("POST", "/v1/experiments", spec_doc(name))
+    now = int(time.time() * 1000)
+    seq = 0
+    for device, winner in (("mobile", "a"), ("desktop", "b")):
+        for arm in ("a", "b"):
+            for i in range(8):
+                d = decision(name, arm, [0.25, 0.75], ts_ms=now)
+                d["context"] = {"x-device": device, "t.len": str(i % 2)}
+                reward = 1.0 if arm == winner else 0.0
+                await redis.xadd(keys.joined(name), _joined_fields(d, reward), id=f"{now}-{seq}")
+                seq += 1
+    listed = await control.get(f"/v1/experiments/{name}/segments")
+    assert {(f["name"], f["examples"]) for f in listed["features"]} == {
+        ("x-device", 32),
+        ("t.len", 32),
+    }
+    assert listed["segments"] == []
+    result = await control.get(f"/v1/experiments/{name}/segments?feature=x-device")
+    assert result["examples"] == 32 and result["truncated"] is False
+    by = {s["segment"]: s for s in result["segments"]}
+    assert set(by) == {"mobile", "desktop"}
+    assert by["mobile"]["best_arm"] == "a" and by["desktop"]["best_arm"] == "b"
+    assert by["mobile"]["arms"]["a"] == {"n": 8, "mean_reward": 1.0, "randomized": 8, "value": 1.0}
+    assert by["desktop"]["arms"]["a"]["mean_reward"] == 0.0
+    missing = await control.get(f"/v1/experiments/{name}/segments?feature=nothing")
+    assert [s["segment"] for s in missing["segments"]] == ["(none)"]
+    status, error = await control.call("GET", f"/v1/experiments/{name}/segments?limit=0", key=None)
+    assert status == 422 and error["error"]["field"] == "query.limit"
+    status, _ = await control.call("GET", "/v1/experiments/no-such/segments", key=None)
+    assert status == 404

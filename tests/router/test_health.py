@@ -6,10 +6,11 @@ from banditgate import keys
 from banditgate.announce import announce
 from banditgate.registry import PolicyRegistry
 from banditgate.store import ExperimentStore
+from tests.router.test_metrics import scrape
 from tests.support import make_spec, run_backend, wait_for
 
 
-async def test_ready_lists_loaded_policies_and_fails_without_redis(start_router, redis, name):
+async def test_ready_lists_loaded_policies_and_is_degraded_without_redis(start_router, redis, name):
     async with run_backend() as backend:
         url, app = await start_router(
             make_spec(name, [("a", backend.url)], policy={"learner": "thompson"})
@@ -33,15 +34,19 @@ async def test_ready_lists_loaded_policies_and_fails_without_redis(start_router,
 
             app.redis = connect("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
             try:
+                # Routing goes on (decisions wait in the log): degraded, not unready.
                 async with http.get(f"{url}/health/ready") as response:
-                    assert response.status == 503
-                    error = (await response.json())["error"]
-                    assert error["type"] == "NotReady" and "redis unreachable" in error["message"]
+                    assert response.status == 200
+                    body = await response.json()
+                    assert body["status"] == "degraded" and "unreachable" in body["redis"]
+                assert await scrape(url, "banditgate_router_redis_up") == 0.0
             finally:
                 await app.redis.aclose()
                 app.redis = healthy
             async with http.get(f"{url}/health/ready") as response:
                 assert response.status == 200
+                assert (await response.json())["status"] == "ready"
+            assert await scrape(url, "banditgate_router_redis_up") == 1.0
 
 
 async def _loaded(app, name, version) -> bool:  # type: ignore[no-untyped-def]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -217,3 +219,42 @@ async def test_the_connection_cap_queues_requests_instead_of_flooding_a_backend(
         await client.close()
     assert [r.body for r in responses] == [b"ok"] * 12
     assert peak == 3 and client.opened <= 6
+
+
+async def test_a_request_the_backend_may_have_processed_is_never_sent_again() -> None:
+    processed: list[bytes] = []
+
+    async def answers_once_then_resets(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        head, body = await read_request(reader)
+        processed.append(head.split(b" ", 1)[0] + b" " + body)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        head, body = await read_request(reader)  # the kept-alive connection's second request
+        processed.append(head.split(b" ", 1)[0] + b" " + body)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # processed, then reset before answering
+
+    async with raw_server(answers_once_then_resets) as url:
+        client = HttpClient()
+        assert (await client.request("POST", url, {}, b"1", timeout_s=5)).body == b"ok"
+        with pytest.raises(ClientError) as failed:
+            await client.request("POST", url, {}, b"2", timeout_s=5)
+        assert failed.value.sent
+        assert (await client.request("GET", url, {}, b"", timeout_s=5)).body == b"ok"
+        # An idempotent request on a reused connection may be sent once more, fresh.
+        assert (await client.request("PUT", url, {}, b"3", timeout_s=5)).body == b"ok"
+        await client.close()
+    assert processed == [b"POST 1", b"POST 2", b"GET ", b"PUT 3", b"PUT 3"]
+
+
+async def test_a_refused_connection_says_nothing_was_sent() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: connections are refused
+        client = HttpClient()
+        with pytest.raises(ClientError) as failed:
+            await client.request("POST", f"http://127.0.0.1:{port}", {}, b"x", timeout_s=5)
+        assert not failed.value.sent

@@ -177,3 +177,82 @@ async def _decisions_at_least(redis, name, n):  # type: ignore[no-untyped-def]
 
 async def _count_is(items, n):  # type: ignore[no-untyped-def]
     return len(items) == n
+
+
+def test_a_json_pointer_compares_one_value_of_the_bodies():
+    primary = b'{"predicted_label": 3, "scores": [0.1, 0.9], "model": "a"}'
+    assert same_body(primary, b'{"predicted_label": 3, "model": "b"}', "/predicted_label")
+    assert not same_body(primary, b'{"predicted_label": 4}', "/predicted_label")
+    assert same_body(primary, b'{"scores": [0.2, 0.9]}', "/scores/1")
+    assert not same_body(primary, b'{"scores": [0.2]}', "/scores/1")  # absent in one
+    assert not same_body(primary, b'{"other": 3}', "/predicted_label")
+    assert not same_body(b"plain", b"plain", "/x")  # not JSON: nothing to point at
+    assert same_body(b'{"a/b": {"~": 1}}', b'{"a/b": {"~": 1}, "c": 2}', "/a~1b/~0")
+
+
+async def test_shadow_results_reach_stats_and_metrics(start_router, redis, control, name):
+    """Per shadow arm: agreement at a JSON pointer, errors, status differences, latency."""
+
+    async def half_agree(request: web.Request, body: bytes) -> web.StreamResponse:
+        label = 3 if b"same" in body else 4
+        return web.json_response({"predicted_label": label, "model": "candidate"})
+
+    async def broken(request: web.Request, body: bytes) -> web.StreamResponse:
+        return web.json_response({"error": "out of memory"}, status=500)
+
+    async with (
+        run_backend(Backend(label=3)) as primary,
+        run_backend(Backend(reply=half_agree)) as candidate,
+        run_backend(Backend(reply=broken)) as failing,
+    ):
+        spec = make_spec(
+            name,
+            [("primary", primary.url), ("candidate", candidate.url), ("failing", failing.url)],
+            mode="shadow",
+            shadow={
+                "primary": "primary",
+                "shadows": ["candidate", "failing"],
+                "compare_pointer": "/predicted_label",
+            },
+        )
+        url, _ = await start_router(spec)
+        await invoke_many(url, name, _ids("same", 6), body={"features": ["same"]})
+        await invoke_many(url, name, _ids("diff", 2), body={"features": ["different"]})
+        await wait_for(lambda: _results_at_least(redis, name, 16))
+
+    stats = await control.get(f"/v1/experiments/{name}/stats")
+    shadow = stats["shadow"]
+    assert shadow["primary"] == "primary"
+    by_arm = {a["arm"]: a for a in shadow["arms"]}
+    assert set(by_arm) == {"candidate", "failing"}
+    good, bad = by_arm["candidate"], by_arm["failing"]
+    assert good["mirrored"] == good["compared"] == 8
+    assert good["agreement_rate"] == 6 / 8
+    assert good["status_differs"] == 0 and good["shadow_error_rate"] == 0.0
+    assert bad["mirrored"] == 8 and bad["agreement_rate"] == 0.0
+    assert bad["status_differs_rate"] == 1.0 and bad["shadow_error_rate"] == 1.0
+    assert bad["primary_error_rate"] == 0.0
+    for entry in (good, bad):
+        for side in ("primary_latency_ms", "shadow_latency_ms"):
+            latency = entry[side]
+            assert latency["mean"] > 0 and 0 < latency["p50"] <= latency["p99"]
+
+    text = await control.get("/metrics")
+    labels = (("arm", "candidate"), ("experiment", name))
+    assert metric_values(text, "banditgate_shadow_agreed")[labels] == 6
+    assert metric_values(text, "banditgate_shadow_compared")[labels] == 8
+    failing_labels = (("arm", "failing"), ("experiment", name))
+    assert metric_values(text, "banditgate_shadow_errors")[failing_labels] == 8
+    assert metric_values(text, "banditgate_shadow_mirrored")[failing_labels] == 8
+    latency = metric_values(text, "banditgate_shadow_latency_seconds")
+    assert any(dict(k).get("arm") == "candidate" for k in latency)
+
+
+async def test_an_experiment_without_shadows_has_no_shadow_section(control, redis, name):
+    status, _ = await control.call(
+        "PUT",
+        f"/v1/experiments/{name}",
+        {"name": name, "mode": "ab", "arms": [{"name": "a", "url": "http://127.0.0.1:9"}]},
+    )
+    assert status in (200, 201)
+    assert (await control.get(f"/v1/experiments/{name}/stats"))["shadow"] is None

@@ -72,24 +72,39 @@ async def test_hot_swap_under_load_drops_nothing_and_logs_the_deciding_version(
         model = trained_model(spec, best="b")
         registry = PolicyRegistry(redis)
 
-        async def one(http: aiohttp.ClientSession, i: int) -> int:
-            await asyncio.sleep(i * 0.004)
-            async with http.post(
-                f"{url}/endpoints/{name}/invocations", json={"features": ["a fine product"]}
-            ) as response:
-                await response.read()
-                return response.status
+        statuses: list[int] = []
+        stop = asyncio.Event()
 
-        async def publish_midway() -> None:
-            await asyncio.sleep(0.35)
-            await registry.publish(name, model, learner="vw", source="test")
+        async def stream(http: aiohttp.ClientSession) -> None:
+            # Requests keep flowing, several in flight at once, through the swap.
+            while not stop.is_set():
+                async with http.post(
+                    f"{url}/endpoints/{name}/invocations", json={"features": ["a fine product"]}
+                ) as response:
+                    await response.read()
+                    statuses.append(response.status)
+
+        async def at_least(n: int) -> bool:
+            return len(statuses) >= n
 
         async with aiohttp.ClientSession() as http:
-            results = await asyncio.gather(*(one(http, i) for i in range(200)), publish_midway())
-        assert results[:200] == [200] * 200
-        await wait_for(lambda: _count_at_least(redis, name, 200))
+            streams = [asyncio.create_task(stream(http)) for _ in range(8)]
+            await wait_for(lambda: at_least(60), timeout=30)
+            await registry.publish(name, model, learner="vw", source="test")
+
+            async def swapped() -> bool:
+                return app.runtime is not None and app.runtime.swaps == 1
+
+            await wait_for(swapped, timeout=30)
+            target = len(statuses) + 80
+            await wait_for(lambda: at_least(target), timeout=30)
+            stop.set()
+            await asyncio.gather(*streams)
+        total = len(statuses)
+        assert statuses == [200] * total
+        await wait_for(lambda: _count_at_least(redis, name, total))
     decisions = await logged_decisions(redis, name)
-    assert len(decisions) == 200
+    assert len(decisions) == total
     versions = {d["policy_version"] for d in decisions}
     assert versions == {0, 1}
     policies = {0: build_policy(spec, None, 0), 1: build_policy(spec, model, 1)}

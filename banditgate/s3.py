@@ -1,8 +1,9 @@
-"""Upload closed export files to S3 (or any S3-compatible store) with boto3.
+"""Upload closed files to S3 (or any S3-compatible store) with boto3: the exporter's
+Parquet/DSJSON files and the router's data-capture files.
 
-A file's key mirrors its path below `{data_dir}/export/`, under the URL's prefix. Once
-uploaded, a hidden marker `.<name>.uploaded` sits next to the file, so a restart uploads
-only what is missing.
+A file's key mirrors its path below the uploader's root (`{data_dir}/export/`,
+`{data_dir}/capture/`), under the URL's prefix. Once uploaded, a hidden marker
+`.<name>.uploaded` sits next to the file, so a restart uploads only what is missing.
 """
 
 from __future__ import annotations
@@ -32,10 +33,17 @@ class S3Uploader:
         endpoint_url: str | None = None,
         region: str | None = None,
         client: Any = None,
+        pattern: str = "part-*",
+        suffixes: tuple[str, ...] = EXPORTED_SUFFIXES,
+        setting: str = "BANDITGATE_EXPORT_S3_URL",
     ) -> None:
+        """`pattern` and `suffixes`: which files under `root` `missing()` lists; `setting`:
+        what to name when boto3 is not installed."""
         self.bucket, self.prefix = parse_s3_url(url)
         self.root = root
-        self.client = client or _s3_client(endpoint_url, region)
+        self.pattern = pattern
+        self.suffixes = suffixes
+        self.client = client or _s3_client(endpoint_url, region, setting)
 
     def key(self, path: Path) -> str:
         relative = path.relative_to(self.root).as_posix()
@@ -64,18 +72,14 @@ class S3Uploader:
             return []
         return sorted(
             path
-            for path in self.root.rglob("part-*")
-            if path.suffix in EXPORTED_SUFFIXES
-            and path.is_file()
-            and not self.marker(path).exists()
+            for path in self.root.rglob(self.pattern)
+            if path.suffix in self.suffixes and path.is_file() and not self.marker(path).exists()
         )
 
 
-def _s3_client(endpoint_url: str | None, region: str | None) -> Any:
+def _s3_client(endpoint_url: str | None, region: str | None, setting: str) -> Any:
     try:
-        import boto3  # the `s3` extra, about 0.3 s to import: only when S3 export is configured
+        import boto3  # the `s3` extra, about 0.3 s to import: only when S3 is configured
     except ImportError:
-        raise RuntimeError(
-            "BANDITGATE_EXPORT_S3_URL needs boto3: pip install 'banditgate[s3]'"
-        ) from None
+        raise RuntimeError(f"{setting} needs boto3: pip install 'banditgate[s3]'") from None
     return boto3.client("s3", endpoint_url=endpoint_url, region_name=region)

@@ -1,0 +1,1 @@
+"""Data-quality and drift monitoring of captured traffic against a baseline (a component)."""

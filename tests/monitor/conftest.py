@@ -1,0 +1,3 @@
+from tests.router.conftest import start_router
+
+__all__ = ["start_router"]
