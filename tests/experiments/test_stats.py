@@ -375,7 +375,7 @@ async def test_segments_break_reward_down_by_a_context_feature(
     assert by["desktop"]["arms"]["a"]["mean_reward"] == 0.0
     missing = await control.get(f"/v1/experiments/{name}/segments?feature=nothing")
     assert [s["segment"] for s in missing["segments"]] == ["(none)"]
-    status, error = await control.call("GET", f"/v1/experiments/{name}/segments?limit=0", key=None)
+    status, error = await control.call("GET", f"/v1/experiments/{name}/segments?limit=0")
     assert status == 422 and error["error"]["field"] == "query.limit"
-    status, _ = await control.call("GET", "/v1/experiments/no-such/segments", key=None)
+    status, _ = await control.call("GET", "/v1/experiments/no-such/segments")
     assert status == 404
