@@ -123,6 +123,7 @@ JOINER_GROUP = "joiner"  # decisions and rewards streams
 RESOLVER_GROUP = "resolver"  # the unrouted rewards stream
 EXPORTER_GROUP = "exporter"  # joined streams
 TRAINER_GROUP = "trainer"  # joined streams
+TRAINER_CHANGES = "changes"  # field of the trainer's state hash: changes detected, a counter
 
 
 class Announced(StrEnum):

@@ -34,6 +34,7 @@ class Decision(TypedDict):
     error: NotRequired[str]
     shadow: NotRequired[list[dict[str, Any]]]
     retry_of: NotRequired[str]  # the failed attempt (nothing sent) this request retried
+    ttfb_ms: NotRequired[float]  # streamed responses: time to the arm's first byte
 
 
 class ArmCall(TypedDict):

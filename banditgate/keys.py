@@ -149,6 +149,11 @@ def rollout_lock(experiment: str) -> str:
     return f"{_tag(experiment)}:rollout:lock"
 
 
+def variant_weights(experiment: str) -> str:
+    """Raw SageMaker-style variant weights and instance counts, with the split they produced."""
+    return f"{_tag(experiment)}:variants"
+
+
 def shadow_results(experiment: str) -> str:
     return f"{_tag(experiment)}:shadow"
 

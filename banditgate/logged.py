@@ -25,6 +25,7 @@ class Example:
     chosen: int
     logged_prob: float
     reward: float
+    rewarded: bool = True  # a real reward, not the default of one that never came
 
     @property
     def shared_and_actions(self) -> list[str]:
@@ -54,5 +55,10 @@ def to_example(joined: Joined, spec: ExperimentSpec | None) -> Example | None:
         lines.append(action_line(name, features))
     context = decision.get("context") or {}
     return Example(
-        context, ActionSet(tuple(names), tuple(lines)), index, probability, joined["reward"]
+        context,
+        ActionSet(tuple(names), tuple(lines)),
+        index,
+        probability,
+        joined["reward"],
+        bool(joined.get("rewarded", True)),
     )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import orjson
 import yaml
@@ -25,12 +27,33 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 ARM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 
 Mode = Literal["bandit", "ab", "canary", "bluegreen", "shadow"]
-Protocol = Literal["sagemaker", "v2", "http"]
+Protocol = Literal["sagemaker", "v2", "http", "sagemaker-runtime"]
 FeatureValue = str | int | float | bool
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+# Set by the router or the HTTP client itself: an arm cannot override them.
+RESERVED_HEADERS = frozenset(
+    {"host", "content-length", "connection", "transfer-encoding", "te", "upgrade", "keep-alive"}
+)
+
+
+class ArmAuth(_Strict):
+    """Credentials the router adds to every request to the arm, read from its environment."""
+
+    bearer_env: Annotated[
+        str,
+        Field(
+            pattern=ENV_NAME_PATTERN,
+            description="Environment variable (of the router) holding a token, sent as "
+            "Authorization: Bearer <token>.",
+        ),
+    ]
 
 
 class Arm(_Strict):
@@ -47,7 +70,9 @@ class Arm(_Strict):
     protocol: Protocol = Field(
         default="http",
         description="How a request is forwarded: sagemaker (POST {url}{path}), "
-        "v2 (Open Inference Protocol), http (the /proxy path passed through).",
+        "v2 (Open Inference Protocol), http (the /proxy path passed through), "
+        "sagemaker-runtime (a SageMaker endpoint: POST {url}/endpoints/{model}/invocations, "
+        "signed with SigV4 from the usual AWS credential chain).",
     )
     model: str | None = Field(
         default=None,
@@ -92,6 +117,60 @@ class Arm(_Strict):
         "instance (banditgate_arm_invocations_per_instance).",
     )
 
+    # None rather than empty by default: a spec that uses neither stays readable by
+    # routers that predate them (the stored JSON leaves out None).
+    headers: dict[str, str] | None = Field(
+        default=None,
+        description="Headers sent with every request to this arm (the spec is readable: "
+        "put secrets in auth, which reads them from the router's environment).",
+    )
+    auth: ArmAuth | None = Field(
+        default=None, description="Credentials from the router's environment for this arm."
+    )
+    forward_headers: list[str] | None = Field(
+        default=None,
+        description="Client request headers passed on to this arm too (e.g. authorization, "
+        "cookie); none by default.",
+    )
+    region: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9-]{1,40}$",
+        description="sagemaker-runtime: the AWS region to sign for (default: from a "
+        "runtime.sagemaker.<region>.amazonaws.com URL).",
+    )
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        out: dict[str, str] = {}
+        for name, text in value.items():
+            _check_header_name(name)
+            if "\r" in text or "\n" in text:
+                raise ValueError(f"{name}: a header value cannot hold a line break")
+            out[name.lower()] = text
+        return out
+
+    @field_validator("forward_headers")
+    @classmethod
+    def _forward_headers(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        for name in value:
+            _check_header_name(name)
+        return [name.lower() for name in value]
+
+    @model_validator(mode="after")
+    def _signed(self) -> Arm:
+        runtime = self.protocol == "sagemaker-runtime"
+        if runtime and self.region is None and sagemaker_region(self.url) is None:
+            raise ValueError(
+                "region: required for sagemaker-runtime unless the url is "
+                "https://runtime.sagemaker.<region>.amazonaws.com"
+            )
+        return self
+
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
@@ -109,6 +188,26 @@ class Arm(_Strict):
     @property
     def model_name(self) -> str:
         return self.model or self.name
+
+
+def _check_header_name(name: str) -> None:
+    if not re.match(HEADER_NAME_PATTERN, name):
+        raise ValueError(f"{name!r}: not a valid header name")
+    if name.lower() in RESERVED_HEADERS:
+        raise ValueError(f"{name!r}: set by the router, not by the spec")
+
+
+def sagemaker_region(url: str) -> str | None:
+    """The region of a runtime.sagemaker.<region>.amazonaws.com URL."""
+    host = urlsplit(url).hostname or ""
+    parts = host.split(".")
+    if (
+        len(parts) >= 5
+        and parts[:2] == ["runtime", "sagemaker"]
+        and host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
+    ):
+        return parts[2]
+    return None
 
 
 class ContextSpec(_Strict):
@@ -160,14 +259,15 @@ class ContextSpec(_Strict):
 class Exploration(_Strict):
     """How the VW policy explores (VW's --cb_explore_adf algorithms)."""
 
-    # Defaults measured in bench/learning.py (BENCHMARKS.md, "Learning quality").
+    # Defaults measured in the world suite (bench/worlds, BENCHMARKS.md "World suite"): bag 5
+    # with -l 0.03 against epsilon 0.02 with -l 0.01, which left the best arm starved.
     type: Literal["epsilon", "cover", "bag", "softmax", "squarecb"] = Field(
-        default="epsilon", description="Exploration algorithm."
+        default="bag", description="Exploration algorithm."
     )
     epsilon: float = Field(
         default=0.02, ge=0, le=1, description="epsilon: share of traffic spread over all arms."
     )
-    n: int = Field(default=3, ge=1, le=64, description="Policies for cover and bag.")
+    n: int = Field(default=5, ge=1, le=64, description="Policies for cover and bag.")
     psi: float = Field(default=0.1, ge=0, description="Cover's disagreement parameter.")
     lambda_: float = Field(
         default=10.0, alias="lambda", gt=0, description="Softmax inverse temperature."
@@ -211,6 +311,50 @@ class GateSpec(_Strict):
     )
 
 
+class ChangeSpec(_Strict):
+    """Detecting a change in an arm's reward on the joined stream, and the response."""
+
+    detector: Literal["window", "off"] = Field(
+        default="window",
+        description="window: each arm's recent rewards per context cell against its older ones "
+        "(a z test); off: no detection.",
+    )
+    window: int = Field(
+        default=200, ge=20, le=100_000, description="Recent rewards per arm and cell compared."
+    )
+    threshold: float = Field(
+        default=5.0,
+        ge=3,
+        le=50,
+        description="|z| that signals a change (higher: fewer false alarms).",
+    )
+    min_shift: float = Field(
+        default=0.05,
+        gt=0,
+        le=1,
+        description="Smallest change of the mean that counts, as a share of the reward range.",
+    )
+    discount: float = Field(
+        default=0.99,
+        gt=0,
+        le=1,
+        description="On a change the learner restarts from recent examples: one n events old "
+        "is kept with probability discount^n (1: keep them all).",
+    )
+    memory: int = Field(
+        default=2_000, ge=0, le=100_000, description="Recent examples kept for that restart."
+    )
+    explore_events: int = Field(
+        default=2_000,
+        ge=0,
+        le=1_000_000,
+        description="After a change, explore wider for this many examples...",
+    )
+    explore_epsilon: float = Field(
+        default=0.3, ge=0, le=1, description="...with at least this epsilon (vw learner)."
+    )
+
+
 class PolicySpec(_Strict):
     """How arms are chosen in bandit mode, and how the policy learns."""
 
@@ -248,8 +392,11 @@ class PolicySpec(_Strict):
         ge=1,
         description="Cap on 1/p when learning: a rarely logged action cannot jerk the model.",
     )
-    learning_rate: float = Field(default=0.01, gt=0, le=10, description="Learning rate (VW -l).")
+    learning_rate: float = Field(default=0.03, gt=0, le=10, description="Learning rate (VW -l).")
     vw_args: str = Field(default="", description="Extra VW arguments, appended as given.")
+    change: ChangeSpec = Field(
+        default_factory=ChangeSpec, description="Change detection and the response to it."
+    )
 
     @field_validator("interactions")
     @classmethod

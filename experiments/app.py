@@ -20,6 +20,7 @@ from experiments import (
     metrics,
     monitor_api,
     rollout_api,
+    sagemaker_api,
     segments,
 )
 from experiments.redact import RedactCredentials
@@ -65,9 +66,14 @@ def build(
 ) -> tuple[APIRouter, ControlService]:
     """Routes plus the component that owns their state (`app.state.control`)."""
     service = ControlService(settings, redis=redis)
-    router = APIRouter(dependencies=[Depends(authorize)], responses=_ERRORS)
+    router = APIRouter()
+    # The SageMaker control-plane API checks its own signatures (SigV4, an admin key as
+    # the secret): it is not behind the bearer-key check.
+    router.include_router(sagemaker_api.routes())
+    keyed = APIRouter(dependencies=[Depends(authorize)], responses=_ERRORS)
     for module in (api, rollout_api, export_api, dashboard, metrics, segments, monitor_api):
-        router.include_router(module.routes())
+        keyed.include_router(module.routes())
+    router.include_router(keyed)
     return router, service
 
 

@@ -39,7 +39,7 @@ from prometheus_client.core import (
 from redis.exceptions import ResponseError
 
 from banditgate import keys
-from banditgate.contracts import TRAINER_GROUP, JoinCounter
+from banditgate.contracts import TRAINER_CHANGES, TRAINER_GROUP, JoinCounter
 from banditgate.metrics import ProcessMetrics
 from banditgate.redis import Redis, stream_id_ms
 from banditgate.spec import ExperimentSpec
@@ -112,6 +112,7 @@ class ExperimentMetrics:
     groups: list[GroupLag] = field(default_factory=list)
     lengths: dict[str, int] = field(default_factory=dict)
     srm: dict[str, Any] = field(default_factory=dict)
+    changes_detected: int = 0
     shadow: dict[str, ShadowTally] = field(default_factory=dict)  # by shadow arm, lifetime
     load: dict[str, ArmLoad] = field(default_factory=dict)  # by arm, recent
     monitor: dict[str, Any] = field(default_factory=dict)  # by arm, the latest check
@@ -177,6 +178,7 @@ async def gather(service: ControlService) -> list[ExperimentMetrics]:
             lifetime=lifetime,
             counters=await join_counters(redis, name),
             srm=check,
+            changes_detected=int(await redis.hget(keys.trainer_state(name), TRAINER_CHANGES) or 0),
             shadow=shadow,
             load=load,
             monitor=await latest_reports(redis, name),
@@ -256,6 +258,11 @@ def families(experiments: Iterable[ExperimentMetrics]) -> list[Metric]:
         "banditgate_srm_flagged", "1 when the sample-ratio-mismatch check fails.", labels=e
     )
     srm_p = GaugeMetricFamily("banditgate_srm_p_value", "Sample-ratio-mismatch p-value.", labels=e)
+    changes = CounterMetricFamily(
+        "banditgate_trainer_changes_detected",
+        "Changes in an arm's reward the trainer detected (and forgot the old data for).",
+        labels=e,
+    )
     rps = GaugeMetricFamily(
         "banditgate_arm_requests_per_second",
         f"Requests routed to the arm per second over the last {LOAD_WINDOW_S} s.",
@@ -423,6 +430,7 @@ def families(experiments: Iterable[ExperimentMetrics]) -> list[Metric]:
                 shadow_buckets.append((edge, cumulative))
             shadow_latency.add_metric(labels, shadow_buckets, tally.shadow_latency_ms / 1000)
         srm_flag.add_metric(e_label, 1.0 if m.srm.get("flagged") else 0.0)
+        changes.add_metric(e_label, m.changes_detected)
         if m.srm.get("p_value") is not None:
             srm_p.add_metric(e_label, m.srm["p_value"])
     return [
@@ -447,6 +455,7 @@ def families(experiments: Iterable[ExperimentMetrics]) -> list[Metric]:
         trainer,
         srm_flag,
         srm_p,
+        changes,
         quality,
         labelled,
         quality_alert,

@@ -73,8 +73,12 @@ class VWLearner:
         policy: vowpalwabbit.Workspace | None = None,
         rewards: vowpalwabbit.Workspace | None = None,
         n_examples: int = 0,
+        cost_offset: float = 0.0,
     ) -> None:
         self.spec = spec
+        # The policy learns cost = cost_offset - reward, so an arm it has no data on is
+        # estimated at reward cost_offset (0 by default; see TrainingLoop's restart).
+        self.cost_offset = cost_offset
         self.policy = policy if policy is not None else new_workspace(spec, save_resume=True)
         self.rewards = (
             rewards
@@ -98,6 +102,7 @@ class VWLearner:
             policy=workspace_from_bytes(policy, extra=["--save_resume"]),
             rewards=workspace_from_bytes(rewards, extra=["--save_resume"]),
             n_examples=int(header["n"]),
+            cost_offset=float(header.get("offset", 0.0)),
         )
 
     def probabilities(self, example: Example) -> list[float]:
@@ -113,7 +118,11 @@ class VWLearner:
         probability = max(example.logged_prob, 1.0 / self.spec.max_importance_weight)
         label = (example.chosen, -example.reward, probability)
         lines = example_lines(example.context, example.actions.lines, label)
-        self.policy.learn(lines)
+        if self.cost_offset:
+            shifted = (example.chosen, self.cost_offset - example.reward, probability)
+            self.policy.learn(example_lines(example.context, example.actions.lines, shifted))
+        else:
+            self.policy.learn(lines)
         self.rewards.learn(lines)
         self.n_examples += 1
 
@@ -122,7 +131,7 @@ class VWLearner:
 
     def state_bytes(self) -> bytes:
         return _frame(
-            {"kind": self.kind, "n": self.n_examples},
+            {"kind": self.kind, "n": self.n_examples, "offset": self.cost_offset},
             self.model_bytes(),
             workspace_to_bytes(self.rewards),
         )

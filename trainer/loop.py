@@ -16,20 +16,30 @@ evidence:
   everything the old one was judged on;
 - otherwise it keeps collecting evidence.
 
-The worker (`trainer/worker.py`) and the screening simulation
-(`bench/learning_sim.py`) both run this class.
+Change (trainer/change.py): every example also feeds a detector per arm and context
+cell. When it fires at an update, the loop forgets: the learner restarts from the
+examples since the change (older ones kept with probability discount^age), with
+wider exploration for `explore_events` examples, and a fresh challenger is judged on
+data from after the detection only, so the old data cannot hold it back. The
+detection is recorded, and named in the lineage of the next published policy.
+
+The worker (`trainer/worker.py`), the screening simulation (`bench/learning_sim.py`)
+and the world suite (`bench/worlds`) all run this class.
 """
 
 from __future__ import annotations
 
 import math
+import random
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from banditgate.policy import Policy, build_policy
 from banditgate.spec import ExperimentSpec
+from trainer.change import Alarm, ChangeDetector
 from trainer.gate import EvaluationWindow, judge
-from trainer.learner import Example, Learner, expected
+from trainer.learner import Example, Learner, VWLearner, expected, new_learner
 
 MAX_EVIDENCE_FACTOR = 5
 
@@ -61,6 +71,15 @@ class TrainingLoop:
         self.challenger: Challenger | None = None
         self.window = EvaluationWindow()
         self.since_update = 0
+        change = spec.policy.change
+        self.detector = ChangeDetector(change, spec.reward.min, spec.reward.max)
+        self.recent: deque[tuple[int, Example]] = deque(maxlen=change.memory)
+        self.seen = 0  # examples observed (the learner's own count restarts on a change)
+        self.widen_left = 0
+        self.change_since = 0
+        self.changes: list[dict[str, Any]] = []  # detections since the last publish
+        self.known_arms: set[str] = set()
+        self.new_arms: list[str] = []  # arms first seen since the last update
 
     def observe(self, example: Example) -> None:
         """Score the example with the challenger and the serving policy, then learn it."""
@@ -79,8 +98,28 @@ class TrainingLoop:
                 candidate_reward_hat=expected(reward_hat, challenger),
                 current_reward_hat=expected(reward_hat, current),
             )
+        self.seen += 1
+        arm = example.actions.names[example.chosen]
+        if not self.known_arms.issuperset(example.actions.names):
+            # Only the spec's arms: callers of the rank route may send actions of their own.
+            spec_arms = set(self.spec.arm_names)
+            if self.known_arms:
+                self.new_arms += [
+                    n for n in example.actions.names if n not in self.known_arms and n in spec_arms
+                ]
+            self.known_arms.update(example.actions.names)
+        if example.rewarded:
+            # Defaults join a window late, so their share of an arm's joined stream follows
+            # the traffic of a window ago: watching them would see changes in the policy.
+            self.detector.add(arm, example.context, example.reward, self.seen)
+        if self.recent.maxlen:
+            self.recent.append((self.seen, example))
         self.learner.learn(example)
         self.since_update += 1
+        if self.widen_left > 0:
+            self.widen_left -= 1
+            if self.widen_left == 0:
+                self._narrow()
 
     def due(self, seconds_since_update: float) -> bool:
         update = self.spec.policy.update
@@ -92,6 +131,13 @@ class TrainingLoop:
         """Judge the challenger (or take a first one). Call when `due`."""
         self.since_update = 0
         spec = self.spec
+        self.detector.spec = spec.policy.change
+        alarms = self.detector.check()
+        if alarms:
+            self.new_arms.clear()
+            return self._on_change(alarms, publishable)
+        if self.new_arms and self.serving_version > 0:
+            return self._on_new_arms(publishable)
         warmup = spec.policy.update.warmup_events
         if self.serving_version == 0 and self.learner.n_examples < warmup:
             reason = (
@@ -118,6 +164,8 @@ class TrainingLoop:
         if verdict.publish and publishable:
             model = self.challenger.model
             record["decision"] = "published"
+            if self.changes:
+                record["changes"] = list(self.changes)
             return Outcome(True, model, record)
         if not publishable:
             record["reason"] = f"mode {spec.mode!r} does not publish; {verdict.reason}"
@@ -131,6 +179,7 @@ class TrainingLoop:
         """The challenger now serves; the learner's current state becomes the next challenger."""
         self.serving = policy
         self.serving_version = version
+        self.changes.clear()
         self._take_snapshot()
 
     def serving_changed(self, policy: Policy, version: int) -> None:
@@ -154,6 +203,122 @@ class TrainingLoop:
         snapshot = self.challenger.examples
         learned_since = self.learner.n_examples - snapshot
         return learned_since >= max(snapshot, self.spec.policy.gate.min_examples)
+
+    def _on_change(self, alarms: list[Alarm], publishable: bool) -> Outcome:
+        record = self._forget(alarms)
+        if publishable and self.serving_version > 0:
+            # The gate cannot judge a move to arms the serving policy hardly logs, and the
+            # serving policy would keep them starved: the widened restart ships as is.
+            assert self.challenger is not None
+            record["decision"] = "published"
+            record["changes"] = list(self.changes)
+            record["challenger_examples"] = self.challenger.examples
+            return Outcome(True, self.challenger.model, record)
+        return Outcome(False, None, record)
+
+    def _on_new_arms(self, publishable: bool) -> Outcome:
+        """An arm was added: relearn everything remembered, exploring wider for a while.
+
+        Nothing is forgotten, but a learned policy would give a new arm only its floor:
+        the wider exploration is what lets it show what it earns."""
+        arms, self.new_arms = self.new_arms, []
+        self.change_since = self.recent[0][0] if self.recent else self.seen
+        self.widen_left = self.spec.policy.change.explore_events
+        self._relearn([example for _, example in self.recent], widen=self.widen_left > 0)
+        self._take_snapshot()
+        assert self.challenger is not None
+        detection = {
+            "examples_seen": self.seen,
+            "arms_added": arms,
+            "alarms": [],
+            "relearned": len(self.recent),
+            "explore_events": self.widen_left,
+        }
+        self.changes.append(detection)
+        record: dict[str, Any] = {
+            "decision": "change",
+            "reason": f"arms added: {', '.join(arms)}; exploring wider for "
+            f"{self.widen_left} examples",
+            "n": 0,
+            "change": detection,
+            "current_version": self.serving_version,
+        }
+        if publishable and self.widen_left > 0:
+            record["decision"] = "published"
+            record["changes"] = list(self.changes)
+            record["challenger_examples"] = self.challenger.examples
+            return Outcome(True, self.challenger.model, record)
+        return Outcome(False, None, record)
+
+    def _forget(self, alarms: list[Alarm]) -> dict[str, Any]:
+        """Restart the learner from the examples since the change, exploring wider for a while."""
+        change = self.spec.policy.change
+        since = min(alarm.since for alarm in alarms)
+        rng = random.Random(since)
+        kept = [
+            example
+            for index, example in self.recent
+            if index >= since or rng.random() < change.discount ** (since - index)
+        ]
+        self.change_since = since
+        self.widen_left = change.explore_events
+        self._relearn(kept, widen=self.widen_left > 0)
+        self._take_snapshot()
+        detection = {
+            "examples_seen": self.seen,
+            "alarms": [alarm.to_dict() for alarm in alarms],
+            "relearned": len(kept),
+            "explore_events": self.widen_left,
+        }
+        self.changes.append(detection)
+        arms = ", ".join(
+            f"{a.arm} {a.before:.3f} -> {a.after:.3f} (z {a.z:+.1f})" for a in alarms[:3]
+        )
+        reason = (
+            f"change detected: {arms}; the learner restarts from {len(kept)} recent examples"
+            + (f", exploring wider for {self.widen_left} examples" if self.widen_left else "")
+        )
+        return {
+            "decision": "change",
+            "reason": reason,
+            "n": 0,
+            "change": detection,
+            "current_version": self.serving_version,
+        }
+
+    def _narrow(self) -> None:
+        """The end of widened exploration: relearn the examples since the change, as specified."""
+        kept = [example for index, example in self.recent if index >= self.change_since]
+        self._relearn(kept, widen=False)
+        self._take_snapshot()
+
+    def _relearn(self, examples: list[Example], *, widen: bool) -> None:
+        spec = self.spec
+        exploration = spec.policy.exploration
+        wider = spec.policy.change.explore_epsilon
+        if (
+            widen
+            and spec.policy.learner == "vw"
+            and exploration.type in ("epsilon", "bag")
+            and exploration.epsilon < wider
+        ):
+            policy = spec.policy.model_copy(
+                update={"exploration": exploration.model_copy(update={"epsilon": wider})}
+            )
+            spec = spec.model_copy(update={"policy": policy})
+        learner: Learner
+        if spec.policy.learner == "vw":
+            # A fresh VW policy estimates every arm at reward 0 and climbs toward the truth
+            # as it learns, fastest on the arm with the most data: right after a change that
+            # is the arm that changed, which would then look best. From the middle of the
+            # reward range instead, an arm with little data is neither favoured nor starved.
+            reward = spec.reward
+            learner = VWLearner(spec.policy, cost_offset=(reward.min + reward.max) / 2)
+        else:
+            learner = new_learner(spec)
+        for example in examples:
+            learner.learn(example)
+        self.learner = learner
 
     def _take_snapshot(self) -> None:
         model = self.learner.model_bytes()

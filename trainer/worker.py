@@ -32,7 +32,7 @@ from typing import cast
 import orjson
 
 from banditgate import keys
-from banditgate.contracts import TRAINER_GROUP
+from banditgate.contracts import TRAINER_CHANGES, TRAINER_GROUP
 from banditgate.errors import InvalidPolicy
 from banditgate.events import decode_joined
 from banditgate.locks import OwnerLocks
@@ -95,6 +95,7 @@ class Trainer:
         self.locks = OwnerLocks(redis, owner=self.owner, ttl_ms=LOCK_TTL_MS)
         self.published = 0
         self.rejected = 0
+        self.changes = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         watching = TaskGroup("trainer")
@@ -253,6 +254,14 @@ class Trainer:
         outcome = await asyncio.to_thread(training.loop.update, spec.mode == "bandit")
         record = {"ts_ms": int(self.clock() * 1000), **outcome.record}
         if outcome.publish and outcome.model is not None:
+            note = record.get("reason", "")
+            for change in record.get("changes", []):
+                what = [
+                    f"{a['arm']} {a['before']:.3f} -> {a['after']:.3f}" for a in change["alarms"]
+                ] + [f"{arm} added" for arm in change.get("arms_added", [])]
+                note += "; after a change detected at example {}: {}".format(
+                    change["examples_seen"], ", ".join(what)
+                )
             published = await self.registry.publish(
                 name,
                 outcome.model,
@@ -261,7 +270,7 @@ class Trainer:
                 n_examples=record.get("challenger_examples", training.learner.n_examples),
                 source="trainer",
                 ope=record.get("numbers", {}),
-                note=record.get("reason", ""),
+                note=note,
                 trained_through=training.last_id,
                 last_joined_ms=training.last_joined_ms,
             )
@@ -275,7 +284,11 @@ class Trainer:
         elif record.get("decision") == "rejected":
             self.rejected += 1
             log.info("experiment %s: candidate rejected (%s)", name, record["reason"])
-        if record.get("decision") in ("published", "rejected"):
+        if "change" in record:
+            self.changes += 1
+            await self.redis.hincrby(keys.trainer_state(name), TRAINER_CHANGES, 1)
+            log.warning("experiment %s: %s", name, record["reason"])
+        if record.get("decision") in ("published", "rejected", "change"):
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.lpush(keys.candidates(name), orjson.dumps(record))
                 pipe.ltrim(keys.candidates(name), 0, CANDIDATES_KEPT - 1)

@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from banditgate import keys
+from banditgate.contracts import TRAINER_CHANGES
 from banditgate.policy import BetaCounts
 from banditgate.redis import Redis
 from banditgate.registry import PolicyRegistry
@@ -174,3 +175,15 @@ async def test_per_arm_load_for_autoscalers(control: Control, name: str, redis: 
     p50 = value(m, "banditgate_arm_latency_p50_seconds", experiment=name, arm="a")
     p99 = value(m, "banditgate_arm_latency_p99_seconds", experiment=name, arm="a")
     assert 0.0025 <= p50 <= 0.005 and 0.5 <= p99 <= 1.0
+
+
+async def test_changes_the_trainer_detected_are_counted(
+    control: Control, name: str, redis: Redis
+) -> None:
+    await control.call("POST", "/v1/experiments", spec_doc(name))
+    m = samples(await scrape(control.url))
+    assert value(m, "banditgate_trainer_changes_detected_total", experiment=name) == 0
+    # As the trainer counts them (tests/trainer/test_change.py drives a real detection).
+    await redis.hincrby(keys.trainer_state(name), TRAINER_CHANGES, 2)
+    m = samples(await scrape(control.url))
+    assert value(m, "banditgate_trainer_changes_detected_total", experiment=name) == 2

@@ -1,0 +1,1 @@
+"""The world suite: traffic worlds, reference policies and a runner (python -m bench.worlds)."""
