@@ -8,6 +8,7 @@ copied and searched; tables fit the terminal (see `print_table`).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -64,7 +65,13 @@ def read_specs(files: list[Path]) -> list[ExperimentSpec]:
 
 
 def control_client(url: str, admin_key: str | None = None) -> ControlClient:
-    """A client for the control plane; `admin_key` may be a BANDITGATE_ADMIN_KEYS list."""
+    """A client for the control plane; `admin_key` may be a BANDITGATE_ADMIN_KEYS list.
+
+    Without one, reads send the first of BANDITGATE_ADMIN_KEYS or BANDITGATE_READ_KEYS.
+    """
+    if admin_key is None:
+        for variable in ("BANDITGATE_ADMIN_KEYS", "BANDITGATE_ADMIN_KEY", "BANDITGATE_READ_KEYS"):
+            admin_key = admin_key or os.environ.get(variable)
     return ControlClient(url, first_key(admin_key))
 
 

@@ -58,6 +58,7 @@ class RewardField(WireName):
     VALUE = "v"  # repr of a float
     TS_MS = "ts"  # ingest time
     MOVED_FROM = "u"  # the unrouted-stream id, on a reward the resolver moved
+    IDEMPOTENCY_KEY = "k"  # the client's key, when it sent one: a retry counts once
 
 
 class JoinedField(WireName):

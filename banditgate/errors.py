@@ -7,6 +7,8 @@ from typing import Any
 
 class BanditgateError(Exception):
     status: int = 500
+    # Seconds a client should wait before trying again: sent as `Retry-After` when set.
+    retry_after_s: int | None = None
 
     def __init__(
         self, message: str, status: int | None = None, *, field: str | None = None
@@ -90,6 +92,7 @@ class BackendTimeout(BackendError):
 
 class NoHealthyArm(BanditgateError):
     status = 503
+    retry_after_s = 1
 
 
 class Overloaded(BanditgateError):
@@ -100,3 +103,20 @@ class Overloaded(BanditgateError):
 
 class NotReady(BanditgateError):
     status = 503
+    retry_after_s = 1
+
+
+class TooManyRequests(BanditgateError):
+    status = 429
+    retry_after_s = 1
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, retry_after_s)
+
+
+def retry_after_headers(error: BanditgateError) -> dict[str, str]:
+    """`Retry-After` for an error a client may retry (503, 429), else nothing."""
+    if error.retry_after_s is None:
+        return {}
+    return {"retry-after": str(error.retry_after_s)}

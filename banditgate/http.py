@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hmac
+import re
 from collections.abc import Iterable
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -13,7 +18,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, SecretStr
 
-from banditgate.errors import BanditgateError, Forbidden, NotReady, Unauthorized
+from banditgate.errors import (
+    BanditgateError,
+    Forbidden,
+    NotReady,
+    Unauthorized,
+    retry_after_headers,
+)
 from banditgate.redis import Redis
 
 
@@ -22,7 +33,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def banditgate_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, BanditgateError)
-        return JSONResponse(exc.to_dict(), status_code=exc.status)
+        headers = retry_after_headers(exc)
+        if exc.status == 401:  # Basic first: a browser then asks for the key (dashboards)
+            headers["www-authenticate"] = 'Basic realm="banditgate", Bearer realm="banditgate"'
+        return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -79,33 +93,79 @@ def load_keys(keys: Iterable[SecretStr], keys_file: Path | None) -> list[bytes]:
     return found
 
 
+_SCOPE = re.compile(r"^[a-z0-9*?\[\]-]+(\+[a-z0-9*?\[\]-]+)*$")
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a key may touch: experiments matching `scope` (glob patterns), or all (None)."""
+
+    scope: tuple[str, ...] | None = None
+
+    def allows(self, experiment: str) -> bool:
+        return self.scope is None or any(fnmatchcase(experiment, p) for p in self.scope)
+
+
+EVERYTHING = Grant()
+
+
+def parse_key(raw: bytes) -> tuple[bytes, Grant]:
+    """`secret` or `secret@pattern+pattern`: a key limited to the experiments it names."""
+    secret, at, scope = raw.rpartition(b"@")
+    text = scope.decode("ascii", errors="replace")
+    if not at or not secret or not _SCOPE.match(text):
+        return raw, EVERYTHING
+    return secret, Grant(tuple(text.split("+")))
+
+
 class BearerKeys:
-    """Checks `Authorization: Bearer <key>` in constant time; no keys configured means open."""
+    """Checks `Authorization: Bearer <key>` (or HTTP Basic with the key as the password, for
+    browsers) in constant time; no keys configured means open. `check` returns the key's
+    grant."""
 
     def __init__(self, keys: list[bytes], realm: str) -> None:
         self.keys = keys
         self.realm = realm
+        self._entries = [parse_key(key) for key in keys]
 
     @property
     def enabled(self) -> bool:
         return bool(self.keys)
 
-    def check(self, authorization: str | None, *, forbidden_on_wrong: bool = True) -> None:
+    def check(self, authorization: str | None, *, forbidden_on_wrong: bool = True) -> Grant:
         if not self.keys:
-            return
+            return EVERYTHING
         if not authorization:
             raise Unauthorized(f"{self.realm}: missing Authorization: Bearer <key>")
         scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        presented = _token(scheme.lower(), token.strip())
+        if presented is None:
             raise Unauthorized(f"{self.realm}: Authorization must be 'Bearer <key>'")
-        presented = token.strip().encode()
-        matched = False
-        for key in self.keys:
-            matched |= hmac.compare_digest(presented, key)
-        if not matched:
+        presented, _ = parse_key(presented)
+        grant: Grant | None = None
+        for secret, scope in self._entries:  # every key, whichever matches: constant time
+            if hmac.compare_digest(presented, secret) and grant is None:
+                grant = scope
+        if grant is None:
             if forbidden_on_wrong:
                 raise Forbidden(f"{self.realm}: the key is not valid")
             raise Unauthorized(f"{self.realm}: the key is not valid")
+        return grant
+
+
+def _token(scheme: str, token: str) -> bytes | None:
+    if not token:
+        return None
+    if scheme == "bearer":
+        return token.encode()
+    if scheme == "basic":
+        try:
+            decoded = base64.b64decode(token, validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        _, colon, password = decoded.partition(b":")
+        return password if colon and password else None
+    return None
 
 
 class Started(Protocol):

@@ -14,6 +14,9 @@ DATA_MARKER = "bg:data-marker"
 UNROUTED_REWARDS = "bg:{unrouted}:rewards"
 UNROUTED_COUNTERS = "bg:{unrouted}:counters"
 UNROUTED_ORPHANS = "bg:{unrouted}:orphans"
+# The resolver's watermark (ms): every unrouted reward appended before it has been moved to
+# its experiment, or looked up at or after it and not found. Windows wait for it.
+UNROUTED_WATERMARK = "bg:{unrouted}:resolved_ms"
 EXPORT_FLUSH_CHANNEL = "bg:export:flush"
 
 
@@ -108,6 +111,11 @@ def join_closed(experiment: str) -> str:
 
 def join_late(experiment: str) -> str:
     return f"{_tag(experiment)}:join:late"
+
+
+def join_reward_keys(experiment: str) -> str:
+    """Rewards applied with an idempotency key (event id|key -> expiry), so a retry counts once."""
+    return f"{_tag(experiment)}:join:reward_keys"
 
 
 def join_moved(experiment: str) -> str:

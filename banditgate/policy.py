@@ -150,6 +150,13 @@ class VWPolicy:
         return pmf
 
 
+def remember(cache: dict[Any, list[float]], key: Any, pmf: list[float]) -> None:
+    """Action sets can come from clients (rank): the cache stays bounded."""
+    if len(cache) >= PMF_CACHE_SIZE:
+        cache.clear()
+    cache[key] = pmf
+
+
 class StaticPolicy:
     learner = "static"
 
@@ -162,7 +169,7 @@ class StaticPolicy:
         pmf = self._cache.get(actions.names)
         if pmf is None:
             pmf = normalise([max(self.weights.get(name, 0.0), 0.0) for name in actions.names])
-            self._cache[actions.names] = pmf
+            remember(self._cache, actions.names, pmf)
         return pmf
 
 
@@ -212,7 +219,7 @@ class ThompsonPolicy:
         pmf = self._cache.get(actions.names)
         if pmf is None:
             pmf = self._win_probabilities(actions.names)
-            self._cache[actions.names] = pmf
+            remember(self._cache, actions.names, pmf)
         return pmf
 
     def _win_probabilities(self, names: Sequence[str]) -> list[float]:

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from banditgate.redis import EmbeddedRedis, RedisModeError, check_server_mode, resolve_redis_url
@@ -116,16 +116,26 @@ def _metrics_dir(workers: int) -> Iterator[None]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: the kernel sends SIGTERM when the parent dies (Linux)."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _die_with(parent: int) -> Callable[[], None]:
+    def die_with_parent() -> None:
+        """In the child, before exec: the kernel sends SIGTERM when the parent dies (Linux)."""
+        with contextlib.suppress(Exception):
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        # The parent died between fork and prctl: the signal will never come.
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return die_with_parent
 
 
 def spawn_child(args: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """`python -m ...` as a child that does not outlive this process, even when it is SIGKILLed."""
-    preexec = _die_with_parent if sys.platform.startswith("linux") else None
+    """`python -m ...` as a child that does not outlive this process, even when it is SIGKILLed.
+
+    The death signal is tied to the thread that starts the child: start it from a
+    thread that lives as long as the child should.
+    """
+    preexec = _die_with(os.getpid()) if sys.platform.startswith("linux") else None
     return subprocess.Popen([sys.executable, *args], env=env, preexec_fn=preexec)
 
 

@@ -16,6 +16,7 @@ from banditgate.contracts import Announced
 from banditgate.errors import Conflict, InvalidPolicy, UnknownPolicyVersion
 from banditgate.policy import validate_model
 from banditgate.redis import Redis
+from banditgate.settings import CoreSettings
 from banditgate.spec import ExperimentSpec
 from banditgate.store import MAX_ATTEMPTS, ExperimentStore
 
@@ -51,9 +52,11 @@ class PolicyRegistry:
     write in one transaction: a refused model leaves no trace, not even a version number.
     """
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, keep_versions: int | None = None) -> None:
+        """`keep_versions`: how many versions to keep (BANDITGATE_POLICY_KEEP_VERSIONS)."""
         self.redis = redis
         self.specs = ExperimentStore(redis)
+        self.keep_versions = keep_versions or CoreSettings().policy_keep_versions
 
     async def current_version(self, experiment: str) -> int | None:
         raw = await self.redis.get(keys.policy_current(experiment))
@@ -85,8 +88,14 @@ class PolicyRegistry:
             for _ in range(MAX_ATTEMPTS):
                 async with self.redis.pipeline(transaction=True) as pipe:
                     try:
-                        await pipe.watch(keys.policy_seq(experiment))
+                        await pipe.watch(
+                            keys.policy_seq(experiment), keys.policy_current(experiment)
+                        )
                         version = int(await pipe.get(keys.policy_seq(experiment)) or 0) + 1
+                        current = await pipe.get(keys.policy_current(experiment))
+                        stored = await pipe.hkeys(keys.policy_versions(experiment))
+                        serving = version if activate else int(current or 0)
+                        pruned = self._pruned(stored, version, serving)
                         record = PolicyVersion(
                             experiment=experiment,
                             version=version,
@@ -106,6 +115,9 @@ class PolicyRegistry:
                         pipe.set(keys.policy_seq(experiment), version)
                         pipe.set(keys.policy_model(experiment, version), model)
                         pipe.hset(keys.policy_versions(experiment), str(version), record.to_json())
+                        for old in pruned:
+                            pipe.delete(keys.policy_model(experiment, old))
+                            pipe.hdel(keys.policy_versions(experiment), str(old))
                         if activate:
                             self._activate(
                                 pipe, experiment, version, f"published by {source}", later
@@ -116,6 +128,12 @@ class PolicyRegistry:
                     except WatchError:
                         continue
         raise Conflict(f"policy versions of {experiment!r} kept changing while publishing; retry")
+
+    def _pruned(self, stored: list[Any], newest: int, serving: int) -> list[int]:
+        """Versions older than the last `keep_versions`, except the one served."""
+        versions = sorted(int(v) for v in stored)
+        cutoff = newest - self.keep_versions
+        return [v for v in versions if v <= cutoff and v != serving]
 
     async def activate(self, experiment: str, version: int, reason: str) -> PolicyVersion:
         """Serve a stored version again, once its model still fits the experiment's spec."""

@@ -41,6 +41,38 @@ class CoreSettings(BaseSettings):
         default=None, description="Serve only these experiments (comma-separated; unset: all)."
     )
 
+    policy_keep_versions: int = Field(
+        default=20,
+        ge=1,
+        description="Policy versions kept per experiment; older ones (never the one served) "
+        "are pruned at each publish.",
+    )
+    # Rate limits (per process, per client address and per key; 0: unlimited), see
+    # banditgate/ratelimit.py.
+    rate_limit_rewards_per_s: float = Field(
+        default=5000.0, ge=0, description="Reward requests per second per client and per key."
+    )
+    rate_limit_rank_per_s: float = Field(
+        default=5000.0, ge=0, description="Rank requests per second per client and per key."
+    )
+    rate_limit_control_per_s: float = Field(
+        default=100.0,
+        ge=0,
+        description="Control-plane requests (API, dashboards, /metrics) per second per client "
+        "and per key.",
+    )
+    rate_limit_auth_failures_per_s: float = Field(
+        default=10.0, ge=0, description="Refused keys (401/403) per second per client."
+    )
+
+    def rate_limits(self) -> dict[str, float]:
+        return {
+            "rewards": self.rate_limit_rewards_per_s,
+            "rank": self.rate_limit_rank_per_s,
+            "control": self.rate_limit_control_per_s,
+            "auth": self.rate_limit_auth_failures_per_s,
+        }
+
     @field_validator("experiments", mode="before")
     @classmethod
     def _experiments(cls, value: Any) -> Any:

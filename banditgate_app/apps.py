@@ -6,18 +6,20 @@ from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
 
+from banditgate.body_limit import BodyLimit
 from banditgate.http import install_error_handlers
 from banditgate.metrics import ProcessMetrics
+from banditgate.ratelimit import RateLimit
 from banditgate.redis import Redis
 from banditgate_app.host import Component, HostApp
 from experiments.app import build as build_control
 from experiments.app import create_control_app, document
+from experiments.redact import RedactCredentials
 from experiments.settings import ControlSettings
 from reward_ingest.app import build as build_ingest
 from reward_ingest.app import create_ingest_app
 from reward_ingest.personalizer import routes as personalizer_reward_routes
 from reward_ingest.settings import IngestSettings
-from router.app import RouterApp
 from router.app import create_app as create_router_app
 from router.settings import RouterSettings
 
@@ -27,6 +29,8 @@ def serve_app(
 ) -> HostApp:
     """Router, reward webhook and control plane on one port (`banditgate serve`)."""
     api = FastAPI(title="banditgate", version=_version())
+    api.add_middleware(RedactCredentials)
+    api.add_middleware(BodyLimit, limit=ControlSettings().max_body_bytes)
     install_error_handlers(api)
     # The router counts in this process; the control plane's /metrics serves them too.
     metrics = ProcessMetrics()
@@ -44,13 +48,15 @@ def serve_app(
         document(api)
         api.state.control = control
         components.append(control)
-    router = create_router_app(RouterSettings(), redis=redis, metrics=metrics)
-    return HostApp(router, api, components)
+    settings = RouterSettings()
+    router = create_router_app(settings, redis=redis, metrics=metrics)
+    return HostApp(router, api, components, rates=settings.rate_limits())
 
 
-def router_app() -> RouterApp:
-    """`banditgate router`."""
-    return create_router_app(RouterSettings())
+def router_app() -> RateLimit:
+    """`banditgate router` (rank calls rate limited per client and per key)."""
+    settings = RouterSettings()
+    return RateLimit(create_router_app(settings), rates={"rank": settings.rate_limit_rank_per_s})
 
 
 def ingest_app() -> FastAPI:

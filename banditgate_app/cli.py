@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-import os
 import signal
-import subprocess
 import sys
+import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from banditgate.arm_hosts import ArmHosts
 from banditgate.client import DEFAULT_URL, quoted
 from banditgate.console import (
     AdminKey,
@@ -29,13 +28,12 @@ from banditgate.console import (
     print_table,
     read_specs,
 )
+from banditgate.errors import BanditgateError
 from banditgate.process import (
     configure_logging,
     exit_on_sigterm,
     redis_url,
     run_uvicorn,
-    spawn_child,
-    stop_process,
 )
 from banditgate.redis import connect, redacted
 from banditgate.settings import CoreSettings
@@ -47,7 +45,10 @@ from banditgate_app.demo.backend import EXAMPLE_PORTS, run_classifiers
 from banditgate_app.demo.cli import demo
 from banditgate_app.demo.reviews import SCENARIOS
 from banditgate_app.import_cli import register as register_import
+from banditgate_app.exposure import Exposed, check_exposure
+from banditgate_app.workers_child import WorkersChild, status_file_env
 from experiments.cli import register as register_experiments
+from experiments.settings import ControlSettings
 from monitor.cli import register as register_monitor
 from reward_ingest.cli import register as register_ingest
 from trainer.cli import register as register_trainer
@@ -74,9 +75,32 @@ OptionalFiles = Annotated[
 Host = Annotated[str, typer.Option(help="Interface to bind.")]
 Port = Annotated[int, typer.Option(help="Port to listen on.")]
 HttpWorkers = Annotated[int, typer.Option(min=1, help="HTTP worker processes on the port.")]
+Insecure = Annotated[
+    bool,
+    typer.Option(
+        "--insecure",
+        help="Listen on a non-loopback interface without admin keys (trusted networks).",
+    ),
+]
+
+
+def _exposure(host: str, insecure: bool) -> None:
+    try:
+        note = check_exposure(host, insecure=insecure)
+    except Exposed as exc:
+        fail(str(exc), code=2)
+    if note:
+        console.print(note, markup=False)
 
 
 def _apply(url: str, specs: list[ExperimentSpec], reason: str) -> None:
+    hosts = ArmHosts.parse(ControlSettings().arm_hosts)
+    for spec in specs:
+        try:
+            hosts.check_document(spec.model_dump(mode="json"), where=f"{spec.name}: arms")
+        except BanditgateError as exc:
+            fail(exc.message)
+
     async def run() -> None:
         redis = connect(url)
         try:
@@ -100,42 +124,6 @@ def _http_process(
         run_uvicorn(factory, host=host, port=port, workers=workers)
 
 
-class WorkersChild:
-    """`banditgate workers` as a child of `serve`: restarted with backoff if it dies."""
-
-    def __init__(self) -> None:
-        self.process: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
-        self._backoff = 1.0
-        self._started = 0.0
-
-    def start(self) -> None:
-        env = {**os.environ, "BANDITGATE_WORKERS_CHILD": "1"}
-        self.process = spawn_child(["-m", "banditgate_app.cli", "workers"], env)
-        self._started = time.monotonic()
-
-    def watch(self, stopping: Any) -> None:
-        while not stopping.is_set():
-            process = self.process
-            if process is not None and process.poll() is not None and not stopping.is_set():
-                if time.monotonic() - self._started > 60:
-                    self._backoff = 1.0
-                console.print(
-                    f"background workers exited with {process.returncode}; "
-                    f"restarting in {self._backoff:.0f}s",
-                    markup=False,
-                )
-                if stopping.wait(self._backoff):
-                    return
-                self._backoff = min(self._backoff * 2, 60.0)
-                self.restarts += 1
-                self.start()
-            stopping.wait(0.5)
-
-    def stop(self) -> None:
-        stop_process(self.process)
-
-
 @app.command()
 def serve(
     file: Files,
@@ -145,24 +133,29 @@ def serve(
     background: Annotated[
         bool, typer.Option(help="Run joiner, exporter, trainer and controller too.")
     ] = True,
+    insecure: Insecure = False,
 ) -> None:
     """Every component in one command: router, reward webhook, joiner, trainer, control plane."""
+    _exposure(host, insecure)
     configure_logging()
     specs = read_specs(file)
     exit_on_sigterm()
-    with redis_url() as url:
+    with redis_url() as url, tempfile.TemporaryDirectory(prefix="banditgate-serve-") as state:
         _apply(url, specs, "serve -f")
-        child = WorkersChild()
-        stopping = threading.Event()
-        watcher = threading.Thread(target=child.watch, args=(stopping,), daemon=True)
-        try:
-            if background:
+        if not background:
+            run_uvicorn("banditgate_app.apps:serve_app", host=host, port=port, workers=workers)
+            return
+        with status_file_env(Path(state)) as status_file:
+            child = WorkersChild(status_file)
+            stopping = threading.Event()
+            watcher = threading.Thread(target=child.watch, args=(stopping,), daemon=True)
+            try:
                 child.start()
                 watcher.start()
-            run_uvicorn("banditgate_app.apps:serve_app", host=host, port=port, workers=workers)
-        finally:
-            stopping.set()
-            child.stop()
+                run_uvicorn("banditgate_app.apps:serve_app", host=host, port=port, workers=workers)
+            finally:
+                stopping.set()
+                child.stop()
 
 
 @app.command()
@@ -190,8 +183,10 @@ def control(
     port: Port = 8082,
     workers: HttpWorkers = 1,
     file: OptionalFiles = None,
+    insecure: Insecure = False,
 ) -> None:
     """Only the control plane: experiments API, dashboards and /metrics."""
+    _exposure(host, insecure)
     _http_process(
         "banditgate_app.apps:control_app", file, "control -f", host=host, port=port, workers=workers
     )

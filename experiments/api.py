@@ -1,6 +1,8 @@
 """The experiments API under /v1/experiments: HTTP in and out of experiments.lifecycle and stats.
 
-Reads are open; every call that changes state needs an admin key (`Admin`).
+Reads need a read or admin key once any key is set, every call that changes state an
+admin key (`experiments.service.authorize`); a key limited to some experiments sees and
+changes only those.
 Spec bodies are JSON (or YAML with a YAML content type); PATCH takes an RFC 7396
 merge patch. Responses carry the spec version as an ETag, and writes honour
 If-Match with it (412 when someone else changed the experiment first).
@@ -18,12 +20,13 @@ import yaml
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from banditgate.errors import InvalidInput
+from banditgate import safe_yaml
+from banditgate.errors import BadRequest, InvalidInput, PayloadTooLarge
 from banditgate.spec import Arm, ExperimentSpec
 from experiments.ledger import join_counters
 from experiments.lifecycle import Lifecycle
 from experiments.planning import PlanError, parse_split, plan
-from experiments.service import Admin, ControlService, Service
+from experiments.service import Admin, ControlService, Service, check_scope, grant_of
 from experiments.stats import summarize, timeseries, traffic
 
 MAX_WINDOW_S = 90 * 86400
@@ -94,6 +97,11 @@ class PolicyUpload(BaseModel):
             raise InvalidInput("model: not valid base64", field="model") from None
 
 
+def service(request: Request) -> ControlService:
+    control: ControlService = request.app.state.control
+    return control
+
+
 def get_lifecycle(service: Service) -> Lifecycle:
     return Lifecycle(service.redis, service.stats)
 
@@ -108,7 +116,15 @@ WindowS = Annotated[
 
 
 async def read_body(request: Request, *, required: bool = True) -> Any:
-    raw = await request.body()
+    limit = service(request).settings.max_spec_bytes
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body: more than {limit} bytes", field="body")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     if not raw.strip():
         if required:
             raise InvalidInput("body: a JSON document is required", field="body")
@@ -116,8 +132,10 @@ async def read_body(request: Request, *, required: bool = True) -> Any:
     content_type = request.headers.get("content-type", "application/json")
     try:
         if "yaml" in content_type:
-            return yaml.safe_load(raw)
+            return safe_yaml.load(raw)
         return orjson.loads(raw)
+    except safe_yaml.YAMLLimit as exc:
+        raise BadRequest(f"body: YAML refused: {exc}", field="body") from None
     except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
         raise InvalidInput(f"body: not valid JSON/YAML: {exc}", field="body") from None
 
@@ -143,14 +161,22 @@ def routes() -> APIRouter:
     router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 
     @router.get("")
-    async def list_experiments(ops: Ops) -> dict[str, Any]:
+    async def list_experiments(request: Request, ops: Ops) -> dict[str, Any]:
         """Every experiment with its mode, arms, status and versions."""
-        return {"experiments": await ops.summaries()}
+        grant = grant_of(request)
+        summaries = await ops.summaries()
+        return {"experiments": [s for s in summaries if grant.allows(str(s["name"]))]}
 
     @router.post("", status_code=201, dependencies=[Admin], openapi_extra=_SPEC_BODY)
     async def create_experiment(request: Request, response: Response, ops: Ops) -> dict[str, Any]:
         """Create an experiment (409 if the name is taken)."""
-        entry = await ops.create(await read_body(request), reason="api: create")
+        body = await read_body(request)
+        service(request).arm_hosts.check_document(body)
+        if isinstance(body, dict) and isinstance(body.get("name"), str):
+            check_scope(grant_of(request), body["name"])
+        elif grant_of(request).scope is not None:
+            raise InvalidInput("name: required", field="name")
+        entry = await ops.create(body, reason="api: create")
         return _written(entry, response)
 
     @router.get("/{name}")
@@ -165,9 +191,9 @@ def routes() -> APIRouter:
         name: Name, request: Request, response: Response, ops: Ops, if_match: IfMatch = None
     ) -> dict[str, Any]:
         """Create or replace (201 when created; `unchanged` when the spec is the same)."""
-        entry = await ops.apply(
-            name, await read_body(request), if_match=parse_if_match(if_match), reason="api: put"
-        )
+        body = await read_body(request)
+        service(request).arm_hosts.check_document(body)
+        entry = await ops.apply(name, body, if_match=parse_if_match(if_match), reason="api: put")
         if entry.get("created"):
             response.status_code = 201
         return _written(entry, response)
@@ -177,7 +203,9 @@ def routes() -> APIRouter:
         name: Name, request: Request, response: Response, ops: Ops, if_match: IfMatch = None
     ) -> dict[str, Any]:
         """Change some fields with a JSON merge patch."""
-        entry = await ops.patch(name, await read_body(request), if_match=parse_if_match(if_match))
+        body = await read_body(request)
+        service(request).arm_hosts.check_document(body)
+        entry = await ops.patch(name, body, if_match=parse_if_match(if_match))
         return _written(entry, response)
 
     @router.delete("/{name}", status_code=204, dependencies=[Admin])
@@ -189,7 +217,9 @@ def routes() -> APIRouter:
     @router.post("/{name}/arms", status_code=201, dependencies=[Admin], openapi_extra=_ARM_BODY)
     async def add_arm(name: Name, request: Request, response: Response, ops: Ops) -> dict[str, Any]:
         """Add an arm while the experiment runs; an A/B test makes room for its weight."""
-        entry = await ops.add_arm(name, await read_body(request))
+        body = await read_body(request)
+        service(request).arm_hosts.check_arm(body, where="body")
+        entry = await ops.add_arm(name, body)
         return _written(entry, response)
 
     @router.delete("/{name}/arms/{arm}", dependencies=[Admin])

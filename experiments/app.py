@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
+from pydantic import BaseModel, ConfigDict, Field
 
+from banditgate.body_limit import BodyLimit
 from banditgate.http import document_models, health_routes, install_error_handlers
+from banditgate.ratelimit import RateLimit
 from banditgate.redis import Redis
 from experiments import (
     api,
@@ -20,8 +24,42 @@ from experiments import (
     sagemaker_api,
     segments,
 )
-from experiments.service import ControlService
+from experiments.redact import RedactCredentials
+from experiments.service import ControlService, authorize
 from experiments.settings import ControlSettings
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="The error's kind (InvalidSpec, UnknownExperiment, ...).")
+    message: str = Field(description="What is wrong, naming the field.")
+    field: str | None = Field(default=None, description="Where in the request.")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: {"error": {"type", "message", "field"?}}."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: ErrorDetail
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {
+        400: "Malformed request (JSON, YAML over its limits).",
+        401: "No key, or not a bearer key.",
+        403: "A key that is not valid here.",
+        404: "No such experiment (or version).",
+        409: "Conflict with the current state.",
+        412: "If-Match names another spec version.",
+        413: "Body over the limit.",
+        422: "Invalid input, naming the field.",
+        429: "Rate limited; see Retry-After.",
+        503: "Redis unavailable; see Retry-After.",
+    }.items()
+}
 
 
 def build(
@@ -30,18 +68,16 @@ def build(
     """Routes plus the component that owns their state (`app.state.control`)."""
     service = ControlService(settings, redis=redis)
     router = APIRouter()
-    for module in (
-        api,
-        rollout_api,
-        export_api,
-        dashboard,
-        metrics,
-        segments,
-        monitor_api,
-        personalizer_api,
-        sagemaker_api,
-    ):
-        router.include_router(module.routes())
+    # The SageMaker control-plane API checks its own signatures (SigV4, an admin key as
+    # the secret), and the Personalizer-compatible API its own keys (Bearer or
+    # Ocp-Apim-Subscription-Key, errors in Personalizer's shape): neither is behind the
+    # bearer-key dependency.
+    router.include_router(sagemaker_api.routes())
+    router.include_router(personalizer_api.routes())
+    keyed = APIRouter(dependencies=[Depends(authorize)], responses=_ERRORS)
+    for module in (api, rollout_api, export_api, dashboard, metrics, segments, monitor_api):
+        keyed.include_router(module.routes())
+    router.include_router(keyed)
     return router, service
 
 
@@ -68,6 +104,9 @@ def create_control_app(
     # deprecated there), which also turns NaN into null.
     app = FastAPI(title="banditgate control plane", lifespan=lifespan)
     app.state.control = service
+    app.add_middleware(RedactCredentials)
+    app.add_middleware(BodyLimit, limit=service.settings.max_body_bytes)
+    app.add_middleware(RateLimit, rates=service.settings.rate_limits())
     install_error_handlers(app)
     app.include_router(routes)
     app.include_router(health_routes(service))

@@ -58,7 +58,7 @@ def _page(template: str, **values: str) -> Response:
     )
 
 
-async def asgi_get(app: Any, path: str) -> tuple[int, Any]:
+async def asgi_get(app: Any, path: str, authorization: str | None = None) -> tuple[int, Any]:
     """GET a route of this same app in-process (no socket); used for the rollout state.
 
     The rollout API is another module's contract (GET .../rollout -> phase, weights,
@@ -77,7 +77,8 @@ async def asgi_get(app: Any, path: str) -> tuple[int, Any]:
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"host", b"internal"), (b"accept", b"application/json")],
+        "headers": [(b"host", b"internal"), (b"accept", b"application/json")]
+        + ([(b"authorization", authorization.encode("latin-1"))] if authorization else []),
         "client": ("127.0.0.1", 0),
         "server": ("internal", 80),
     }
@@ -102,7 +103,11 @@ async def asgi_get(app: Any, path: str) -> tuple[int, Any]:
 
 async def rollout_state(request: Request, name: str) -> dict[str, Any] | None:
     try:
-        status, body = await asgi_get(request.app, f"/v1/experiments/{name}/rollout")
+        status, body = await asgi_get(
+            request.app,
+            f"/v1/experiments/{name}/rollout",
+            request.headers.get("authorization"),
+        )
     except Exception:
         log.warning("rollout state of %s unavailable", name, exc_info=True)
         return None

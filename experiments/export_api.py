@@ -26,12 +26,16 @@ def routes() -> APIRouter:
     @router.post("/flush", dependencies=[Admin])
     async def flush(service: Service, body: FlushRequest | None = None) -> dict[str, Any]:
         """Ask every running exporter to export what is joined and close its files; wait for
-        their answers. `complete` is false when some did not answer within `timeout_s`."""
+        their answers. `complete` is true only once every example joined before the request
+        is in a closed file (`unexported` counts those that are not, at `timeout_s`)."""
         request = body or FlushRequest()
         if request.experiment is not None:
             await service.store.get(request.experiment)  # 404 for a name that is not one
         outcome = await request_flush(
-            service.redis, experiment=request.experiment, timeout_s=request.timeout_s
+            service.redis,
+            experiments=await service.store.names(),
+            experiment=request.experiment,
+            timeout_s=request.timeout_s,
         )
         return outcome.to_dict()
 

@@ -35,7 +35,7 @@ from banditgate.personalizer import (
 from banditgate.policy import vw_arguments
 from banditgate.spec import PolicySpec
 from experiments.lifecycle import Lifecycle, spec_document
-from experiments.service import ControlService
+from experiments.service import ControlService, check_scope
 
 _VERSION = re.compile(r"^v1\.0$|^v1\.1-preview\.\d+$")
 MAX_MODEL_BYTES = 256 * 1024 * 1024
@@ -79,9 +79,11 @@ async def _run(
         if version and not _VERSION.match(version):
             raise BanditgateError(f"no Personalizer API version {version!r} here", status=404)
         service: ControlService = request.app.state.control
-        if admin:
-            headers = {k.lower(): v for k, v in request.headers.items()}
-            service.admin.check(authorization(headers))
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        # Changes need an admin key; reads a read or admin key once any key is set (as
+        # on every control-plane route), within the key's experiments.
+        grant = (service.admin if admin else service.readers).check(authorization(headers))
+        check_scope(grant, experiment)
         return await handler(experiment, request, service)
     except BanditgateError as error:
         return Response(

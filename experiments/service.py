@@ -6,7 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from banditgate.http import BearerKeys, load_keys
+from banditgate.arm_hosts import ArmHosts
+from banditgate.errors import Forbidden
+from banditgate.http import EVERYTHING, BearerKeys, Grant, load_keys
 from banditgate.redis import Redis, RedisHandle
 from banditgate.registry import PolicyRegistry
 from banditgate.store import ExperimentStore
@@ -18,7 +20,11 @@ class ControlService:
     def __init__(self, settings: ControlSettings, *, redis: Redis | None = None) -> None:
         self.settings = settings
         self._redis = RedisHandle(settings.redis_url, redis, owner="ControlService")
-        self.admin = BearerKeys(load_keys(settings.admin_keys, settings.admin_keys_file), "admin")
+        admin = load_keys(settings.admin_keys, settings.admin_keys_file)
+        self.admin = BearerKeys(admin, "admin")
+        readers = admin + load_keys(settings.read_keys, settings.read_keys_file)
+        self.readers = BearerKeys(readers, "read")
+        self.arm_hosts = ArmHosts.parse(settings.arm_hosts)
         self._stats: StatsBook | None = None
         self._started = False
 
@@ -71,3 +77,34 @@ async def require_admin(
 
 
 Admin = Depends(require_admin)
+
+# Routes a key limited to some experiments may call without naming one (they filter).
+_UNNAMED_FOR_SCOPED = {("GET", "/v1/experiments"), ("POST", "/v1/experiments")}
+
+
+async def authorize(
+    request: Request, service: Service, authorization: Annotated[str | None, Header()] = None
+) -> None:
+    """Every control-plane route: reads need a read or admin key (once any key is set),
+    changes an admin key; a key limited to some experiments touches only those."""
+    reading = request.method in ("GET", "HEAD")
+    keys = service.readers if reading else service.admin
+    grant = keys.check(authorization)
+    request.state.grant = grant
+    if grant.scope is None:
+        return
+    name = request.path_params.get("name")
+    if name is not None:
+        check_scope(grant, str(name))
+    elif (request.method, request.url.path.rstrip("/")) not in _UNNAMED_FOR_SCOPED:
+        raise Forbidden(f"this key is limited to experiments {'+'.join(grant.scope)}")
+
+
+def grant_of(request: Request) -> Grant:
+    grant: Grant = getattr(request.state, "grant", EVERYTHING)
+    return grant
+
+
+def check_scope(grant: Grant, experiment: str) -> None:
+    if not grant.allows(experiment):
+        raise Forbidden(f"this key may not touch experiment {experiment!r}")

@@ -15,6 +15,10 @@ found through the router's event index); a reward whose decision is not indexed 
 accepted as `unrouted` and range-checked once the joiner's resolver finds its experiment
 (an out-of-range one is then counted as `rewards_invalid`, never joined).
 
+A reward may carry an `idempotency_key` (a single-reward request may send it as the
+`Idempotency-Key` header instead): a client's retry of a reward with the same event id and
+key is applied once, so a retry after a timeout cannot double a `sum`.
+
 A request that is one reward answers its problem as the HTTP error itself (400, 404 or
 422); so does a batch in which no item was accepted (with `errors` alongside). Malformed
 JSON is 400, a batch over `max_batch` is 413, a missing or wrong reward key is 401.
@@ -43,6 +47,7 @@ from banditgate.errors import (
 )
 from banditgate.http import BearerKeys, health_routes, install_error_handlers, load_keys
 from banditgate.metrics import ProcessMetrics
+from banditgate.ratelimit import RateLimit
 from banditgate.redis import Redis
 from reward_ingest.intake import IntakeResult, Problem, RewardIntake
 from reward_ingest.metrics import IngestMetrics
@@ -91,7 +96,7 @@ def build(
         authorization: Annotated[str | None, Header()] = None,
     ) -> Response:
         component = _component(request)
-        component.keys.check(authorization, forbidden_on_wrong=False)
+        grant = component.keys.check(authorization, forbidden_on_wrong=False)
         body = await _read_body(request, component.settings.max_body_bytes)
         await _check_named(component, experiment)
         items, batch, problems = parse_rewards(body, request.headers.get("content-type", ""))
@@ -101,10 +106,15 @@ def build(
                 field="rewards",
             )
         if not batch:
-            result = await component.submit(items, experiment=experiment, where=lambda _: "")
+            items = _with_key(items, request.headers.get("idempotency-key"))
+            result = await component.submit(
+                items, experiment=experiment, where=lambda _: "", grant=grant
+            )
             component.metrics.count(result)
             return _single(result)
-        result = await component.submit(items, experiment=experiment, problems=problems)
+        result = await component.submit(
+            items, experiment=experiment, problems=problems, grant=grant
+        )
         component.metrics.count(result)
         return _batch(result)
 
@@ -116,14 +126,17 @@ def build(
         authorization: Annotated[str | None, Header()] = None,
     ) -> Response:
         component = _component(request)
-        component.keys.check(authorization, forbidden_on_wrong=False)
+        grant = component.keys.check(authorization, forbidden_on_wrong=False)
         body = await _read_body(request, component.settings.max_body_bytes)
         await _check_named(component, experiment)
         payload = _loads(body)
         if not isinstance(payload, dict):
             raise InvalidInput('body: an object like {"value": 1.0}', field="body")
         item = {**payload, "event_id": event_id}
-        result = await component.submit([item], experiment=experiment, where=lambda _: "")
+        items = _with_key([item], request.headers.get("idempotency-key"))
+        result = await component.submit(
+            items, experiment=experiment, where=lambda _: "", grant=grant
+        )
         component.metrics.count(result)
         return _single(result)
 
@@ -147,6 +160,7 @@ def create_ingest_app(
 
     app = FastAPI(title="banditgate rewards", lifespan=lifespan)
     app.state.ingest = ingest
+    app.add_middleware(RateLimit, rates=ingest.settings.rate_limits())
     install_error_handlers(app)
     app.include_router(routes)
     app.include_router(health_routes(ingest))
@@ -207,6 +221,13 @@ def _json_lines(body: bytes) -> tuple[list[Any], bool, list[Problem]]:
             f"no line of the body is valid JSON ({problems[0].error.message})", field="body"
         )
     return items, True, problems
+
+
+def _with_key(items: list[Any], header: str | None) -> list[Any]:
+    """A single reward's `Idempotency-Key` header, unless its body names a key itself."""
+    if header is None or len(items) != 1 or not isinstance(items[0], dict):
+        return items
+    return [{"idempotency_key": header, **items[0]}]
 
 
 def _component(request: Request) -> Ingest:

@@ -36,13 +36,17 @@ def export_flush(
     outcome = call(
         control_client(url, admin_key), "POST", "/v1/export/flush", body, timeout_s=timeout + 30
     )
+    left = outcome.get("unexported", 0)
     if outcome["exporters"] == 0:
+        if left:
+            fail(f"no exporter is running; {left} joined examples are not in closed files", code=1)
         console.print("no exporter is running; there are no open files to close")
         return
     if not outcome["complete"]:
         fail(
             f"{outcome['answered']} of {outcome['exporters']} exporters answered within "
-            f"{timeout:g}s ({outcome['files']} files closed)",
+            f"{timeout:g}s ({outcome['files']} files closed); "
+            f"{left} joined examples are not in closed files yet",
             code=1,
         )
     console.print(f"{outcome['exporters']} exporter(s) closed {outcome['files']} file(s)")

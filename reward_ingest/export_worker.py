@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from banditgate import contracts, keys
 from banditgate.events import decode_joined
@@ -142,12 +142,54 @@ class Exporter:
                 newest: Any = await self.redis.xrevrange(keys.joined(name), count=1)
                 if newest:
                     targets[name] = newest[0][0]
+        await self.run_once()
+        for name in targets:
+            await self._take_over_silent(name)
         while await self.run_once() and any(
             _id_key(self._read_up_to.get(name, b"0-0")) < _id_key(target)
             for name, target in targets.items()
         ):
             pass
         return await self.close_all(experiment)
+
+    async def _take_over_silent(self, name: str) -> int:
+        """Entries a silent exporter holds (it died with files open): exported here, so a
+        flush does not wait `export_claim_idle_ms` for them."""
+        stream = keys.joined(name)
+        rows = 0
+        try:
+            consumers: Any = await self.redis.xinfo_consumers(stream, contracts.EXPORTER_GROUP)
+        except ResponseError:
+            return 0
+        for consumer in consumers:
+            other = consumer["name"]
+            other = other.decode() if isinstance(other, bytes) else str(other)
+            silent = int(consumer["idle"]) >= self.settings.export_takeover_idle_ms
+            if other == self.consumer or not silent or not int(consumer["pending"]):
+                continue
+            while True:
+                pending = await self.redis.xpending_range(
+                    stream,
+                    contracts.EXPORTER_GROUP,
+                    min="-",
+                    max="+",
+                    count=_READ_COUNT,
+                    consumername=other,
+                )
+                if not pending:
+                    break
+                claimed: Any = await self.redis.xclaim(
+                    stream,
+                    contracts.EXPORTER_GROUP,
+                    self.consumer,
+                    min_idle_time=0,
+                    message_ids=[entry["message_id"] for entry in pending],
+                )
+                rows += await self._add(name, [e for e in claimed if e and e[0] is not None])
+                if len(pending) < _READ_COUNT:
+                    break
+            log.info("exporter %s: took over what %s held", name, other)
+        return rows
 
     async def close_due(self) -> int:
         now = self.clock()

@@ -23,10 +23,11 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from banditgate import keys
-from banditgate.contracts import JoinCounter, UnroutedCounter, check_event_id
-from banditgate.errors import BanditgateError, InvalidInput, NotReady, UnknownExperiment
+from banditgate.contracts import JoinCounter, RewardField, UnroutedCounter, check_event_id
+from banditgate.errors import BanditgateError, Forbidden, InvalidInput, NotReady, UnknownExperiment
 from banditgate.event_index import lookup
 from banditgate.events import Reward, reward_fields
+from banditgate.http import EVERYTHING, Grant
 from banditgate.redis import Redis, RedisHandle
 from banditgate.spec import ExperimentSpec
 from banditgate.tasks import TaskGroup
@@ -67,6 +68,28 @@ class _Item:
     event_id: str
     value: float
     experiment: str | None
+    key: str = ""
+
+
+MAX_IDEMPOTENCY_KEY_CHARS = 128
+
+
+def check_idempotency_key(value: Any, where: str) -> str:
+    """An optional client key: a retry of a reward with the same event id and key counts once."""
+    if value is None:
+        return ""
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= MAX_IDEMPOTENCY_KEY_CHARS
+        or not value.isascii()
+        or not value.isprintable()
+    ):
+        raise InvalidInput(
+            f"{where}: an idempotency key is 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable "
+            "ASCII characters",
+            field=where,
+        )
+    return value
 
 
 def check_value(value: Any, where: str) -> float:
@@ -138,8 +161,10 @@ class RewardIntake:
         experiment: str | None = None,
         where: Callable[[int], str] = lambda index: f"rewards[{index}]",
         problems: Sequence[Problem] = (),
+        grant: Grant = EVERYTHING,
     ) -> IntakeResult:
-        """Validate, route and append; each item stands alone. `problems`: found while parsing."""
+        """Validate, route and append; each item stands alone. `problems`: found while parsing;
+        `grant`: the experiments the caller's key may send rewards for."""
         result = IntakeResult(problems=list(problems))
         parsed: list[_Item] = []
         for index, raw in enumerate(items):
@@ -156,13 +181,26 @@ class RewardIntake:
             for item in parsed:
                 if item.experiment is None:
                     item.experiment = found.get(item.event_id)
-        routed: dict[str, list[Reward]] = {}
+        routed: dict[str, list[dict[Any, Any]]] = {}
         invalid: dict[str, int] = {}
-        unrouted: list[Reward] = []
+        unrouted: list[dict[Any, Any]] = []
         for item in parsed:
-            reward: Reward = {"event_id": item.event_id, "value": item.value, "ts_ms": now_ms}
+            reward = _fields(
+                {"event_id": item.event_id, "value": item.value, "ts_ms": now_ms}, item.key
+            )
             if item.experiment is None:
+                if grant.scope is not None:
+                    result.problems.append(Problem(item.index, _unnamed(grant, where(item.index))))
+                    continue
                 unrouted.append(reward)
+                continue
+            if not grant.allows(item.experiment):
+                refused = Forbidden(
+                    f"{path(where(item.index), 'experiment')}: this key may not send rewards "
+                    f"for experiment {item.experiment!r}",
+                    field=path(where(item.index), "experiment"),
+                )
+                result.problems.append(Problem(item.index, refused))
                 continue
             spec = await self.specs.get(item.experiment)
             if spec is None:
@@ -198,7 +236,8 @@ class RewardIntake:
             raise InvalidInput(
                 f"{path(where, 'experiment')}: must be a string", field=path(where, "experiment")
             )
-        return _Item(index, event_id, value, named or None)
+        key = check_idempotency_key(raw.get("idempotency_key"), path(where, "idempotency_key"))
+        return _Item(index, event_id, value, named or None, key)
 
     async def lookback_ms(self) -> int:
         """How far back an event index entry can still exist: the longest window, plus slack."""
@@ -224,7 +263,10 @@ class RewardIntake:
             raise NotReady(f"rewards not stored, Redis is unavailable ({exc}); retry") from None
 
     async def _append(
-        self, routed: dict[str, list[Reward]], unrouted: list[Reward], invalid: dict[str, int]
+        self,
+        routed: dict[str, list[dict[Any, Any]]],
+        unrouted: list[dict[Any, Any]],
+        invalid: dict[str, int],
     ) -> None:
         if not routed and not unrouted and not invalid:
             return
@@ -234,11 +276,9 @@ class RewardIntake:
                 for name, rewards in routed.items():
                     stream = keys.rewards(name)
                     for reward in rewards:
-                        pipe.xadd(stream, _fields(reward), maxlen=maxlen, approximate=True)
+                        pipe.xadd(stream, reward, maxlen=maxlen, approximate=True)
                 for reward in unrouted:
-                    pipe.xadd(
-                        keys.UNROUTED_REWARDS, _fields(reward), maxlen=maxlen, approximate=True
-                    )
+                    pipe.xadd(keys.UNROUTED_REWARDS, reward, maxlen=maxlen, approximate=True)
                 if unrouted:
                     pipe.hincrby(
                         keys.UNROUTED_COUNTERS, UnroutedCounter.REWARDS_RECEIVED, len(unrouted)
@@ -251,12 +291,24 @@ class RewardIntake:
             raise NotReady(f"rewards not stored, Redis is unavailable ({exc}); retry") from None
 
 
-def _fields(reward: Reward) -> dict[Any, Any]:
-    return dict(reward_fields(reward))
+def _fields(reward: Reward, key: str) -> dict[Any, Any]:
+    fields: dict[Any, Any] = dict(reward_fields(reward))
+    if key:
+        fields[RewardField.IDEMPOTENCY_KEY] = key
+    return fields
 
 
 def path(where: str, name: str) -> str:
     return f"{where}.{name}" if where else name
+
+
+def _unnamed(grant: Grant, where: str) -> Forbidden:
+    scope = "+".join(grant.scope or ())
+    return Forbidden(
+        f"{path(where, 'experiment')}: this key is limited to experiments {scope}; name the "
+        "experiment (its decision is not routed yet)",
+        field=path(where, "experiment"),
+    )
 
 
 def _unknown(name: str, where: str) -> UnknownExperiment:

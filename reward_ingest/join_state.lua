@@ -2,6 +2,7 @@
 -- and the invariants.
 local DS, RS, P, D, R, E = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local ED, C, A, K, J, M = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local KK = KEYS[13]
 local group = ARGV[1]
 local now_s = ARGV[2]
 local now = tonumber(now_s)
@@ -18,6 +19,8 @@ local moved_retention = tonumber(ARGV[12])
 local skew = tonumber(ARGV[13])
 -- ARGV[16]: the wire names (banditgate.contracts), by role.
 local names = cmsgpack.unpack(ARGV[16])
+-- ARGV[17]: how long an idempotency key is remembered (ms).
+local key_ttl = tonumber(ARGV[17])
 local JF, AF, WHY, CTR = names.joined, names.audit, names.why, names.counter
 local CHUNK = 1000
 
@@ -169,14 +172,16 @@ if #ids > 0 then
 end
 
 -- Rewards: each one only if this call acknowledges it (once, whoever delivered it).
--- ARGV[15]: msgpack array of (message id, event id, value, ts, moved-from id, valid).
+-- ARGV[15]: msgpack array of (message id, event id, value, ts, moved-from id, valid,
+-- idempotency key).
 local rewards = {}
+local used_keys = {}
 batch = cmsgpack.unpack(ARGV[15])
 i = 1
 while i <= #batch do
   local msgid, id, v = batch[i], batch[i + 1], batch[i + 2]
-  local ts, mv, ok = batch[i + 3], batch[i + 4], batch[i + 5]
-  i = i + 6
+  local ts, mv, ok, ik = batch[i + 3], batch[i + 4], batch[i + 5], batch[i + 6]
+  i = i + 7
   if redis.call('XACK', RS, group, msgid) == 1 then
     if mv ~= '' and redis.call('ZADD', M, 'NX', now, mv) == 0 then
       inc(CTR.rewards_redelivered)
@@ -185,7 +190,17 @@ while i <= #batch do
       audit(id, v, ts, WHY.invalid)
     else
       inc(CTR.rewards_received)
-      rewards[#rewards + 1] = {id, v, ts}
+      local member = id .. '|' .. ik
+      if ik ~= '' and (used_keys[member] or redis.call('ZSCORE', KK, member)) then
+        inc(CTR.rewards_duplicate)
+        audit(id, v, ts, WHY.duplicate)
+      else
+        if ik ~= '' then
+          used_keys[member] = true
+          redis.call('ZADD', KK, now + key_ttl, member)
+        end
+        rewards[#rewards + 1] = {id, v, ts}
+      end
     end
   end
 end
@@ -316,6 +331,8 @@ local old = redis.call('ZCOUNT', C, '-inf', now - retention)
 if old > 0 then redis.call('ZREMRANGEBYRANK', C, 0, math.min(old, limit) - 1) end
 old = redis.call('ZCOUNT', M, '-inf', now - moved_retention)
 if old > 0 then redis.call('ZREMRANGEBYRANK', M, 0, math.min(old, limit) - 1) end
+old = redis.call('ZCOUNT', KK, '-inf', now)
+if old > 0 then redis.call('ZREMRANGEBYRANK', KK, 0, math.min(old, limit) - 1) end
 
 for name, n in pairs(count) do
   redis.call('HINCRBY', K, name, n)

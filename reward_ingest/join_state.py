@@ -14,6 +14,7 @@ Keys (all under the experiment's hash tag, so one script may touch them all):
     join:closed           zset  event id -> window end (+0.5 when closed by its final reward);
                                 pruned `join_closed_retention_s` after the window end
     join:moved            zset  unrouted-stream id -> time: a resolver's repeated move counts once
+    join:reward_keys      zset  "event id|idempotency key" -> expiry: a client's retry counts once
     join:late             stream  audit of rewards never trained on: id, v, ts, why
                                 (late | duplicate | orphan | invalid)
     join:counters         hash  the counters below
@@ -28,7 +29,9 @@ Windows close on the joiner's clock, but never ahead of the reward stream: a win
 ended at T closes only once every reward appended before T has been applied (the batch read
 reached past T and no other consumer still holds an older reward unacknowledged), with an
 allowance for clock skew. So a joiner catching up after an outage still joins the rewards
-waiting in its backlog. Likewise, held rewards become orphans only once the decisions stream
+waiting in its backlog. Nor ahead of the unrouted rewards: the joiner also bounds the close
+by the resolver's watermark (`keys.UNROUTED_WATERMARK`, see resolver.py), so a reward
+accepted before the window's end but still in the resolver's backlog is joined, not late. Likewise, held rewards become orphans only once the decisions stream
 has been read past their backward window.
 
 A reward counts when its ingest time `ts` is before the decision's window end; otherwise it
@@ -41,7 +44,8 @@ Counters (hash `join:counters`, names in `banditgate.contracts.JoinCounter`):
     decisions_invalid    a logged decision without a usable event_id or ts_ms
     rewards_received     rewards applied by the joiner (routed or resolved, valid)
     rewards_joined       rewards that went into a joined example
-    rewards_duplicate    rewards after the final one under `earliest`
+    rewards_duplicate    rewards after the final one under `earliest`, and retries that carry
+                         an idempotency key already applied for their event id
     rewards_late         rewards for a decision whose window had closed
     rewards_orphaned     rewards whose event id matched no decision within the backward window
     rewards_early        rewards that arrived before their decision (informational)
@@ -81,7 +85,8 @@ from banditgate.spec import RewardSpec
 
 _NAMES = lua_names(joined=JoinedField, audit=AuditField, why=AuditReason, counter=JoinCounter)
 _RECORDS = BatchField.RECORDS.raw
-_ID, _VALUE, _TS, _MOVED = (field.raw for field in RewardField)
+_ID, _VALUE, _TS = RewardField.EVENT_ID.raw, RewardField.VALUE.raw, RewardField.TS_MS.raw
+_MOVED, _KEY = RewardField.MOVED_FROM.raw, RewardField.IDEMPOTENCY_KEY.raw
 
 
 @dataclass
@@ -101,6 +106,7 @@ class RewardEntry:
     ts_ms: int
     moved: str = ""  # the unrouted-stream id when the resolver moved it here
     valid: bool = True
+    key: str = ""  # the client's idempotency key
 
 
 @dataclass
@@ -160,8 +166,9 @@ def decode_reward_entry(
             valid=False,
         )
     moved = fields.get(_MOVED, b"").decode()
+    key = fields.get(_KEY, b"").decode(errors="replace")
     valid = math.isfinite(value) and spec.min <= value <= spec.max and valid_event_id(event_id)
-    return RewardEntry(message_id, event_id, repr(value), ts_ms, moved, valid)
+    return RewardEntry(message_id, event_id, repr(value), ts_ms, moved, valid, key)
 
 
 class JoinScript:
@@ -222,9 +229,12 @@ class JoinScript:
                 b"%d" % item.ts_ms,
                 item.moved.encode(),
                 b"1" if item.valid else b"0",
+                item.key.encode(),
             )
         args.append(msgpack_strings(flat))
         args.append(_NAMES)
+        # How long an idempotency key is remembered: while a retry could still count.
+        args.append(int((reward.window_s + reward.backward_window_s) * 1000) + retention_ms)
         return PreparedStep(experiment, args)
 
     async def run(self, step: PreparedStep) -> StepResult:
@@ -249,4 +259,5 @@ def script_keys(experiment: str) -> list[str]:
         keys.join_counters(experiment),
         keys.joined(experiment),
         keys.join_moved(experiment),
+        keys.join_reward_keys(experiment),
     ]

@@ -13,6 +13,14 @@ longest backward window of any experiment has passed is an orphan: counted in
 Counters in `bg:{unrouted}:counters` (`banditgate.contracts.UnroutedCounter`): rewards_received
 (by the webhook), rewards_resolved, rewards_orphaned, rewards_invalid (entries that could not be
 read). The acknowledgements and counts are one script, `resolver.lua`.
+
+No accepted reward is trained as late because the resolver was behind: after each pass
+(the whole backlog read, every entry due a retry looked up again) the resolver sets
+`keys.UNROUTED_WATERMARK`: every unrouted reward appended before it has been moved to its
+experiment's stream, or looked up at or after it. Joiners close a window only once the
+watermark has passed its end (see worker.py). A resolver that is down holds windows open
+(joins wait; nothing is lost). A decision flushed by its router only after its own window
+ended is not covered: its unrouted rewards may still be counted late.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ import math
 import time
 from collections.abc import Callable
 from typing import Any
+
+from redis.exceptions import ResponseError
 
 from banditgate import contracts, keys
 from banditgate.contracts import RewardField, UnroutedCounter
@@ -42,6 +52,7 @@ _AHEAD_MS = 60_000
 _READ_COUNT = 1000
 _NAMES = lua_names(reward=RewardField, counter=UnroutedCounter)
 _ID, _VALUE, _TS = RewardField.EVENT_ID.raw, RewardField.VALUE.raw, RewardField.TS_MS.raw
+_KEY = RewardField.IDEMPOTENCY_KEY.raw
 
 
 class UnroutedResolver:
@@ -62,15 +73,35 @@ class UnroutedResolver:
         self._group_ready = False
 
     async def run_once(self) -> int:
-        """New unrouted rewards, then those due a retry; returns how many were settled."""
+        """Every new unrouted reward, then those due a retry; then the watermark moves up.
+
+        Returns how many were settled. After Redis lost the group (restarted empty), the
+        next call creates it again.
+        """
+        try:
+            return await self._pass()
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                self._group_ready = False
+            raise
+
+    async def _pass(self) -> int:
+        started_ms = int(self.clock() * 1000)
         if not self._group_ready:
             await ensure_group(self.redis, keys.UNROUTED_REWARDS, contracts.RESOLVER_GROUP)
             self._group_ready = True
         settled = 0
-        response = await self.redis.xreadgroup(
-            contracts.RESOLVER_GROUP, self.consumer, {keys.UNROUTED_REWARDS: ">"}, count=_READ_COUNT
-        )
-        settled += await self._settle(by_stream(response).get(keys.UNROUTED_REWARDS, []))
+        while True:  # the whole backlog: the watermark vouches for everything before it
+            response = await self.redis.xreadgroup(
+                contracts.RESOLVER_GROUP,
+                self.consumer,
+                {keys.UNROUTED_REWARDS: ">"},
+                count=_READ_COUNT,
+            )
+            entries = by_stream(response).get(keys.UNROUTED_REWARDS, [])
+            settled += await self._settle(entries)
+            if len(entries) < _READ_COUNT:
+                break
         async for entries in xautoclaim_pages(
             self.redis,
             keys.UNROUTED_REWARDS,
@@ -80,6 +111,11 @@ class UnroutedResolver:
             count=_READ_COUNT,
         ):
             settled += await self._settle(entries)
+        # What is still pending was looked up within the last retry interval.
+        pending = await self.redis.xpending(keys.UNROUTED_REWARDS, contracts.RESOLVER_GROUP)
+        held = bool(pending and pending.get("pending"))
+        mark = started_ms - (self.settings.unrouted_retry_ms if held else 0)
+        await self.redis.set(keys.UNROUTED_WATERMARK, mark)
         return settled
 
     async def _settle(self, entries: list[Entry]) -> int:
@@ -87,6 +123,7 @@ class UnroutedResolver:
             return 0
         now_ms = int(self.clock() * 1000)
         readable: list[tuple[bytes, str, bytes, int]] = []
+        keys_by_id: dict[bytes, bytes] = {}
         invalid: list[bytes] = []
         for message_id, fields in entries:
             if message_id is None:
@@ -102,6 +139,8 @@ class UnroutedResolver:
                 invalid.append(message_id)
                 continue
             readable.append((message_id, event_id, value, ts_ms))
+            if _KEY in fields:
+                keys_by_id[message_id] = fields[_KEY]
         specs = await self.watcher.current()
         found: dict[str, str] = {}
         if readable:
@@ -124,6 +163,8 @@ class UnroutedResolver:
                         RewardField.TS_MS: ts_ms,
                         RewardField.MOVED_FROM: message_id,
                     }
+                    if key := keys_by_id.get(message_id):
+                        moved[RewardField.IDEMPOTENCY_KEY] = key
                     pipe.xadd(
                         keys.rewards(experiment),
                         moved,

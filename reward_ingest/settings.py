@@ -85,6 +85,11 @@ class IngestSettings(CoreSettings):
         ge=1,
         description="A silent exporter's unexported entries are taken over after this long.",
     )
+    export_takeover_idle_ms: int = Field(
+        default=10_000,
+        ge=1,
+        description="On a flush, entries held by an exporter silent this long are taken over.",
+    )
     export_s3_url: str | None = Field(
         default=None, description="Upload closed export files to s3://bucket/prefix."
     )

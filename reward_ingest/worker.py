@@ -52,6 +52,7 @@ from reward_ingest.streams import (
 log = logging.getLogger(__name__)
 
 _NEVER = -(2**50)
+_ALWAYS = 2**50
 
 
 class ExperimentGone(Exception):
@@ -67,6 +68,9 @@ class Read:
     rewards: list[Entry]
     decisions_mark: int = _NEVER
     rewards_mark: int = _NEVER
+    # The resolver's watermark when it was read (before the rewards): unrouted rewards
+    # appended before it are in the rewards stream by now.
+    unrouted_mark: int = _ALWAYS
 
     @property
     def size(self) -> int:
@@ -203,6 +207,8 @@ class Joiner:
             # a reward read before its decision takes the slower held-reward path.
             skip_rewards = position.decisions_behind and position.rewards_ms > position.decisions_ms
             async with self.redis.pipeline(transaction=False) as pipe:
+                # First the watermark: whatever the resolver moved before setting it is read next.
+                pipe.get(keys.UNROUTED_WATERMARK)
                 pipe.xreadgroup(
                     contracts.JOINER_GROUP, self.consumer, {dkey: ">"}, count=n_decisions
                 )
@@ -210,7 +216,7 @@ class Joiner:
                     pipe.xreadgroup(
                         contracts.JOINER_GROUP, self.consumer, {rkey: ">"}, count=n_rewards
                     )
-                answers = await pipe.execute()
+                watermark, *answers = await pipe.execute()
             decisions = by_stream(answers[0]).get(dkey, [])
             if skip_rewards and len(decisions) < n_decisions:
                 # The backlog of decisions just ended: the rewards are next, not skipped.
@@ -228,7 +234,9 @@ class Joiner:
                 position.rewards_ms - 1
                 if skip_rewards
                 else position.advance("rewards", rewards, len(rewards) < n_rewards, started),
+                self._unrouted_mark(watermark),
             )
+        watermark = await self.redis.get(keys.UNROUTED_WATERMARK)
         call = self.redis.xreadgroup(
             contracts.JOINER_GROUP,
             self.consumer,
@@ -250,7 +258,16 @@ class Joiner:
             rewards,
             position.advance("decisions", decisions, len(decisions) < n_decisions, started),
             position.advance("rewards", rewards, len(rewards) < n_decisions, started),
+            self._unrouted_mark(watermark),
         )
+
+    def _unrouted_mark(self, watermark: bytes | str | None) -> int:
+        """How far windows may close for the unrouted rewards: unbounded for a joiner that
+        leaves them to others (`resolve_unrouted=False`), or before any resolver ran (an
+        empty Redis holds no unrouted reward)."""
+        if self.resolver is None or watermark is None:
+            return _ALWAYS
+        return int(watermark)
 
     async def apply(self, name: str, read: Read, *, close: bool = True) -> StepResult:
         return await self.execute(self.prepare(name, read, close=close))
@@ -282,7 +299,7 @@ class Joiner:
         if close:
             # Never ahead of what has been read: windows wait for the rewards appended
             # before their end, held rewards for the decisions appended before their deadline.
-            close_until = min(now, read.rewards_mark) - skew
+            close_until = min(now, read.rewards_mark, read.unrouted_mark) - skew
             expire_until = min(now, read.decisions_mark) - skew
         else:
             close_until = expire_until = _NEVER
@@ -473,6 +490,11 @@ class Joiner:
                 raise
             except (RedisError, OSError) as exc:
                 log.warning("unrouted reward resolver: %s; retrying in %.1fs", exc, backoff)
+                await sleep_unless_stopped(backoff, stop)
+                backoff = min(backoff * 2, 5.0)
+            except Exception:
+                # Windows wait for the resolver's watermark: it must not stop for good.
+                log.exception("unrouted reward resolver failed; retrying in %.1fs", backoff)
                 await sleep_unless_stopped(backoff, stop)
                 backoff = min(backoff * 2, 5.0)
 

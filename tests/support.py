@@ -49,9 +49,9 @@ class Control:
             parsed = orjson.loads(text) if text and "json" in content_type else text.decode()
             return response.status, parsed
 
-    async def get(self, path: str) -> Any:
-        """GET without a key (reads are open); the status must be 200."""
-        status, body = await self.call("GET", path, key=None)
+    async def get(self, path: str, *, key: str | None = ADMIN_KEY) -> Any:
+        """GET (admin keys read too); the status must be 200."""
+        status, body = await self.call("GET", path, key=key)
         assert status == 200, body
         return body
 

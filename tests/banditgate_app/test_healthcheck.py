@@ -101,6 +101,7 @@ def test_http_commands_become_healthy_and_unhealthy_once_stopped(
 ) -> None:
     port = str(_port())
     env = {**os.environ, "BANDITGATE_REDIS_URL": redis_url, "BANDITGATE_DATA_DIR": str(tmp_path)}
+    env["BANDITGATE_ADMIN_KEYS"] = "test-admin-key"  # required on a non-loopback interface
     argv = ["banditgate", command, "--host", "0.0.0.0", "--port", port]
     assert main(argv) == 1  # nothing listens yet
     process = _start(env, *argv[1:])

@@ -31,13 +31,13 @@ async def test_control_routes_answer_through_the_router(
         async with http.post(f"{url}/v1/experiments", data=orjson.dumps(spec_doc(name))) as r:
             assert r.status == 401  # the admin keys came from BANDITGATE_ADMIN_KEYS
         await write_decisions(redis, name, [decision(name, "a", [0.5, 0.5])])
-        async with http.get(f"{url}/v1/experiments/{name}/stats") as r:
+        async with http.get(f"{url}/v1/experiments/{name}/stats", headers=auth) as r:
             assert r.status == 200
             assert (await r.json())["totals"]["decisions"] == 1
-        async with http.get(f"{url}/dashboard/{name}") as r:
+        async with http.get(f"{url}/dashboard/{name}", headers=auth) as r:
             assert r.status == 200
             assert name in await r.text()
-        async with http.get(f"{url}/metrics") as r:
+        async with http.get(f"{url}/metrics", headers=auth) as r:
             text = await r.text()
         decisions = next(
             f for f in text_string_to_metric_families(text) if f.name == "banditgate_decisions"

@@ -35,13 +35,13 @@ async def test_create_get_list_and_versions(control: Control, name: str) -> None
     assert created["version"] == 1
     assert created["created"] is True
 
-    status, body = await control.call("GET", f"/v1/experiments/{name}", key=None)
+    status, body = await control.call("GET", f"/v1/experiments/{name}")
     assert status == 200
     assert body["spec"]["arms"][1]["name"] == "b"
     assert body["status"] == "running"
     assert body["version"] == 1
 
-    status, listing = await control.call("GET", "/v1/experiments", key=None)
+    status, listing = await control.call("GET", "/v1/experiments")
     assert status == 200
     row = next(e for e in listing["experiments"] if e["name"] == name)
     assert row["arms"] == ["a", "b"]
@@ -97,7 +97,7 @@ async def test_patch_is_a_json_merge_patch(control: Control, name: str) -> None:
     paths = {change["path"] for change in body["changes"]}
     assert paths == {"policy.min_arm_share", "description"}
 
-    status, versions = await control.call("GET", f"/v1/experiments/{name}/versions", key=None)
+    status, versions = await control.call("GET", f"/v1/experiments/{name}/versions")
     assert status == 200
     assert [v["version"] for v in versions["versions"]] == [1, 2]
     assert versions["versions"][0]["changes"] == [{"path": "(root)", "op": "create"}]
@@ -218,9 +218,9 @@ async def test_admin_key_guards_every_change(
     status, body = await control.call(method, path.format(name=name), spec_doc(name), key="wrong")
     assert status == 403
     assert body["error"]["type"] == "Forbidden"
-    status, _ = await control.call("GET", f"/v1/experiments/{name}", key=None)
+    status, _ = await control.call("GET", f"/v1/experiments/{name}")
     assert status == 200  # still there, unchanged by the refused calls
-    status, versions = await control.call("GET", f"/v1/experiments/{name}/versions", key=None)
+    status, versions = await control.call("GET", f"/v1/experiments/{name}/versions")
     assert len(versions["versions"]) == 1
 
 
@@ -374,7 +374,7 @@ async def test_policy_versions_and_rollback(control: Control, name: str, redis: 
         counts = BetaCounts({"a": successes, "b": 1.0}, {"a": 1.0, "b": 1.0})
         await registry.publish(name, counts.to_bytes(), learner="thompson", source="trainer")
 
-    status, body = await control.call("GET", f"/v1/experiments/{name}/policies", key=None)
+    status, body = await control.call("GET", f"/v1/experiments/{name}/policies")
     assert status == 200
     assert body["current"] == 2
     assert [v["version"] for v in body["versions"]] == [1, 2]
@@ -383,7 +383,7 @@ async def test_policy_versions_and_rollback(control: Control, name: str, redis: 
     assert status == 200, body
     assert body["current"] == 1
     assert await registry.current_version(name) == 1
-    status, body = await control.call("GET", f"/v1/experiments/{name}/policies", key=None)
+    status, body = await control.call("GET", f"/v1/experiments/{name}/policies")
     assert body["history"][0]["version"] == 1
     assert body["history"][0]["reason"] == "api: activate 1"
 

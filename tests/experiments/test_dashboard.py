@@ -20,7 +20,13 @@ from banditgate.redis import Redis
 from banditgate.registry import PolicyRegistry
 from banditgate.spec import ExperimentSpec
 from experiments.controller import Controller
-from tests.experiments.conftest import Control, decision, spec_doc, write_decisions
+from tests.experiments.conftest import (
+    ADMIN_KEY,
+    Control,
+    decision,
+    spec_doc,
+    write_decisions,
+)
 from tests.router.test_policy_serving import trained_model
 
 CHROMIUM_ARGS = [
@@ -113,7 +119,11 @@ async def seed(redis: Redis, name: str, *, skew: float) -> None:
 
 
 async def open_page(browser: Browser, url: str) -> tuple[Page, list[str]]:
-    page = await browser.new_page(viewport={"width": 1400, "height": 1800})
+    # Reads need a key: the browser answers the Basic challenge with it, as a user would.
+    page = await browser.new_page(
+        viewport={"width": 1400, "height": 1800},
+        http_credentials={"username": "admin", "password": ADMIN_KEY},
+    )
     problems: list[str] = []
     page.on(
         "console",
@@ -315,10 +325,10 @@ async def test_the_page_refreshes_itself(
 
 
 async def test_unknown_experiment_page_is_404(control: Control, name: str) -> None:
-    status, body = await control.call("GET", f"/dashboard/{name}", key=None)
+    status, body = await control.call("GET", f"/dashboard/{name}")
     assert status == 404
     assert body["error"]["type"] == "UnknownExperiment"
-    status, _ = await control.call("GET", "/dashboard/_static/../app.py", key=None)
+    status, _ = await control.call("GET", "/dashboard/_static/../app.py")
     assert status == 404
 
 

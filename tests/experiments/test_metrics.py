@@ -39,7 +39,11 @@ def value(scraped: dict[Any, float], metric: str, **labels: str) -> float:
 
 
 async def scrape(url: str) -> str:
-    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as response:
+    auth = {"authorization": f"Bearer {ADMIN_KEY}"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(url + "/metrics", headers=auth) as response,
+    ):
         assert response.status == 200
         assert response.headers["content-type"].startswith("text/plain")
         return await response.text()

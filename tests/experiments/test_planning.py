@@ -98,7 +98,7 @@ async def test_plan_route_reads_the_running_experiment(
         ("effect=0.02&split=100/0", "split"),
         ("effect=0.02&split=0/100", "split"),
     ):
-        status, body = await control.call("GET", f"/v1/experiments/{name}/plan?{query}", key=None)
+        status, body = await control.call("GET", f"/v1/experiments/{name}/plan?{query}")
         assert status == 422, (query, body)
         assert body["error"]["field"] == field, (query, body)
         assert body["error"]["type"] == "InvalidInput"

@@ -73,9 +73,17 @@ async def test_export_flush_asks_the_exporters_and_reports_their_answers(
     control: Control, name: str, redis: Redis
 ):
     await control.call("POST", "/v1/experiments", spec_doc(name))
-    status, outcome = await control.call("POST", "/v1/export/flush", {"timeout_s": 1})
+    body = {"experiment": name, "timeout_s": 1}  # nothing joined: nothing to wait for
+    status, outcome = await control.call("POST", "/v1/export/flush", body)
     assert status == 200
-    assert outcome == {"exporters": 0, "answered": 0, "files": 0, "complete": True, "replies": []}
+    assert outcome == {
+        "exporters": 0,
+        "answered": 0,
+        "files": 0,
+        "complete": True,
+        "unexported": 0,
+        "replies": [],
+    }
 
     requests: asyncio.Queue = asyncio.Queue()  # type: ignore[type-arg]
     ready = asyncio.Event()

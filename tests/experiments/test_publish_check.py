@@ -201,5 +201,5 @@ async def test_a_spec_with_an_unknown_learner_is_refused_with_the_field(
     status, answer = await control.call("POST", "/v1/experiments", spec_doc(name, "lints"))
     assert status == 422 and answer["error"]["field"] == "policy.learner", answer
     assert "linear_thompson" in answer["error"]["message"]
-    assert (await control.call("GET", f"/v1/experiments/{name}", key=None))[0] == 404
+    assert (await control.call("GET", f"/v1/experiments/{name}"))[0] == 404
     assert parse_spec(spec_doc(name, "linear_thompson")).policy.learner == "linear_thompson"

@@ -249,18 +249,16 @@ async def test_stats_window_and_incremental_reads(
         keys.decisions(name), {"n": 1, "b": orjson.dumps([old])}, id=f"{now - 3_600_000}-0"
     )
     await write_decisions(redis, name, [decision(name, "b", [0.5, 0.5])])
-    status, everything = await control.call("GET", f"/v1/experiments/{name}/stats", key=None)
+    status, everything = await control.call("GET", f"/v1/experiments/{name}/stats")
     assert everything["totals"]["decisions"] == 2
-    status, recent = await control.call(
-        "GET", f"/v1/experiments/{name}/stats?window_s=600", key=None
-    )
+    status, recent = await control.call("GET", f"/v1/experiments/{name}/stats?window_s=600")
     assert recent["totals"]["decisions"] == 1
     assert arm(recent, "b")["decisions"] == 1
     # A second read only adds what was appended since.
     await write_decisions(redis, name, [decision(name, "b", [0.5, 0.5])] * 3)
-    status, again = await control.call("GET", f"/v1/experiments/{name}/stats", key=None)
+    status, again = await control.call("GET", f"/v1/experiments/{name}/stats")
     assert again["totals"]["decisions"] == 5
-    status, bad = await control.call("GET", f"/v1/experiments/{name}/stats?window_s=-1", key=None)
+    status, bad = await control.call("GET", f"/v1/experiments/{name}/stats?window_s=-1")
     assert status == 422
     assert bad["error"]["field"] == "query.window_s"
 
@@ -282,7 +280,7 @@ async def test_timeseries_places_decisions_in_their_steps(
     for seq, d in enumerate(rows[:2]):
         await redis.xadd(keys.joined(name), _joined_fields(d, 1.0), id=f"{early + 10}-{seq}")
     status, series = await control.call(
-        "GET", f"/v1/experiments/{name}/timeseries?window_s=600&step_s=60&rolling_s=180", key=None
+        "GET", f"/v1/experiments/{name}/timeseries?window_s=600&step_s=60&rolling_s=180"
     )
     assert status == 200, series
     assert series["step_s"] == 60
@@ -377,7 +375,7 @@ async def test_segments_break_reward_down_by_a_context_feature(
     assert by["desktop"]["arms"]["a"]["mean_reward"] == 0.0
     missing = await control.get(f"/v1/experiments/{name}/segments?feature=nothing")
     assert [s["segment"] for s in missing["segments"]] == ["(none)"]
-    status, error = await control.call("GET", f"/v1/experiments/{name}/segments?limit=0", key=None)
+    status, error = await control.call("GET", f"/v1/experiments/{name}/segments?limit=0")
     assert status == 422 and error["error"]["field"] == "query.limit"
-    status, _ = await control.call("GET", "/v1/experiments/no-such/segments", key=None)
+    status, _ = await control.call("GET", "/v1/experiments/no-such/segments")
     assert status == 404

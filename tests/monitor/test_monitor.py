@@ -234,7 +234,10 @@ async def test_baseline_command_worker_api_and_metrics(control: Control, redis, 
         > 0.5
     )
     listed = await asyncio.to_thread(
-        runner.invoke, app, ["monitor", "show", "-e", name, "--url", control.url]
+        runner.invoke,
+        app,
+        ["monitor", "show", "-e", name, "--url", control.url],
+        env={"BANDITGATE_READ_KEYS": ADMIN_KEY},  # reads need a key once keys are set
     )
     assert listed.exit_code == 0 and "len(features.0)" in listed.output
 
@@ -256,7 +259,7 @@ async def test_bad_baselines_and_specs_are_refused_with_their_field(control: Con
     assert status == 422 and error["error"]["field"] == "body.constraints.features[0]"
     status, _ = await control.call("PUT", path, {"statistics": {}, "constraints": {}}, key=None)
     assert status in (401, 403)
-    status, error = await control.call("GET", path, key=None)
+    status, error = await control.call("GET", path)
     assert status == 404
     with pytest.raises(Exception, match="add capture"):
         parse_spec({**spec, "monitor": {}})

@@ -261,11 +261,13 @@ async def test_export_flush_command_reaches_a_running_exporter(
         await asyncio.wait_for(task, timeout=10)
 
 
-async def test_export_flush_with_no_exporter(control):
+async def test_export_flush_with_no_exporter(control, name):
+    spec = spec_with_arm_features(name).model_dump(mode="json", exclude_none=True)
+    assert (await control.call("POST", "/v1/experiments", spec))[0] == 201
     env = {**os.environ, "BANDITGATE_URL": control.url, "BANDITGATE_ADMIN_KEYS": ADMIN_KEY}
     done = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "banditgate_app.cli", "export", "flush"],
+        [sys.executable, "-m", "banditgate_app.cli", "export", "flush", "--experiment", name],
         env=env,
         cwd=ROOT,
         capture_output=True,
