@@ -106,6 +106,8 @@ class JoinCounter(WireName):
     JOINED = "joined"
     JOINED_REWARDED = "joined_rewarded"
     JOINED_DEFAULT = "joined_default"
+    # Deferred-activation events never activated within their reward window (router/deferred.py).
+    EVENTS_NEVER_ACTIVATED = "events_never_activated"
 
 
 class UnroutedCounter(WireName):

@@ -33,7 +33,10 @@ class Decision(TypedDict):
     action_features: NotRequired[list[dict[str, Any]]]
     error: NotRequired[str]
     shadow: NotRequired[list[dict[str, Any]]]
+    # Actions the request excluded: logged with probability 0, never chosen.
+    excluded: NotRequired[list[str]]
     retry_of: NotRequired[str]  # the failed attempt (nothing sent) this request retried
+    ttfb_ms: NotRequired[float]  # streamed responses: time to the arm's first byte
 
 
 class ArmCall(TypedDict):

@@ -141,6 +141,11 @@ def rollout_lock(experiment: str) -> str:
     return f"{_tag(experiment)}:rollout:lock"
 
 
+def variant_weights(experiment: str) -> str:
+    """Raw SageMaker-style variant weights and instance counts, with the split they produced."""
+    return f"{_tag(experiment)}:variants"
+
+
 def shadow_results(experiment: str) -> str:
     return f"{_tag(experiment)}:shadow"
 
@@ -152,6 +157,23 @@ def worker_heartbeat(host: str, worker: str) -> str:
 
 def experiment_keys_pattern(experiment: str) -> str:
     return f"{_tag(experiment)}:*"
+
+
+# Deferred activation (Personalizer's deferActivation): a decision waits here until
+# activated (then it is logged like any other), or is dropped and counted at its deadline.
+def deferred(experiment: str) -> str:
+    """Hash: event id -> the decision's JSON, until activated or dropped."""
+    return f"{_tag(experiment)}:deferred"
+
+
+def deferred_deadlines(experiment: str) -> str:
+    """Sorted set: event id scored by the time (ms) after which it is dropped unactivated."""
+    return f"{_tag(experiment)}:deferred:deadlines"
+
+
+def personalizer_settings(experiment: str) -> str:
+    """Personalizer service settings with no spec field (logRetentionDays...), as JSON."""
+    return f"{_tag(experiment)}:personalizer"
 
 
 def log_writer_seq(experiment: str, writer: str) -> str:

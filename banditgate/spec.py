@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import orjson
 import yaml
@@ -25,12 +27,33 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 ARM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 
 Mode = Literal["bandit", "ab", "canary", "bluegreen", "shadow"]
-Protocol = Literal["sagemaker", "v2", "http"]
+Protocol = Literal["sagemaker", "v2", "http", "sagemaker-runtime"]
 FeatureValue = str | int | float | bool
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+# Set by the router or the HTTP client itself: an arm cannot override them.
+RESERVED_HEADERS = frozenset(
+    {"host", "content-length", "connection", "transfer-encoding", "te", "upgrade", "keep-alive"}
+)
+
+
+class ArmAuth(_Strict):
+    """Credentials the router adds to every request to the arm, read from its environment."""
+
+    bearer_env: Annotated[
+        str,
+        Field(
+            pattern=ENV_NAME_PATTERN,
+            description="Environment variable (of the router) holding a token, sent as "
+            "Authorization: Bearer <token>.",
+        ),
+    ]
 
 
 class Arm(_Strict):
@@ -43,11 +66,17 @@ class Arm(_Strict):
             description="The arm's name: logged with every decision, returned as the variant.",
         ),
     ]
-    url: str = Field(description="Backend base URL (http:// or https://).")
+    url: str | None = Field(
+        default=None,
+        description="Backend base URL (http:// or https://). Unset: the arm is an action that "
+        "only the rank routes choose; the caller serves it (no backend).",
+    )
     protocol: Protocol = Field(
         default="http",
         description="How a request is forwarded: sagemaker (POST {url}{path}), "
-        "v2 (Open Inference Protocol), http (the /proxy path passed through).",
+        "v2 (Open Inference Protocol), http (the /proxy path passed through), "
+        "sagemaker-runtime (a SageMaker endpoint: POST {url}/endpoints/{model}/invocations, "
+        "signed with SigV4 from the usual AWS credential chain).",
     )
     model: str | None = Field(
         default=None,
@@ -92,9 +121,65 @@ class Arm(_Strict):
         "instance (banditgate_arm_invocations_per_instance).",
     )
 
+    # None rather than empty by default: a spec that uses neither stays readable by
+    # routers that predate them (the stored JSON leaves out None).
+    headers: dict[str, str] | None = Field(
+        default=None,
+        description="Headers sent with every request to this arm (the spec is readable: "
+        "put secrets in auth, which reads them from the router's environment).",
+    )
+    auth: ArmAuth | None = Field(
+        default=None, description="Credentials from the router's environment for this arm."
+    )
+    forward_headers: list[str] | None = Field(
+        default=None,
+        description="Client request headers passed on to this arm too (e.g. authorization, "
+        "cookie); none by default.",
+    )
+    region: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9-]{1,40}$",
+        description="sagemaker-runtime: the AWS region to sign for (default: from a "
+        "runtime.sagemaker.<region>.amazonaws.com URL).",
+    )
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        out: dict[str, str] = {}
+        for name, text in value.items():
+            _check_header_name(name)
+            if "\r" in text or "\n" in text:
+                raise ValueError(f"{name}: a header value cannot hold a line break")
+            out[name.lower()] = text
+        return out
+
+    @field_validator("forward_headers")
+    @classmethod
+    def _forward_headers(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        for name in value:
+            _check_header_name(name)
+        return [name.lower() for name in value]
+
+    @model_validator(mode="after")
+    def _signed(self) -> Arm:
+        runtime = self.protocol == "sagemaker-runtime"
+        if runtime and self.region is None and sagemaker_region(self.url or "") is None:
+            raise ValueError(
+                "region: required for sagemaker-runtime unless the url is "
+                "https://runtime.sagemaker.<region>.amazonaws.com"
+            )
+        return self
+
     @field_validator("url")
     @classmethod
-    def _url(cls, value: str) -> str:
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
@@ -109,6 +194,26 @@ class Arm(_Strict):
     @property
     def model_name(self) -> str:
         return self.model or self.name
+
+
+def _check_header_name(name: str) -> None:
+    if not re.match(HEADER_NAME_PATTERN, name):
+        raise ValueError(f"{name!r}: not a valid header name")
+    if name.lower() in RESERVED_HEADERS:
+        raise ValueError(f"{name!r}: set by the router, not by the spec")
+
+
+def sagemaker_region(url: str) -> str | None:
+    """The region of a runtime.sagemaker.<region>.amazonaws.com URL."""
+    host = urlsplit(url).hostname or ""
+    parts = host.split(".")
+    if (
+        len(parts) >= 5
+        and parts[:2] == ["runtime", "sagemaker"]
+        and host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
+    ):
+        return parts[2]
+    return None
 
 
 class ContextSpec(_Strict):
@@ -751,6 +856,10 @@ class ExperimentSpec(_Strict):
             check_arm(("bluegreen", "preview"), self.bluegreen.preview)
             if self.bluegreen.active == self.bluegreen.preview:
                 raise _FieldError(("bluegreen", "preview"), "preview and active must differ")
+        if self.mode == "shadow":
+            for index, arm in enumerate(self.arms):
+                if arm.url is None:
+                    raise _FieldError(("arms", index, "url"), "shadow mode forwards: set a url")
         if self.shadow is not None:
             check_arm(("shadow", "primary"), self.shadow.primary)
             for index, name in enumerate(self.shadow.shadows):
@@ -760,6 +869,11 @@ class ExperimentSpec(_Strict):
                         ("shadow", "shadows", index), "a shadow cannot be the primary"
                     )
         return self
+
+    @property
+    def rank_only(self) -> bool:
+        """Some arm has no backend: the experiment answers rank routes, not forwarded requests."""
+        return any(arm.url is None for arm in self.arms)
 
     @property
     def arm_names(self) -> list[str]:

@@ -15,6 +15,7 @@ from experiments.app import create_control_app, document
 from experiments.settings import ControlSettings
 from reward_ingest.app import build as build_ingest
 from reward_ingest.app import create_ingest_app
+from reward_ingest.personalizer import routes as personalizer_reward_routes
 from reward_ingest.settings import IngestSettings
 from router.app import RouterApp
 from router.app import create_app as create_router_app
@@ -34,6 +35,7 @@ def serve_app(
     if with_ingest:
         routes, ingest = build_ingest(IngestSettings(), redis=redis, metrics=metrics)
         api.include_router(routes)
+        api.include_router(personalizer_reward_routes())
         api.state.ingest = ingest
         components.append(ingest)
     if with_control:

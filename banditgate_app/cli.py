@@ -46,6 +46,7 @@ from banditgate_app import workers as worker_registry
 from banditgate_app.demo.backend import EXAMPLE_PORTS, run_classifiers
 from banditgate_app.demo.cli import demo
 from banditgate_app.demo.reviews import SCENARIOS
+from banditgate_app.import_cli import register as register_import
 from experiments.cli import register as register_experiments
 from monitor.cli import register as register_monitor
 from reward_ingest.cli import register as register_ingest
@@ -64,6 +65,7 @@ register_trainer(app)
 register_experiments(app)
 register_monitor(app)
 app.command("demo")(demo)
+register_import(app)
 
 Files = Annotated[list[Path], typer.Option("--file", "-f", help="Experiment spec (YAML or JSON).")]
 OptionalFiles = Annotated[

@@ -15,7 +15,9 @@ from experiments import (
     export_api,
     metrics,
     monitor_api,
+    personalizer_api,
     rollout_api,
+    sagemaker_api,
     segments,
 )
 from experiments.service import ControlService
@@ -28,7 +30,17 @@ def build(
     """Routes plus the component that owns their state (`app.state.control`)."""
     service = ControlService(settings, redis=redis)
     router = APIRouter()
-    for module in (api, rollout_api, export_api, dashboard, metrics, segments, monitor_api):
+    for module in (
+        api,
+        rollout_api,
+        export_api,
+        dashboard,
+        metrics,
+        segments,
+        monitor_api,
+        personalizer_api,
+        sagemaker_api,
+    ):
         router.include_router(module.routes())
     return router, service
 

@@ -1,6 +1,9 @@
 """HTTP for weights and rollouts.
 
-PUT    /v1/experiments/{name}/weights             [{"variant": "A", "weight": 95}, ...]
+PUT    /v1/experiments/{name}/weights             [{"variant": "A", "weight": 95}, ...] or SageMaker's
+                                                  {"DesiredWeightsAndCapacities": [{"VariantName",
+                                                  "DesiredWeight", "DesiredInstanceCount"}]};
+                                                  variants not listed keep their weight
 DELETE /v1/experiments/{name}/weights             back to the mode's own allocation
 GET    /v1/experiments/{name}/rollout             {"phase", "weights", "history", ...}
 POST   /v1/experiments/{name}/rollout/{action}    pause|resume|promote|abort|switch|rollback|restart
@@ -13,25 +16,29 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from banditgate.errors import InvalidInput
 from experiments.rollout import ACTIONS, Action
 from experiments.rollout_store import RolloutStore
 from experiments.service import Admin, Service
+from experiments.variants import VariantStore, parse_weights
 
 PREFIX = "/v1/experiments/{name}"
-
-
-class VariantWeight(BaseModel):
-    """One entry of SageMaker's DesiredWeightsAndCapacities (its field names work too)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    variant: str = Field(validation_alias=AliasChoices("variant", "VariantName"))
-    weight: float = Field(
-        ge=0, allow_inf_nan=False, validation_alias=AliasChoices("weight", "DesiredWeight")
-    )
+_WEIGHTS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {"type": "array", "items": {"type": "object"}, "minItems": 1},
+                        {"type": "object", "required": ["DesiredWeightsAndCapacities"]},
+                    ]
+                }
+            }
+        },
+    }
+}
 
 
 class ActionRequest(BaseModel):
@@ -40,37 +47,16 @@ class ActionRequest(BaseModel):
     reason: str | None = Field(default=None, max_length=500)
 
 
-def _weights(items: list[VariantWeight], arms: list[str]) -> dict[str, float]:
-    """The full weight vector: arms not listed get 0."""
-    out: dict[str, float] = {}
-    for index, item in enumerate(items):
-        if item.variant not in arms:
-            raise InvalidInput(
-                f"{index}.variant: unknown variant {item.variant!r}; variants are {arms}",
-                field=f"{index}.variant",
-            )
-        if item.variant in out:
-            raise InvalidInput(
-                f"{index}.variant: {item.variant!r} is listed twice", field=f"{index}.variant"
-            )
-        out[item.variant] = item.weight
-    if sum(out.values()) <= 0:
-        raise InvalidInput("weight: the weights must add up to a positive number", field="weight")
-    return out
-
-
 def routes() -> APIRouter:
     router = APIRouter(prefix=PREFIX, tags=["rollouts"])
 
-    @router.put("/weights", dependencies=[Admin])
+    @router.put("/weights", dependencies=[Admin], openapi_extra=_WEIGHTS_BODY)
     async def put_weights(
-        name: str,
-        service: Service,
-        items: Annotated[list[VariantWeight], Body(min_length=1)],
+        name: str, service: Service, body: Annotated[Any, Body()] = None
     ) -> dict[str, Any]:
-        spec = await service.store.get(name)
-        weights = _weights(items, spec.arm_names)
-        return await RolloutStore(service.redis).set_weights(name, weights)
+        """Change the listed variants' weights; the others keep theirs (SageMaker's semantics)."""
+        items = parse_weights(body, name)
+        return await VariantStore(service.redis).update(name, items)
 
     @router.delete("/weights", dependencies=[Admin])
     async def delete_weights(name: str, service: Service) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from banditgate.metrics import ProcessMetrics
 from banditgate.redis import Redis
 from reward_ingest.intake import IntakeResult, Problem, RewardIntake
 from reward_ingest.metrics import IngestMetrics
+from reward_ingest.personalizer import routes as personalizer_routes
 from reward_ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,7 @@ def create_ingest_app(
     install_error_handlers(app)
     app.include_router(routes)
     app.include_router(health_routes(ingest))
+    app.include_router(personalizer_routes())
 
     @app.get("/metrics", response_class=Response, include_in_schema=False)
     async def metrics() -> Response:

@@ -26,18 +26,24 @@ from banditgate.errors import (
     PayloadTooLarge,
 )
 from banditgate.metrics import ProcessMetrics
+from banditgate.personalizer import LOOPS_PREFIX, parse_path
 from banditgate.redis import Redis, connect
 from banditgate.tasks import TaskGroup
+from router import oip, sagemaker
 from router.arm_health import ArmHealth
 from router.backends import HttpBackend
 from router.capture import DataCapture
 from router.decision_log import DecisionLog
+from router.deferred import DeferredStore
 from router.disconnect import DisconnectWatch
 from router.health_checks import HealthChecker
 from router.metrics import RouterMetrics
+from router.personalizer import PersonalizerRouter, dropped_counter
 from router.proxy_path import proxy_tail
+from router.replays import Replays
 from router.routing import Invocation, Outcome, Router
 from router.runtime import Runtime
+from router.sagemaker_stream import StreamRelay
 from router.settings import RouterSettings
 from router.shadow import ShadowMirror
 
@@ -50,6 +56,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON = b"application/json"
+# /endpoints/{experiment}/<route>: SageMaker Runtime's InvokeEndpoint family.
+SAGEMAKER_ROUTES = frozenset({"invocations", "invocations-response-stream", "async-invocations"})
 
 
 async def send_response(
@@ -108,6 +116,27 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+WEBSOCKET_REFUSED = (
+    "connection upgrades (WebSocket, h2c) are not proxied by banditgate; call the arm directly"
+)
+
+
+def _upgrade(scope: Scope) -> bool:
+    return any(name == b"upgrade" for name, _ in scope["headers"])
+
+
+async def refuse_websocket(scope: Scope, send: Send) -> None:
+    """WebSocket upgrades are not proxied: a 400 that says so, where the server lets us."""
+    message = WEBSOCKET_REFUSED
+    if "websocket.http.response" in scope.get("extensions", {}):
+        body = orjson.dumps({"error": {"type": "BadRequest", "message": message}})
+        headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode())]
+        await send({"type": "websocket.http.response.start", "status": 400, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+        return
+    await send({"type": "websocket.close", "code": 1008, "reason": message})
+
+
 def header_dict(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
 
@@ -142,6 +171,7 @@ class RouterApp:
         self.log: DecisionLog | None = None
         self.router: Router | None = None
         self.mirror: ShadowMirror | None = None
+        self.streams: StreamRelay | None = None
         self.capture = DataCapture(
             settings.data_dir,
             max_buffer=settings.capture_buffer_max,
@@ -153,6 +183,9 @@ class RouterApp:
         )
         self.tasks = TaskGroup("router")
         self.started = False
+        # The Personalizer-compatible routes (router/personalizer.py).
+        self.personalizer: PersonalizerRouter | None = None
+        self._deferred_dropped = dropped_counter(self.process_metrics)
 
     async def startup(self) -> None:
         if self.redis is None:
@@ -192,6 +225,14 @@ class RouterApp:
             health=self.health,
             retry_unreachable=self.settings.retry_unreachable,
             on_retry=self.metrics.retries.inc,
+            replays=Replays(window_s=self.settings.replay_window_s)
+            if self.settings.replay_window_s > 0
+            else None,
+        )
+        self.streams = StreamRelay(
+            router=self.router,
+            timeout_s=self.settings.backend_timeout_s,
+            connect_timeout_s=self.settings.backend_connect_timeout_s,
         )
         self.log.start()
         self.mirror.start()
@@ -201,6 +242,12 @@ class RouterApp:
         except Exception as exc:  # Redis away at start-up: routing waits for the resync
             log.warning("cannot reach Redis at start-up (%s)", exc)
         self.tasks.spawn(self.runtime.watcher.watch(), "announcements")
+        self.personalizer = PersonalizerRouter(
+            self.router, DeferredStore(self.redis), on_dropped=self._deferred_dropped
+        )
+        self.tasks.spawn(
+            self.personalizer.sweep_forever(self.settings.deferred_sweep_s), "deferred-sweep"
+        )
         self.checker = HealthChecker(health=self.health, runtime=self.runtime, backend=self.backend)
         self.tasks.spawn(self.checker.run(), "arm-health-checks")
         # Serve only once every experiment's policy is loaded; a later resync is in the background.
@@ -217,6 +264,8 @@ class RouterApp:
             await self.mirror.stop()
         await self.capture.stop()
         await self.backend.close()
+        if self.streams is not None:
+            await self.streams.close()
         if self.redis is not None and self._owns_redis:
             await self.redis.aclose()
         self.process_metrics.close()
@@ -241,6 +290,9 @@ class RouterApp:
         kind = scope["type"]
         if kind == "lifespan":
             await self._lifespan(receive, send)
+            return
+        if kind == "websocket":
+            await refuse_websocket(scope, send)
             return
         if kind != "http":
             return
@@ -268,19 +320,32 @@ class RouterApp:
     async def _dispatch(self, path: str, scope: Scope, receive: Receive, send: Send) -> bool:
         parts = path.split("/")
         method: str = scope["method"]
-        # /endpoints/{experiment}/invocations
-        if len(parts) == 4 and parts[1] == "endpoints" and parts[3] == "invocations":
+        # /endpoints/{experiment}/invocations (and -response-stream, async-)
+        if len(parts) == 4 and parts[1] == "endpoints" and parts[3] in SAGEMAKER_ROUTES:
             if method != "POST":
                 raise BanditgateError("use POST", status=405)
-            await self._invoke(scope, receive, send, Invocation(parts[2], "sagemaker", b"", {}))
+            await self._invoke_sagemaker(scope, receive, send, parts[2], parts[3])
             return True
-        if parts[1:3] == ["v2", "models"] and len(parts) >= 4:
-            return await self._v2(parts, method, scope, receive, send)
+        if parts[1] == "v2":
+            await self._v2(parts, method, scope, receive, send)
+            return True
         if len(parts) >= 3 and parts[1] == "proxy":
+            if _upgrade(scope):  # no WebSocket library: the upgrade arrives as plain HTTP
+                raise BanditgateError(WEBSOCKET_REFUSED, status=400, field="Upgrade")
             tail, query = proxy_tail(
                 scope.get("raw_path") or path.encode(), scope.get("query_string", b"")
             )
-            call = Invocation(parts[2], "http", b"", {}, method=method, path=tail, query=query)
+            call = Invocation(
+                parts[2],
+                "http",
+                b"",
+                {},
+                method=method,
+                path=tail,
+                query=query,
+                client=(scope.get("client") or ("",))[0] or "",
+                scheme=scope.get("scheme", "http"),
+            )
             await self._invoke(scope, receive, send, call)
             return True
         if len(parts) == 5 and parts[1:3] == ["v1", "experiments"] and parts[4] == "rank":
@@ -288,45 +353,115 @@ class RouterApp:
                 raise BanditgateError("use POST", status=405)
             await self._rank(parts[3], scope, receive, send)
             return True
-        if path == "/health/live" or path == "/v2/health/live":
+        if path.startswith(LOOPS_PREFIX):
+            return await self._personalizer(path, method, scope, receive, send)
+        if path == "/health/live":
             await send_response(send, 200, b'{"status":"live"}')
             return True
-        if path == "/health/ready" or path == "/v2/health/ready":
+        if path == "/health/ready":
             await self._ready(send)
             return True
         return False
 
     async def _v2(
         self, parts: list[str], method: str, scope: Scope, receive: Receive, send: Send
-    ) -> bool:
+    ) -> None:
+        """Open Inference Protocol: every answer, errors included, in its shape (router/oip.py)."""
+        try:
+            await self._v2_route(parts, method, scope, receive, send)
+        except BanditgateError as error:
+            headers: list[tuple[bytes, bytes]] = []
+            event_id = getattr(error, "event_id", None)
+            if event_id is not None:
+                headers.append((b"x-banditgate-event-id", event_id.encode("latin-1")))
+            variant = getattr(error, "variant", None)
+            if variant is not None:
+                headers.append((b"x-banditgate-variant", variant.encode("latin-1")))
+            body = oip.error_body(oip.error_message(error))
+            await send_response(send, error.status, body, JSON, headers)
+
+    async def _v2_route(
+        self, parts: list[str], method: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        assert self.runtime is not None
+        if len(parts) == 2 or parts[2:] == [""]:
+            _require(method, "GET")
+            await send_response(send, 200, orjson.dumps(oip.server_metadata()))
+            return
+        if parts[2:] == ["health", "live"]:
+            _require(method, "GET")
+            await send_response(send, 200, b'{"live":true}')
+            return
+        if parts[2:] == ["health", "ready"]:
+            _require(method, "GET")
+            try:
+                await self._readiness()
+            except NotReady as error:
+                body = {"ready": False, "error": error.message}
+                await send_response(send, 400, orjson.dumps(body))
+                return
+            await send_response(send, 200, b'{"ready":true}')
+            return
+        if parts[2] != "models" or len(parts) < 4:
+            raise BanditgateError(f"no route for {scope['path']}", status=404)
         experiment = parts[3]
         tail = parts[4:]
-        if tail and tail[0] == "versions" and len(tail) >= 2:
-            tail = tail[2:]
-        if tail == ["infer"] and method == "POST":
-            await self._invoke(scope, receive, send, Invocation(experiment, "v2", b"", {}))
-            return True
-        assert self.runtime is not None
-        if tail == ["ready"] and method == "GET":
+        version: str | None = None
+        if tail[:1] == ["versions"] and len(tail) >= 2:
+            version, tail = tail[1], tail[2:]
+        if tail == ["infer"]:
+            _require(method, "POST")
+            path = f"versions/{version}/" if version else ""
+            await self._invoke(
+                scope, receive, send, Invocation(experiment, "v2", b"", {}, path=path)
+            )
+            return
+        if tail == ["ready"]:
+            _require(method, "GET")
             state = self.runtime.get(experiment)
-            await send_response(send, 200, orjson.dumps({"name": state.name, "ready": True}))
-            return True
-        if not tail and method == "GET":
+            ready = await oip.ready_arms(self.backend, list(state.arms.values()), version)
+            if not ready:
+                body = {
+                    "name": experiment,
+                    "ready": False,
+                    "error": f"no arm of {experiment!r} is ready",
+                }
+                await send_response(send, 400, orjson.dumps(body))
+                return
+            await send_response(send, 200, orjson.dumps({"name": experiment, "ready": True}))
+            return
+        if not tail:
+            _require(method, "GET")
             state = self.runtime.get(experiment)
-            body = {
-                "name": state.name,
-                "versions": [],
-                "platform": "banditgate",
-                "inputs": [],
-                "outputs": [],
-            }
-            await send_response(send, 200, orjson.dumps(body))
-            return True
-        return False
+            metadata = await oip.model_metadata(
+                self.backend, experiment, list(state.arms.values()), version
+            )
+            if metadata is None:
+                raise BanditgateError(
+                    f"no arm of {experiment!r} answered its model metadata (only v2 arms have it)",
+                    status=503,
+                )
+            await send_response(send, 200, orjson.dumps(metadata))
+            return
+        raise BanditgateError(f"no route for {scope['path']}", status=404)
 
-    async def _invoke(self, scope: Scope, receive: Receive, send: Send, call: Invocation) -> None:
+    async def _invoke(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        call: Invocation,
+        *,
+        stream: bool = False,
+    ) -> None:
+        """Route one request; SageMaker and OIP errors are raised, for their callers' shapes."""
         assert self.router is not None
         if self.inflight >= self.settings.max_inflight:
+            if call.protocol in ("sagemaker", "v2"):
+                self.metrics.overloaded.inc()
+                raise Overloaded(
+                    f"this worker has {self.settings.max_inflight} requests in flight; retry later"
+                )
             await self._overloaded(send)
             return
         self.inflight += 1
@@ -337,6 +472,10 @@ class RouterApp:
                 receive, after_s=self.settings.disconnect_check_s, tasks=self.tasks
             )
             try:
+                if stream:
+                    assert self.streams is not None
+                    await self.streams.relay(send, call)
+                    return
                 outcome = await self.router.invoke(call)
             except asyncio.CancelledError:
                 if not watch.absorb():
@@ -344,16 +483,53 @@ class RouterApp:
                 self.metrics.client_disconnects.inc()
                 return
             except BanditgateError as error:
-                extra: list[tuple[bytes, bytes]] = []
-                if call.protocol == "sagemaker":
-                    extra.append((b"x-amzn-errortype", error.type.encode()))
-                await send_error(send, error, extra)
+                if call.protocol in ("sagemaker", "v2"):
+                    raise  # rendered in the protocol's own shape by the caller
+                await send_error(send, error)
                 return
             finally:
                 watch.close()
+            if call.protocol == "sagemaker" and outcome.status >= 400:
+                failure = sagemaker.model_error(outcome.status, outcome.body, outcome.variant)
+                failure.event_id = outcome.event_id  # type: ignore[attr-defined]
+                failure.variant = outcome.variant  # type: ignore[attr-defined]
+                raise failure
             await self._send_outcome(send, outcome)
         finally:
             self.inflight -= 1
+
+    async def _invoke_sagemaker(
+        self, scope: Scope, receive: Receive, send: Send, experiment: str, route: str
+    ) -> None:
+        """InvokeEndpoint(WithResponseStream): failures in botocore's shapes (router/sagemaker.py)."""
+        call = Invocation(experiment, "sagemaker", b"", {})
+        try:
+            if route == "async-invocations":
+                raise sagemaker.SageMakerError(
+                    sagemaker.VALIDATION_ERROR,
+                    "InvokeEndpointAsync is not supported: banditgate answers requests as they "
+                    "come (use InvokeEndpoint or InvokeEndpointWithResponseStream)",
+                )
+            stream = route == "invocations-response-stream"
+            await self._invoke(scope, receive, send, call, stream=stream)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            if not isinstance(error, BanditgateError | sagemaker.SageMakerError):
+                log.exception("InvokeEndpoint on %r failed", experiment)
+            await sagemaker.send_error(
+                send,
+                sagemaker.from_error(error, loading=self._loading(experiment)),
+                event_id=getattr(error, "event_id", None),
+                variant=getattr(error, "variant", None),
+            )
+
+    def _loading(self, experiment: str) -> bool:
+        """Known to this router but not (yet) served: starting, or its policy failed to load."""
+        runtime = self.runtime
+        if runtime is None or not runtime.serves(experiment):
+            return False
+        return not runtime.ready or experiment in runtime.watcher.specs
 
     async def _overloaded(self, send: Send) -> None:
         self.metrics.overloaded.inc()
@@ -390,7 +566,29 @@ class RouterApp:
         ]
         await send_response(send, 200, orjson.dumps(result), JSON, headers)
 
+    async def _personalizer(
+        self, path: str, method: str, scope: Scope, receive: Receive, send: Send
+    ) -> bool:
+        parsed = parse_path(path)
+        if (
+            parsed is None
+            or self.personalizer is None
+            or not self.personalizer.owns(parsed, method)
+        ):
+            return False
+        try:
+            body = await read_body(scope, receive, self.settings.max_body_bytes)
+        except PayloadTooLarge as error:
+            answer = self.personalizer.refuse(parsed, error)
+        else:
+            answer = await self.personalizer.answer(parsed, body)
+        await send_response(send, answer.status, answer.body, JSON if answer.body else None)
+        return True
+
     async def _ready(self, send: Send) -> None:
+        await send_response(send, 200, orjson.dumps(await self._readiness()))
+
+    async def _readiness(self) -> dict[str, Any]:
         """Ready = can route: experiments synced, policies loaded, an arm to send to.
 
         Redis being away does not stop routing (decisions wait in the log): it is
@@ -431,7 +629,12 @@ class RouterApp:
         if redis_error is not None:
             body["status"] = "degraded"
             body["redis"] = f"unreachable: {redis_error}"
-        await send_response(send, 200, orjson.dumps(body))
+        return body
+
+
+def _require(method: str, expected: str) -> None:
+    if method != expected:
+        raise BanditgateError(f"use {expected}", status=405)
 
 
 def create_app(

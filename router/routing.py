@@ -8,30 +8,37 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from prometheus_client import Gauge
 
-from banditgate.contracts import MAX_ACTION_ID_CHARS, MAX_EVENT_ID_CHARS, check_event_id
+from banditgate.contracts import MAX_EVENT_ID_CHARS, check_event_id
 from banditgate.errors import (
     BackendError,
+    BadRequest,
+    BanditgateError,
     InvalidInput,
     MalformedJSON,
     PayloadTooLarge,
     UnknownVariant,
 )
 from banditgate.events import ArmCall, Decision, new_event_id
-from banditgate.featurize import ContextFeatures, action_lines, text_features
+from banditgate.featurize import ContextFeatures, text_features
 from banditgate.policy import ActionSet, sample_index
+from banditgate.spec import Arm
+from router import oip
 from router.allocation import allocate
+from router.arm_credentials import ArmCredentials, needs_credentials
 from router.arm_health import ArmHealth, spread
 from router.backends import NOT_SENT, Backend, BackendResponse, forward_headers
 from router.capture import Captured, DataCapture
 from router.decision_log import DecisionLog
+from router.ranking import decide, parse_rank, ranked_decision
+from router.replays import Replays, replay_key
 from router.runtime import ExperimentState, Runtime
 from router.shadow import ShadowMirror
 
-MAX_RANK_ACTIONS = 1000
 MAX_ARM_GAUGES = 10_000
 
 SAGEMAKER_PASSTHROUGH = frozenset(
@@ -42,6 +49,7 @@ SAGEMAKER_PASSTHROUGH = frozenset(
         "x-amzn-sagemaker-target-model",
         "x-amzn-sagemaker-session-id",
         "x-amzn-sagemaker-enable-explanations",
+        "x-amzn-sagemaker-target-container-hostname",
         "x-amzn-sagemaker-inference-component",
     }
 )
@@ -58,8 +66,10 @@ class Invocation:
     body: bytes
     headers: Mapping[str, str]  # names lowercased
     method: str = "POST"
-    path: str = ""  # http protocol: the path after /proxy/{experiment}
+    path: str = ""  # http: the path after /proxy/{experiment}; v2: "versions/{v}/" or ""
     query: str = ""
+    client: str = ""  # http: the client's address, for X-Forwarded-For
+    scheme: str = "http"  # http: the scheme the client used, for X-Forwarded-Proto
 
 
 @dataclass
@@ -93,6 +103,18 @@ def _attempt_id(event_id: str) -> str:
     """The id a failed first attempt is logged under when its request went to another arm."""
     derived = f"{event_id}~1"
     return derived if len(derived) <= MAX_EVENT_ID_CHARS else new_event_id()
+
+
+@dataclass
+class Decided:
+    """A request's decision: made now, or `replayed` from the first attempt of a retry."""
+
+    state: ExperimentState
+    choice: Choice
+    replayed: bool
+    context: ContextFeatures
+    body: Any
+    key: str | None  # its identity across client retries, if it has one
 
 
 @dataclass
@@ -136,7 +158,9 @@ class Router:
         health: ArmHealth | None = None,
         retry_unreachable: bool = True,
         on_retry: Callable[[], None] | None = None,
+        replays: Replays[Choice] | None = None,
     ) -> None:
+        """`replays`: decisions kept per client request, so a retry is answered from its first."""
         self.runtime = runtime
         self.backend = backend
         self.log = log
@@ -148,6 +172,8 @@ class Router:
         self.retry_unreachable = retry_unreachable
         self.retries = 0
         self.on_retry = on_retry
+        self.replays = replays
+        self.credentials = ArmCredentials()
 
     def choose(
         self,
@@ -213,6 +239,7 @@ class Router:
         latency_ms: float,
         error: str | None = None,
         retry_of: str | None = None,
+        ttfb_ms: float | None = None,
     ) -> Decision:
         decision: Decision = {
             "event_id": choice.event_id,
@@ -234,6 +261,8 @@ class Router:
             decision["error"] = error
         if retry_of is not None:
             decision["retry_of"] = retry_of
+        if ttfb_ms is not None:
+            decision["ttfb_ms"] = round(ttfb_ms, 3)
         self.log.append(decision, state.index_ttl_s)
         return decision
 
@@ -241,6 +270,9 @@ class Router:
         featurizer = state.featurizer
         if not state.reads_body or not call.body:
             return featurizer.from_request(None, call.headers), None
+        if call.protocol == "v2":  # JSON, or the binary tensor extension's JSON header
+            body = parse_json(oip.json_part(call.body, call.headers))
+            return featurizer.from_request(body, call.headers), body
         content_type = call.headers.get("content-type", "application/json")
         if "json" in content_type:
             body = parse_json(call.body)
@@ -251,7 +283,8 @@ class Router:
             return {**features, **text_features(text)}, None
         return featurizer.from_request(None, call.headers), None
 
-    def _event_id(self, call: Invocation, body: Any) -> str:
+    def _event_id(self, call: Invocation, body: Any) -> str | None:
+        """The client's event id, if it sent one."""
         headers = call.headers
         if call.protocol == "sagemaker":
             given = headers.get("x-amzn-sagemaker-inference-id")
@@ -262,35 +295,60 @@ class Router:
             return _client_event_id(given, "X-Banditgate-Event-Id")
         if call.protocol == "v2" and isinstance(body, dict) and isinstance(body.get("id"), str):
             return _client_event_id(body["id"], "id")
-        return new_event_id()
+        return None
 
-    async def invoke(self, call: Invocation) -> Outcome:
+    def decide(self, call: Invocation) -> Decided:
+        """Choose the arm; a retry of a request already decided gets that decision back."""
         state = self.runtime.get(call.experiment)
+        if state.spec.rank_only:
+            raise BadRequest(
+                f"experiment {state.name!r} has arms without a backend url: it answers the rank "
+                f"routes (/v1/experiments/{state.name}/rank), not forwarded requests",
+                field="arms",
+            )
         headers = call.headers
         context, body = self._context(state, call)
         check_context_size(state, context)
-        if call.protocol == "v2" and body is None and call.body:
-            body = parse_json(call.body)
-        event_id = self._event_id(call, body)
+        binary = call.protocol == "v2" and oip.header_length(call.body, headers) is not None
+        if call.protocol == "v2" and body is None and call.body and not binary:
+            body = parse_json(call.body)  # for its id (a binary body is forwarded unparsed)
+        given = self._event_id(call, body)
+        replays = self.replays
+        key = replay_key(state.name, headers, given) if replays is not None else None
+        choice = replays.get(key) if replays is not None and key is not None else None
+        if choice is not None and choice.arm in state.arms:
+            return Decided(state, choice, True, context, body, key)
         target = headers.get("x-amzn-sagemaker-target-variant") or headers.get(
             "x-banditgate-variant"
         )
+        event_id = given or new_event_id()
         choice = self.choose(state, context, event_id, target=target, headers=headers, body=body)
         assert choice is not None
+        if replays is not None and key is not None:
+            replays.put(key, choice)
+        return Decided(state, choice, False, context, body, key)
+
+    async def invoke(self, call: Invocation) -> Outcome:
+        decided = self.decide(call)
+        state, choice, replayed = decided.state, decided.choice, decided.replayed
         try:
-            response = await self._forward(state, call, choice)
+            response = await self._forward(state, call, choice, replayed=replayed)
         except BackendError as exc:
-            if not (
-                isinstance(exc, NOT_SENT)
-                and self.retry_unreachable
-                and not choice.forced
-                and len(choice.actions.names) > 1
-            ):
+            unreachable = isinstance(exc, NOT_SENT) and not choice.forced
+            if unreachable and len(choice.actions.names) == 1:
+                exc.no_arm_left = True  # type: ignore[attr-defined]
+            if not (unreachable and self.retry_unreachable and len(choice.actions.names) > 1):
                 raise
             retry = self.choose(
-                state, context, event_id, headers=headers, body=body, exclude=choice.arm
+                state,
+                decided.context,
+                choice.event_id,
+                headers=call.headers,
+                body=decided.body,
+                exclude=choice.arm,
             )
             if retry is None:
+                exc.no_arm_left = True  # type: ignore[attr-defined]
                 raise
             # Nothing reached the first arm: the request goes to another one, as a new
             # decision with its own pmf. It keeps the event id the client sees and rewards;
@@ -300,20 +358,33 @@ class Router:
             if self.on_retry is not None:
                 self.on_retry()
             retry.retry_of = failed_id
-            response = await self._forward(state, call, retry)
+            if self.replays is not None and decided.key is not None:
+                self.replays.put(decided.key, retry)  # a client retry goes where this went
+            try:
+                response = await self._forward(state, call, retry, replayed=replayed)
+            except BackendError as again:
+                if isinstance(again, NOT_SENT) and len(choice.actions.names) == 2:
+                    # Both arms were tried: none can answer.
+                    setattr(again, "no_arm_left", True)  # noqa: B010
+                raise
             choice = retry
-        if state.shadow is not None:
+        if state.shadow is not None and not replayed:
             self.after_response(state, call, choice, response)
         return self._outcome(call, choice, response)
 
     async def _forward(
-        self, state: ExperimentState, call: Invocation, choice: Choice
+        self, state: ExperimentState, call: Invocation, choice: Choice, *, replayed: bool = False
     ) -> BackendResponse:
-        """Send the request to the chosen arm and log the decision, whatever happens."""
+        """Send the request to the chosen arm and log the decision (once), whatever happens."""
         arm = state.arms[choice.arm]
-        url, out_headers = self._request_for(
-            call, arm.url, arm.path, arm.model_name, choice.event_id
-        )
+        try:
+            url, out_headers = self.arm_request(call, arm, choice.event_id)
+        except BanditgateError as exc:  # the arm's request cannot be built (a missing secret)
+            if not replayed:
+                self.record(state, choice, status=exc.status, latency_ms=0.0, error=exc.message)
+            exc.event_id = choice.event_id  # type: ignore[attr-defined]
+            exc.variant = choice.arm  # type: ignore[attr-defined]
+            raise
         key = (state.name, choice.arm)
         in_flight = self._arm_in_flight(key)
         if in_flight is not None:
@@ -327,29 +398,31 @@ class Router:
             retryable = isinstance(exc, NOT_SENT) and not choice.forced and choice.retry_of is None
             if retryable and self.retry_unreachable and len(choice.actions.names) > 1:
                 logged = dataclasses.replace(choice, event_id=_attempt_id(choice.event_id))
-            self.record(
-                state,
-                logged,
-                status=exc.status,
-                latency_ms=(time.perf_counter() - started) * 1000,
-                error=exc.message,
-                retry_of=choice.retry_of,
-            )
-            if state.capture is not None:
-                self.captured(state, call, logged, exc.status, 0.0, None, error=exc.message)
+            if not replayed:
+                self.record(
+                    state,
+                    logged,
+                    status=exc.status,
+                    latency_ms=(time.perf_counter() - started) * 1000,
+                    error=exc.message,
+                    retry_of=choice.retry_of,
+                )
+                if state.capture is not None:
+                    self.captured(state, call, logged, exc.status, 0.0, None, error=exc.message)
             exc.event_id = logged.event_id  # type: ignore[attr-defined]
             exc.variant = choice.arm  # type: ignore[attr-defined]
             raise
         except asyncio.CancelledError:
             # The client went away: the backend call is abandoned, the decision still logged.
-            self.record(
-                state,
-                choice,
-                status=499,
-                latency_ms=(time.perf_counter() - started) * 1000,
-                error="client disconnected",
-                retry_of=choice.retry_of,
-            )
+            if not replayed:
+                self.record(
+                    state,
+                    choice,
+                    status=499,
+                    latency_ms=(time.perf_counter() - started) * 1000,
+                    error="client disconnected",
+                    retry_of=choice.retry_of,
+                )
             raise
         finally:
             if in_flight is not None:
@@ -358,6 +431,8 @@ class Router:
             self.health.failure(key)
         else:
             self.health.success(key)
+        if replayed:
+            return response
         self.record(
             state,
             choice,
@@ -433,9 +508,7 @@ class Router:
         primary_body = response.body if plan.compare_bodies else None
         for name in plan.shadows:
             arm = state.arms[name]
-            url, headers = self._request_for(
-                call, arm.url, arm.path, arm.model_name, choice.event_id
-            )
+            url, headers = self.arm_request(call, arm, choice.event_id)
             mirror.submit(
                 state.name,
                 choice.event_id,
@@ -449,6 +522,21 @@ class Router:
                 plan.pointer,
             )
 
+    def arm_request(
+        self, call: Invocation, arm: Arm, event_id: str, *, stream: bool = False
+    ) -> tuple[str, dict[str, str]]:
+        """(url, headers) of the request to `arm`, with its own headers, secrets and signature."""
+        path = arm.path
+        if arm.protocol == "sagemaker-runtime" and call.protocol == "sagemaker" and path is None:
+            operation = "invocations-response-stream" if stream else "invocations"
+            path = f"/endpoints/{quote(arm.model_name, safe='')}/{operation}"
+        url, headers = self._request_for(call, arm.url or "", path, arm.model_name, event_id)
+        if needs_credentials(arm):
+            headers = self.credentials.apply(
+                arm, call.headers, headers, method=call.method, url=url, body=call.body
+            )
+        return url, headers
+
     def _request_for(
         self, call: Invocation, base: str, path: str | None, model: str, event_id: str
     ) -> tuple[str, dict[str, str]]:
@@ -458,10 +546,21 @@ class Router:
             out["x-amzn-sagemaker-inference-id"] = event_id
             return f"{base}{path or '/invocations'}", out
         if call.protocol == "v2":
-            out = {"content-type": headers.get("content-type", "application/json")}
-            return f"{base}/v2/models/{model}/infer", out
+            return f"{base}/v2/models/{model}/{call.path}infer", oip.forward_headers(headers)
         out = forward_headers(headers, _CONTROL_HEADERS)
         out["x-banditgate-event-id"] = event_id
+        # As reverse proxies do: who asked, how, and for which host (the arm gets its own Host).
+        if call.client:
+            earlier = headers.get("x-forwarded-for")
+            # A server that trusts the peer (uvicorn's proxy headers) already made the
+            # header's last address the client: the chain is then complete as it is.
+            if earlier and earlier.rsplit(",", 1)[-1].strip() == call.client:
+                out["x-forwarded-for"] = earlier
+            else:
+                out["x-forwarded-for"] = f"{earlier}, {call.client}" if earlier else call.client
+        out.setdefault("x-forwarded-proto", call.scheme)
+        if "host" in headers:
+            out.setdefault("x-forwarded-host", headers["host"])
         query = f"?{call.query}" if call.query else ""
         return f"{base}/{call.path.lstrip('/')}{query}", out
 
@@ -474,6 +573,11 @@ class Router:
                 headers.append((b"x-amzn-sagemaker-custom-attributes", custom))
         elif call.protocol == "http":
             headers.extend(response.passthrough_headers())
+        elif call.protocol == "v2":
+            for name in oip.RESPONSE_HEADERS:
+                value = response.header(name)
+                if value is not None:
+                    headers.append((name, value))
         return Outcome(
             status=response.status,
             body=response.body,
@@ -484,64 +588,27 @@ class Router:
         )
 
     def rank(self, experiment: str, payload: Any) -> dict[str, Any]:
-        """Decision only: the caller calls the chosen backend itself."""
+        """Decision only: the caller calls the chosen backend itself (see router/ranking.py)."""
         state = self.runtime.get(experiment)
-        if not isinstance(payload, dict):
-            raise InvalidInput("the rank request is a JSON object", field="body")
-        context_in = payload.get("context", {})
-        if not isinstance(context_in, dict):
-            raise InvalidInput("context: must be an object", field="context")
-        given = payload.get("event_id")
+        request = parse_rank(payload, state.actions)
+        if request.defer:
+            raise InvalidInput(
+                "defer_activation: use the Personalizer-compatible route for deferred "
+                "activation (/loops/{experiment}/personalizer/v1.0/rank)",
+                status=400,
+                field="defer_activation",
+            )
+        given = request.event_id
         event_id = new_event_id() if given is None else _client_event_id(given, "event_id")
-        actions = _rank_actions(payload.get("actions"))
-        context = state.featurizer.from_rank(context_in)
+        context = state.featurizer.from_rank(request.context)
         check_context_size(state, context)
-        choice = self.choose(state, context, event_id, actions=actions, body=context_in)
-        assert choice is not None
-        self.record(state, choice, status=200, latency_ms=0.0)
-        order = sorted(range(len(choice.pmf)), key=lambda i: (i != choice.index, -choice.pmf[i]))
+        actions = request.actions or state.actions
+        ranked = decide(state, context, event_id, actions, request.excluded, request.context)
+        self.log.append(ranked_decision(state, ranked, int(time.time() * 1000)), state.index_ttl_s)
         return {
             "event_id": event_id,
-            "chosen": choice.arm,
-            "ranking": [
-                {"id": choice.actions.names[i], "probability": choice.pmf[i]} for i in order
-            ],
-            "policy_version": choice.version,
+            "chosen": ranked.chosen,
+            "ranking": [{"id": name, "probability": p} for name, p in ranked.ranking()],
+            "excluded": list(ranked.excluded),
+            "policy_version": ranked.version,
         }
-
-
-def _rank_actions(raw: Any) -> ActionSet | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, list) or not raw:
-        raise InvalidInput("actions: a non-empty list", field="actions")
-    if len(raw) > MAX_RANK_ACTIONS:
-        raise InvalidInput(f"actions: at most {MAX_RANK_ACTIONS}", field="actions")
-    names: list[str] = []
-    features: list[dict[str, Any]] = []
-    for index, item in enumerate(raw):
-        if not isinstance(item, dict) or "id" not in item:
-            raise InvalidInput(f"actions[{index}]: an object with an id", field=f"actions[{index}]")
-        action_id = item["id"]
-        if not isinstance(action_id, str | int) or isinstance(action_id, bool):
-            raise InvalidInput(
-                f"actions[{index}].id: a string or integer", field=f"actions[{index}].id"
-            )
-        name = str(action_id)
-        if not name or len(name) > MAX_ACTION_ID_CHARS:
-            raise InvalidInput(
-                f"actions[{index}].id: 1 to {MAX_ACTION_ID_CHARS} characters",
-                field=f"actions[{index}].id",
-            )
-        if name in names:
-            raise InvalidInput(
-                f"actions[{index}].id: duplicate id {name!r}", field=f"actions[{index}].id"
-            )
-        feats = item.get("features", {})
-        if not isinstance(feats, dict):
-            raise InvalidInput(
-                f"actions[{index}].features: an object", field=f"actions[{index}].features"
-            )
-        names.append(name)
-        features.append(feats)
-    return ActionSet(tuple(names), tuple(action_lines(names, features)), tuple(features))

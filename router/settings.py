@@ -100,6 +100,17 @@ class RouterSettings(CoreSettings):
     shadow_timeout_s: float = Field(
         default=10.0, description="Timeout of a mirrored call when its arm sets none."
     )
+    deferred_sweep_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often deferred-activation events past their window are dropped and counted.",
+    )
+    replay_window_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="A retry of a client request (same event id, or same amz-sdk-invocation-id) "
+        "within this window is answered from its first decision and not logged again (0: off).",
+    )
 
     @property
     def spill_dir(self) -> Path | None:

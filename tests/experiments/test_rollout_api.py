@@ -103,9 +103,19 @@ async def test_weights_api_moves_ab_traffic_without_restarting_the_router(
         ([{"variant": "a", "weight": 1}, {"variant": "nope", "weight": 1}], "1.variant", "unknown"),
         ([{"variant": "a", "weight": -1}], "0.weight", "greater than or equal to 0"),
         ([{"variant": "a", "weight": 1}, {"variant": "a", "weight": 2}], "1.variant", "twice"),
-        ([{"variant": "a", "weight": 1, "DesiredInstanceCount": 2}], "0.DesiredInstanceCount", ""),
+        (
+            [{"variant": "a", "weight": 1, "DesiredInstanceCount": -1}],
+            "0.DesiredInstanceCount",
+            "greater than",
+        ),
         ([], "body", ""),
-        ({"a": 1}, "body", "list"),
+        ("a", "body", "list"),
+        ({"a": 1}, "DesiredWeightsAndCapacities", "required"),
+        (
+            {"EndpointName": "other", "DesiredWeightsAndCapacities": [{"VariantName": "a"}]},
+            "EndpointName",
+            "not this experiment",
+        ),
     ],
 )
 async def test_bad_weights_are_422_naming_the_field(redis, name, api, body, field, words):

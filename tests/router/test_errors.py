@@ -43,12 +43,12 @@ async def test_every_bad_input_answers_clearly_and_nothing_queued_is_lost(
             ],
         )
         url, app = await start_router(spec, max_body_bytes=1024, backend_timeout_s=0.3)
-        invoke = f"{url}/endpoints/{name}/invocations"
+        invoke = f"{url}/proxy/{name}/invocations"  # our own error shape; SageMaker's: test_sagemaker_errors.py
         async with aiohttp.ClientSession() as http:
             ok = await post(http, invoke, **{"X-Amzn-SageMaker-Target-Variant": "good"})
             assert ok[0] == 200
 
-            status, body, _ = await post(http, f"{url}/endpoints/nope/invocations")
+            status, body, _ = await post(http, f"{url}/proxy/nope/invocations")
             assert status == 404
             assert orjson.loads(body) == {
                 "error": {"type": "UnknownExperiment", "message": "no experiment named 'nope'"}
@@ -91,7 +91,7 @@ async def test_every_bad_input_answers_clearly_and_nothing_queued_is_lost(
             assert orjson.loads(body) == {"predicted_label": 3, "path": "/invocations"}
             broken_event = headers["X-Banditgate-Event-Id"]
 
-            status, _, _ = await post(http, invoke, **{"X-Amzn-SageMaker-Inference-Id": "x" * 300})
+            status, _, _ = await post(http, invoke, **{"X-Banditgate-Event-Id": "x" * 300})
             assert status == 400
 
             # The worker survived all of it.
@@ -149,7 +149,7 @@ async def test_backend_reset_is_502(start_router, redis, name):
     async with run_backend(Backend(reply=reset)) as backend:
         url, _ = await start_router(make_spec(name, [("a", backend.url)]))
         async with aiohttp.ClientSession() as http:
-            status, body, _ = await post(http, f"{url}/endpoints/{name}/invocations")
+            status, body, _ = await post(http, f"{url}/proxy/{name}/invocations")
     assert status == 502
     assert orjson.loads(body)["error"]["type"] == "BackendError"
     await wait_for(lambda: _count_at_least(redis, name, 1))

@@ -37,6 +37,9 @@ async def test_boto3_invoke_endpoint_unchanged(start_router, redis, name):
                 Accept="application/json",
                 CustomAttributes="trace=abc",
                 InferenceId="evt-0001",
+                TargetModel="model-a.tar.gz",
+                TargetContainerHostname="container-2",
+                EnableExplanations="`true`",
             )
 
         response = await asyncio.to_thread(call)
@@ -53,6 +56,9 @@ async def test_boto3_invoke_endpoint_unchanged(start_router, redis, name):
     backend_seen = (one if variant == "bert-1" else two).requests[-1]
     assert backend_seen["path"] == "/invocations"
     assert backend_seen["headers"]["x-amzn-sagemaker-custom-attributes"] == "trace=abc"
+    assert backend_seen["headers"]["x-amzn-sagemaker-target-model"] == "model-a.tar.gz"
+    assert backend_seen["headers"]["x-amzn-sagemaker-target-container-hostname"] == "container-2"
+    assert backend_seen["headers"]["x-amzn-sagemaker-enable-explanations"] == "`true`"
     assert backend_seen["body"] == body
 
     await wait_for(lambda: _count(redis, name, 1))
@@ -108,7 +114,8 @@ async def test_unknown_target_variant_is_400_through_boto3(start_router, name):
         else:
             raise AssertionError("expected a client error")
     assert error["ResponseMetadata"]["HTTPStatusCode"] == 400
-    assert error["Error"]["Code"] == "UnknownVariant"
+    assert error["Error"]["Code"] == "ValidationError"
+    assert "unknown target variant 'nope'" in error["Error"]["Message"]
 
 
 async def _count(redis, name, n):  # type: ignore[no-untyped-def]
