@@ -215,10 +215,10 @@ class TrainingLoop:
                 }
                 for kind, (k_n, k_numbers, k_verdict) in judged.items()
             }
-            others = ", ".join(
+            gains = ", ".join(
                 f"{kind} {gain(kind):+.4f}" for kind in judged if math.isfinite(gain(kind))
             )
-            record["reason"] = f"{best} is the best candidate ({gate.estimator} gain: {others}); "
+            record["reason"] = f"{best} is the best candidate ({gate.estimator} gain: {gains}); "
             record["reason"] += verdict.reason
         if verdict.publish and publishable:
             model = self.challengers[best].model
