@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 import vowpalwabbit
 
+from banditgate.auto import AUTO, concrete, learner_of_model
 from banditgate.errors import InvalidPolicy
 from banditgate.featurize import ContextFeatures, arm_action_lines, shared_line
 from banditgate.linear_thompson import MAGIC as LINEAR_THOMPSON_MAGIC
@@ -323,6 +324,8 @@ def build_policy(spec: ExperimentSpec, model: bytes | None, version: int) -> Pol
     what routers log, and what the trainer evaluates.
     """
     learner = spec.policy.learner
+    if learner == AUTO:
+        return build_policy(concrete(spec, learner_of_model(model)), model, version)
     if learner == "static":
         weights = default_weights(spec)
         if model is not None:

@@ -12,6 +12,7 @@ from redis.exceptions import WatchError
 
 from banditgate import keys
 from banditgate.announce import AfterCommit
+from banditgate.auto import AUTO, concrete, learner_of_model, serves
 from banditgate.contracts import Announced
 from banditgate.errors import Conflict, InvalidPolicy, UnknownPolicyVersion
 from banditgate.policy import validate_model
@@ -84,6 +85,8 @@ class PolicyRegistry:
         """
         async with self.specs.locked(experiment):
             spec = await self.specs.get(experiment)
+            if spec.policy.learner == AUTO and learner in (None, AUTO):
+                learner = learner_of_model(model)
             await _check(spec, model, learner)
             for _ in range(MAX_ATTEMPTS):
                 async with self.redis.pipeline(transaction=True) as pipe:
@@ -99,7 +102,7 @@ class PolicyRegistry:
                         record = PolicyVersion(
                             experiment=experiment,
                             version=version,
-                            learner=spec.policy.learner,
+                            learner=learner or spec.policy.learner,
                             parent=parent,
                             created_ms=int(time.time() * 1000),
                             n_examples=n_examples,
@@ -192,9 +195,11 @@ class PolicyRegistry:
 
 async def _check(spec: ExperimentSpec, model: bytes, learner: str | None) -> None:
     """Raise InvalidPolicy unless `model` can serve this spec (built for its learner, if said)."""
-    if learner is not None and learner != spec.policy.learner:
+    if learner is not None and not serves(spec, learner):
         raise InvalidPolicy(
             f"experiment {spec.name!r} uses the {spec.policy.learner} learner, not {learner}",
             field="learner",
         )
+    if spec.policy.learner == AUTO:
+        spec = concrete(spec, learner or learner_of_model(model))
     await asyncio.to_thread(validate_model, spec, model)

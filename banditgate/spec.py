@@ -364,11 +364,12 @@ class ChangeSpec(_Strict):
 class PolicySpec(_Strict):
     """How arms are chosen in bandit mode, and how the policy learns."""
 
-    learner: Literal["vw", "thompson", "linear_thompson", "static"] = Field(
+    learner: Literal["vw", "thompson", "linear_thompson", "static", "auto"] = Field(
         default="vw",
         description="vw: contextual bandit; thompson: Beta-Bernoulli per arm, no context; "
         "linear_thompson: contextual Thompson sampling (Bayesian linear regression per arm); "
-        "static: fixed weights.",
+        "static: fixed weights; auto: the trainer trains vw and linear_thompson side by side "
+        "and publishes whichever the gate finds best on recent data.",
     )
     exploration: Exploration = Field(
         default_factory=Exploration, description="Exploration of the vw learner."

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from banditgate import keys
+from banditgate.auto import serves
 from banditgate.errors import (
     BanditgateError,
     Conflict,
@@ -485,7 +486,7 @@ class Lifecycle:
     ) -> Evaluation:
         candidate = await asyncio.to_thread(validate_model, spec, model)
         version, serving_model = await self.registry.load_current(spec.name)
-        if version and (await self.registry.get(spec.name, version)).learner != spec.policy.learner:
+        if version and not serves(spec, (await self.registry.get(spec.name, version)).learner):
             version, serving_model = 0, None  # routers serve the cold-start policy then
         serving = await asyncio.to_thread(build_policy, spec, serving_model, version)
         examples = await recent_examples(self.redis, spec)

@@ -23,6 +23,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from banditgate import keys
+from banditgate.auto import serves
 from banditgate.contracts import Announced
 from banditgate.errors import UnknownExperiment
 from banditgate.featurize import Featurizer
@@ -207,7 +208,7 @@ class Runtime:
             self.experiments.pop(name, None)
             return
         version, model = await self.registry.load_current(name)
-        if version and (await self.registry.get(name, version)).learner != spec.policy.learner:
+        if version and not serves(spec, (await self.registry.get(name, version)).learner):
             log.warning(
                 "experiment %s: policy %d is for another learner; cold start", name, version
             )

@@ -10,6 +10,7 @@ import numpy as np
 import orjson
 import vowpalwabbit
 
+from banditgate.auto import AUTO, CANDIDATES, concrete, learner_of_model
 from banditgate.errors import InvalidPolicy
 from banditgate.featurize import example_lines
 from banditgate.linear_thompson import LinearThompsonModel
@@ -244,10 +245,80 @@ class LinearThompsonLearner:
         return cls(low=low, high=high, model=LinearThompsonModel.from_bytes(raw))
 
 
+class AutoLearner:
+    """`learner: auto`: every candidate (banditgate.auto.CANDIDATES) learns every example.
+
+    The training loop judges a challenger of each; the VW member's reward model (a cost
+    regression independent of any policy) gives the DR estimates of all of them, so
+    their estimates are comparable.
+    """
+
+    kind = AUTO
+
+    def __init__(self, members: dict[str, Learner]) -> None:
+        self.members = members
+
+    @property
+    def n_examples(self) -> int:
+        return max(member.n_examples for member in self.members.values())
+
+    @n_examples.setter
+    def n_examples(self, value: int) -> None:
+        for member in self.members.values():
+            member.n_examples = value
+
+    def probabilities(self, example: Example) -> list[float]:
+        return self.members["vw"].probabilities(example)
+
+    def reward_estimates(self, example: Example) -> list[float]:
+        return self.members["vw"].reward_estimates(example)
+
+    def learn(self, example: Example) -> None:
+        for member in self.members.values():
+            member.learn(example)
+
+    def model_bytes(self) -> bytes:
+        return self.members["vw"].model_bytes()
+
+    def state_bytes(self) -> bytes:
+        kinds = list(self.members)
+        return _frame(
+            {"kind": self.kind, "learners": kinds},
+            *(self.members[kind].state_bytes() for kind in kinds),
+        )
+
+    @classmethod
+    def new(cls, spec: ExperimentSpec, *, model: bytes | None = None) -> AutoLearner:
+        """Fresh candidates; the one that built `model` (the serving one) starts from it."""
+        warm = learner_of_model(model) if model is not None else None
+        return cls(
+            {
+                kind: new_learner(concrete(spec, kind), model=model if kind == warm else None)
+                for kind in CANDIDATES
+            }
+        )
+
+    @classmethod
+    def from_state(cls, spec: ExperimentSpec, raw: bytes) -> AutoLearner:
+        header, blobs = _unframe(raw)
+        if header.get("kind") != AUTO or list(header["learners"]) != list(CANDIDATES):
+            raise InvalidPolicy("not the state of the auto learner")
+        return cls(
+            {
+                kind: new_learner(concrete(spec, kind), state=blob)
+                for kind, blob in zip(header["learners"], blobs, strict=True)
+            }
+        )
+
+
 def new_learner(
     spec: ExperimentSpec, *, model: bytes | None = None, state: bytes | None = None
 ) -> Learner:
     learner = spec.policy.learner
+    if learner == AUTO:
+        if state is not None:
+            return AutoLearner.from_state(spec, state)
+        return AutoLearner.new(spec, model=model)
     if learner == "thompson":
         low, high = spec.reward.min, spec.reward.max
         if state is not None:

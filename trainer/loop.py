@@ -23,6 +23,12 @@ wider exploration for `explore_events` examples, and a fresh challenger is judge
 data from after the detection only, so the old data cannot hold it back. The
 detection is recorded, and named in the lineage of the next published policy.
 
+With `learner: auto` (trainer.learner.AutoLearner) every candidate learner learns
+every example and has its own challenger, scored on the same examples; at each
+update the gate judges each one against the serving policy, and the best of those
+that pass (by the estimated difference) is published, named with every candidate's
+numbers in the record. After a change the widened VW restart is what ships.
+
 The worker (`trainer/worker.py`), the screening simulation (`bench/learning_sim.py`)
 and the world suite (`bench/worlds`) all run this class.
 """
@@ -35,11 +41,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from banditgate.auto import AUTO, concrete
 from banditgate.policy import Policy, build_policy
 from banditgate.spec import ExperimentSpec
 from trainer.change import Alarm, ChangeDetector
 from trainer.gate import EvaluationWindow, judge
-from trainer.learner import Example, Learner, VWLearner, expected, new_learner
+from trainer.learner import AutoLearner, Example, Learner, VWLearner, expected, new_learner
 
 MAX_EVIDENCE_FACTOR = 5
 
@@ -68,8 +75,8 @@ class TrainingLoop:
         self.learner = learner
         self.serving = serving
         self.serving_version = serving_version
-        self.challenger: Challenger | None = None
-        self.window = EvaluationWindow()
+        self.challengers: dict[str, Challenger] = {}
+        self.windows: dict[str, EvaluationWindow] = {}
         self.since_update = 0
         change = spec.policy.change
         self.detector = ChangeDetector(change, spec.reward.min, spec.reward.max)
@@ -81,23 +88,48 @@ class TrainingLoop:
         self.known_arms: set[str] = set()
         self.new_arms: list[str] = []  # arms first seen since the last update
 
+    def _members(self) -> dict[str, Learner]:
+        if isinstance(self.learner, AutoLearner):
+            return self.learner.members
+        return {self.learner.kind: self.learner}
+
+    @property
+    def challenger(self) -> Challenger | None:
+        """The challenger of a single learner (with `auto`: the VW one)."""
+        return self.challengers.get(self._lead)
+
+    @property
+    def window(self) -> EvaluationWindow:
+        return self.windows.setdefault(self._lead, EvaluationWindow())
+
+    @window.setter
+    def window(self, window: EvaluationWindow) -> None:
+        self.windows[self._lead] = window
+
+    @property
+    def _lead(self) -> str:
+        """The learner that ships a restart after a change (the widened VW one under auto)."""
+        return "vw" if self.spec.policy.learner == AUTO else self.learner.kind
+
     def observe(self, example: Example) -> None:
         """Score the example with the challenger and the serving policy, then learn it."""
-        if self.challenger is not None:
+        if self.challengers:
             # Both as served (the floor is part of a learned policy), as routers log them.
-            challenger = self.challenger.policy.probabilities(example.context, example.actions)
             current = self.serving.probabilities(example.context, example.actions)
             reward_hat = self.learner.reward_estimates(example)
+            current_reward_hat = expected(reward_hat, current)
             chosen = example.chosen
-            self.window.add(
-                reward=example.reward,
-                logged_prob=example.logged_prob,
-                candidate_prob=challenger[chosen],
-                current_prob=current[chosen],
-                reward_hat_logged=reward_hat[chosen],
-                candidate_reward_hat=expected(reward_hat, challenger),
-                current_reward_hat=expected(reward_hat, current),
-            )
+            for kind, snapshot in self.challengers.items():
+                challenger = snapshot.policy.probabilities(example.context, example.actions)
+                self.window_of(kind).add(
+                    reward=example.reward,
+                    logged_prob=example.logged_prob,
+                    candidate_prob=challenger[chosen],
+                    current_prob=current[chosen],
+                    reward_hat_logged=reward_hat[chosen],
+                    candidate_reward_hat=expected(reward_hat, challenger),
+                    current_reward_hat=current_reward_hat,
+                )
         self.seen += 1
         arm = example.actions.names[example.chosen]
         if not self.known_arms.issuperset(example.actions.names):
@@ -144,36 +176,71 @@ class TrainingLoop:
                 f"warming up: {self.learner.n_examples} of {warmup} examples before a first policy"
             )
             return Outcome(False, None, {"decision": "waiting", "reason": reason, "n": 0})
-        if self.challenger is None:
+        if not self.challengers:
             self._take_snapshot()
             return Outcome(
                 False, None, {"decision": "challenger", "reason": "new challenger", "n": 0}
             )
-        n = len(self.window)
-        numbers = self.window.estimates()
-        verdict = judge(spec.policy.gate, numbers, n)
+        gate = spec.policy.gate
+        judged = {}
+        for kind in self.challengers:
+            window = self.window_of(kind)
+            numbers = window.estimates()
+            judged[kind] = (len(window), numbers, judge(gate, numbers, len(window)))
+
+        def gain(kind: str) -> float:
+            value = judged[kind][1].get("difference", {}).get(gate.estimator, {}).get("value")
+            return value if value is not None and math.isfinite(value) else -math.inf
+
+        passed = [kind for kind, (_, _, verdict) in judged.items() if verdict.publish]
+        best = max(passed or list(judged), key=gain)
+        n, numbers, verdict = judged[best]
         record: dict[str, Any] = {
             "n": n,
-            "challenger_examples": self.challenger.examples,
+            "challenger_examples": self.challengers[best].examples,
             "examples_seen": self.learner.n_examples,
             "current_version": self.serving_version,
-            "rule": spec.policy.gate.model_dump(),
+            "rule": gate.model_dump(),
             "numbers": numbers,
             "reason": verdict.reason,
+            "learner": best,
         }
+        if len(judged) > 1:
+            record["candidates"] = {
+                kind: {
+                    "n": k_n,
+                    "gain": k_numbers.get("difference", {}).get(gate.estimator),
+                    "passed": k_verdict.publish,
+                    "reason": k_verdict.reason,
+                }
+                for kind, (k_n, k_numbers, k_verdict) in judged.items()
+            }
+            gains = ", ".join(
+                f"{kind} {gain(kind):+.4f}" for kind in judged if math.isfinite(gain(kind))
+            )
+            record["reason"] = f"{best} is the best candidate ({gate.estimator} gain: {gains}); "
+            record["reason"] += verdict.reason
         if verdict.publish and publishable:
-            model = self.challenger.model
+            model = self.challengers[best].model
             record["decision"] = "published"
             if self.changes:
                 record["changes"] = list(self.changes)
             return Outcome(True, model, record)
         if not publishable:
-            record["reason"] = f"mode {spec.mode!r} does not publish; {verdict.reason}"
+            record["reason"] = f"mode {spec.mode!r} does not publish; {record['reason']}"
         record["decision"] = "rejected"
-        if self._hopeless(numbers, n) or self._stale():
-            record["reason"] += "; replaced by a fresh challenger"
-            self._take_snapshot()
+        for kind, (k_n, k_numbers, _) in judged.items():
+            if self._hopeless(k_numbers, k_n) or self._stale(kind):
+                record["reason"] += (
+                    "; replaced by a fresh challenger"
+                    if len(judged) == 1
+                    else f"; the {kind} challenger replaced by a fresh one"
+                )
+                self._take_snapshot(kind)
         return Outcome(False, None, record)
+
+    def window_of(self, kind: str) -> EvaluationWindow:
+        return self.windows.setdefault(kind, EvaluationWindow())
 
     def published(self, policy: Policy, version: int) -> None:
         """The challenger now serves; the learner's current state becomes the next challenger."""
@@ -186,7 +253,8 @@ class TrainingLoop:
         """Routers serve something else (a rollback, a manual publish): judge against that."""
         self.serving = policy
         self.serving_version = version
-        self.window.clear()
+        for window in self.windows.values():
+            window.clear()
 
     def _hopeless(self, numbers: dict[str, Any], n: int) -> bool:
         gate = self.spec.policy.gate
@@ -195,13 +263,12 @@ class TrainingLoop:
         clearly_worse = n >= gate.min_examples and hi is not None and math.isfinite(hi) and hi < 0
         return clearly_worse or n >= MAX_EVIDENCE_FACTOR * max(gate.min_examples, 1)
 
-    def _stale(self) -> bool:
+    def _stale(self, kind: str) -> bool:
         """Early on the learner improves fast: a snapshot of its first few hundred examples
         that the gate cannot decide on would otherwise be judged for 5x the minimum while
         a much better learner waits (seen in short demos that ended before any publish)."""
-        assert self.challenger is not None
-        snapshot = self.challenger.examples
-        learned_since = self.learner.n_examples - snapshot
+        snapshot = self.challengers[kind].examples
+        learned_since = self._members()[kind].n_examples - snapshot
         return learned_since >= max(snapshot, self.spec.policy.gate.min_examples)
 
     def _on_change(self, alarms: list[Alarm], publishable: bool) -> Outcome:
@@ -209,11 +276,12 @@ class TrainingLoop:
         if publishable and self.serving_version > 0:
             # The gate cannot judge a move to arms the serving policy hardly logs, and the
             # serving policy would keep them starved: the widened restart ships as is.
-            assert self.challenger is not None
+            lead = self.challengers[self._lead]
             record["decision"] = "published"
             record["changes"] = list(self.changes)
-            record["challenger_examples"] = self.challenger.examples
-            return Outcome(True, self.challenger.model, record)
+            record["challenger_examples"] = lead.examples
+            record["learner"] = self._lead
+            return Outcome(True, lead.model, record)
         return Outcome(False, None, record)
 
     def _on_new_arms(self, publishable: bool) -> Outcome:
@@ -226,7 +294,7 @@ class TrainingLoop:
         self.widen_left = self.spec.policy.change.explore_events
         self._relearn([example for _, example in self.recent], widen=self.widen_left > 0)
         self._take_snapshot()
-        assert self.challenger is not None
+        lead = self.challengers[self._lead]
         detection = {
             "examples_seen": self.seen,
             "arms_added": arms,
@@ -246,8 +314,9 @@ class TrainingLoop:
         if publishable and self.widen_left > 0:
             record["decision"] = "published"
             record["changes"] = list(self.changes)
-            record["challenger_examples"] = self.challenger.examples
-            return Outcome(True, self.challenger.model, record)
+            record["challenger_examples"] = lead.examples
+            record["learner"] = self._lead
+            return Outcome(True, lead.model, record)
         return Outcome(False, None, record)
 
     def _forget(self, alarms: list[Alarm]) -> dict[str, Any]:
@@ -293,7 +362,19 @@ class TrainingLoop:
         self._take_snapshot()
 
     def _relearn(self, examples: list[Example], *, widen: bool) -> None:
-        spec = self.spec
+        learner: Learner
+        if self.spec.policy.learner == AUTO:
+            learner = AutoLearner(
+                {kind: self._fresh(kind, widen=widen) for kind in self._members()}
+            )
+        else:
+            learner = self._fresh(self.spec.policy.learner, widen=widen)
+        for example in examples:
+            learner.learn(example)
+        self.learner = learner
+
+    def _fresh(self, kind: str, *, widen: bool) -> Learner:
+        spec = concrete(self.spec, kind)
         exploration = spec.policy.exploration
         wider = spec.policy.change.explore_epsilon
         if (
@@ -306,22 +387,21 @@ class TrainingLoop:
                 update={"exploration": exploration.model_copy(update={"epsilon": wider})}
             )
             spec = spec.model_copy(update={"policy": policy})
-        learner: Learner
         if spec.policy.learner == "vw":
             # A fresh VW policy estimates every arm at reward 0 and climbs toward the truth
             # as it learns, fastest on the arm with the most data: right after a change that
             # is the arm that changed, which would then look best. From the middle of the
             # reward range instead, an arm with little data is neither favoured nor starved.
             reward = spec.reward
-            learner = VWLearner(spec.policy, cost_offset=(reward.min + reward.max) / 2)
-        else:
-            learner = new_learner(spec)
-        for example in examples:
-            learner.learn(example)
-        self.learner = learner
+            return VWLearner(spec.policy, cost_offset=(reward.min + reward.max) / 2)
+        return new_learner(spec)
 
-    def _take_snapshot(self) -> None:
-        model = self.learner.model_bytes()
-        policy = build_policy(self.spec, model, version=-1)
-        self.challenger = Challenger(policy, model, self.learner.n_examples)
-        self.window.clear()
+    def _take_snapshot(self, only: str | None = None) -> None:
+        """Fresh challengers: of every learner, or of `only`."""
+        for kind, member in self._members().items():
+            if only is not None and kind != only:
+                continue
+            model = member.model_bytes()
+            policy = build_policy(concrete(self.spec, kind), model, version=-1)
+            self.challengers[kind] = Challenger(policy, model, member.n_examples)
+            self.windows[kind] = EvaluationWindow()

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import vowpalwabbit
 
+from banditgate.auto import AUTO, concrete
 from banditgate.errors import InvalidInput
 from banditgate.events import Joined
 from banditgate.policy import apply_floor, vw_arguments, workspace_to_bytes
@@ -50,6 +51,8 @@ def train_from(path: Path, spec: ExperimentSpec) -> WarmStart:
         raise InvalidInput(f"{path}: no such file or directory", field="from")
     if spec.policy.learner == "static":
         raise InvalidInput("the static learner does not learn", field="policy.learner")
+    if spec.policy.learner == AUTO:
+        spec = concrete(spec, "vw")  # the candidate that learns from logs of another policy
     if _is_dsjson(path):
         if spec.policy.learner != "vw":
             raise InvalidInput("DSJSON warm start trains the vw learner", field="policy.learner")

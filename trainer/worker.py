@@ -32,6 +32,7 @@ from typing import cast
 import orjson
 
 from banditgate import keys
+from banditgate.auto import serves
 from banditgate.contracts import TRAINER_CHANGES, TRAINER_GROUP
 from banditgate.errors import InvalidPolicy
 from banditgate.events import decode_joined
@@ -158,7 +159,7 @@ class Trainer:
             return training
         await ensure_group(self.redis, keys.joined(name), TRAINER_GROUP)
         version, model = await self.registry.load_current(name)
-        if version and (await self.registry.get(name, version)).learner != spec.policy.learner:
+        if version and not serves(spec, (await self.registry.get(name, version)).learner):
             version, model = 0, None
         serving = build_policy(spec, model, version)
         state = cast(dict[bytes, bytes], await self.redis.hgetall(keys.trainer_state(name)))
@@ -243,7 +244,7 @@ class Trainer:
         if version == training.loop.serving_version:
             return
         record = await self.registry.get(name, version)
-        if record.learner != training.spec.policy.learner:
+        if not serves(training.spec, record.learner):
             return
         model = await self.registry.model(name, version)
         policy = await asyncio.to_thread(build_policy, training.spec, model, version)
@@ -262,14 +263,16 @@ class Trainer:
                 note += "; after a change detected at example {}: {}".format(
                     change["examples_seen"], ", ".join(what)
                 )
+            # With `learner: auto`, every candidate's numbers stay in the lineage.
+            candidates = {"candidates": record["candidates"]} if "candidates" in record else {}
             published = await self.registry.publish(
                 name,
                 outcome.model,
-                learner=spec.policy.learner,
+                learner=record.get("learner", spec.policy.learner),
                 parent=training.loop.serving_version or None,
                 n_examples=record.get("challenger_examples", training.learner.n_examples),
                 source="trainer",
-                ope=record.get("numbers", {}),
+                ope={**record.get("numbers", {}), **candidates},
                 note=note,
                 trained_through=training.last_id,
                 last_joined_ms=training.last_joined_ms,

@@ -129,3 +129,11 @@ def test_pointers() -> None:
         parse_pointer("a.")
     with pytest.raises(PointerError):
         parse_pointer("a[x]")
+
+
+def test_auto_learner_is_accepted_and_other_names_are_refused_with_the_field() -> None:
+    spec = parse_spec({"name": "x", "arms": ARMS, "policy": {"learner": "auto"}})
+    assert spec.policy.learner == "auto"
+    assert parse_spec({"name": "x", "arms": ARMS}).policy.learner == "vw"  # still the default
+    field, message = problem({"name": "x", "arms": ARMS, "policy": {"learner": "automatic"}})
+    assert field == "policy.learner" and "auto" in message

@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from banditgate import keys
+from banditgate.auto import serves
 from banditgate.registry import PolicyRegistry
 from banditgate.spec import ExperimentSpec, parse_spec
 from banditgate.store import ExperimentStore
@@ -37,6 +38,7 @@ LEARNERS: dict[str, dict[str, Any]] = {
     },
     "thompson": {"learner": "thompson"},
     "linear_thompson": {"learner": "linear_thompson"},
+    "auto": {"learner": "auto"},
     "static": {"learner": "static", "weights": {"bert-1": 1, "bert-2": 3}},
 }
 
@@ -155,7 +157,9 @@ async def test_every_learner_in_every_mode_logs_joins_and_learns(
                 assert state[b"learner"].decode() == specs[mode].policy.learner
                 if mode == "bandit":
                     assert [v.source for v in versions] == ["trainer"], versions
-                    assert versions[0].learner == specs[mode].policy.learner
+                    # `auto` names the learner that won: one of its candidates.
+                    assert serves(specs[mode], versions[0].learner), versions[0].learner
+                    assert versions[0].learner != "auto"
                     assert await registry.current_version(experiment) == versions[0].version
                 else:
                     assert versions == [], mode

@@ -7,6 +7,7 @@ from pathlib import Path
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner
 
 from banditgate.featurize import action_namespace, namespaces
@@ -20,7 +21,7 @@ from tests.support import ADMIN_KEY, Control
 runner = CliRunner()
 
 
-def spec_for(name: str):  # type: ignore[no-untyped-def]
+def spec_for(name: str, learner: str = "vw"):  # type: ignore[no-untyped-def]
     return parse_spec(
         {
             "name": name,
@@ -28,6 +29,7 @@ def spec_for(name: str):  # type: ignore[no-untyped-def]
                 {"name": "a", "url": "http://127.0.0.1:1"},
                 {"name": "b", "url": "http://127.0.0.1:2"},
             ],
+            "policy": {"learner": learner},
         }
     )
 
@@ -67,8 +69,11 @@ async def invoke(control: Control | None, *args: str):  # type: ignore[no-untype
     return await asyncio.to_thread(runner.invoke, app, list(args), env=env)
 
 
-async def test_warm_start_from_parquet_learns_the_contextual_policy(redis, control, name, tmp_path):
-    spec = spec_for(name)
+@pytest.mark.parametrize("learner", ["vw", "auto"])
+async def test_warm_start_from_parquet_learns_the_contextual_policy(
+    redis, control, name, tmp_path, learner
+):
+    spec = spec_for(name, learner)
     await ExperimentStore(redis).put(spec)
     path = tmp_path / "export" / "date=2026-11-26" / "hour=03" / "part-0.parquet"
     path.parent.mkdir(parents=True)
@@ -81,6 +86,7 @@ async def test_warm_start_from_parquet_learns_the_contextual_policy(redis, contr
     registry = PolicyRegistry(redis)
     (version,) = await registry.versions(name)
     assert version.source == "warmstart" and version.n_examples == 3000
+    assert version.learner == "vw"  # under auto, its vw candidate learns from the logs
     assert version.ope["candidate"]["dr"]["value"] > version.ope["logging_policy"]["dr"]["value"]
     policy = build_policy(spec, await registry.model(name, version.version), version.version)
     actions = ActionSet.from_spec(spec)
