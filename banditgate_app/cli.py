@@ -44,8 +44,8 @@ from banditgate_app import workers as worker_registry
 from banditgate_app.demo.backend import EXAMPLE_PORTS, run_classifiers
 from banditgate_app.demo.cli import demo
 from banditgate_app.demo.reviews import SCENARIOS
-from banditgate_app.import_cli import register as register_import
 from banditgate_app.exposure import Exposed, check_exposure
+from banditgate_app.import_cli import register as register_import
 from banditgate_app.workers_child import WorkersChild, status_file_env
 from experiments.cli import register as register_experiments
 from experiments.settings import ControlSettings
