@@ -167,7 +167,12 @@ async def test_deferred_activation(redis, redis_url, name, monkeypatch):
         await wait_for(dropped, timeout=5)
         with pytest.raises(HttpOperationError) as late:
             await asyncio.to_thread(other.events.activate, "n-0")
-        async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as response:
+        # Reads need a key once keys are set: /metrics too.
+        bearer = {"authorization": f"Bearer {ADMIN_KEY}"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{url}/metrics", headers=bearer) as response,
+        ):
             metrics = await response.text()
         async with (
             aiohttp.ClientSession() as http,
@@ -478,7 +483,9 @@ async def test_configuration_errors_change_nothing(redis, redis_url, name, monke
         ):
             async with http.request(method, url + base + path, json=body, headers=admin) as r:
                 answers.append((r.status, (await r.json())["error"]))
-        async with http.get(f"{url}/loops/nope/personalizer/v1.0/configurations/service") as r:
+        async with http.get(
+            f"{url}/loops/nope/personalizer/v1.0/configurations/service", headers=admin
+        ) as r:
             missing = (r.status, (await r.json())["error"])
         after = await ExperimentStore(redis).version(name)
     assert answers[0][0] == 400
