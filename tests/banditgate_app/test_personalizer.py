@@ -176,7 +176,7 @@ async def test_deferred_activation(redis, redis_url, name, monkeypatch):
             metrics = await response.text()
         async with (
             aiohttp.ClientSession() as http,
-            http.get(f"{url}/v1/experiments/{short}/stats") as response,
+            http.get(f"{url}/v1/experiments/{short}/stats", headers=bearer) as response,
         ):
             stats = await response.json()
     assert decision["event_id"] == "d-1"
