@@ -307,15 +307,11 @@ class RouterApp:
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Answer an HTTP request if it is a data-plane route; False leaves it untouched."""
-        in_flight = self.metrics.in_flight
-        in_flight.inc()
         try:
             return await self._dispatch(scope["path"], scope, receive, send)
         except BanditgateError as error:
             await send_error(send, error)
             return True
-        finally:
-            in_flight.dec()
 
     async def _dispatch(self, path: str, scope: Scope, receive: Receive, send: Send) -> bool:
         parts = path.split("/")
@@ -465,6 +461,7 @@ class RouterApp:
             await self._overloaded(send)
             return
         self.inflight += 1
+        self.metrics.in_flight.inc()  # the same count, summed over workers for autoscalers
         try:
             call.body = await read_body(scope, receive, self.settings.max_body_bytes)
             call.headers = header_dict(scope)
@@ -497,6 +494,7 @@ class RouterApp:
             await self._send_outcome(send, outcome)
         finally:
             self.inflight -= 1
+            self.metrics.in_flight.dec()
 
     async def _invoke_sagemaker(
         self, scope: Scope, receive: Receive, send: Send, experiment: str, route: str

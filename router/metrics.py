@@ -77,7 +77,7 @@ class RouterMetrics:
         )
         self.in_flight = metrics.gauge(
             "banditgate_router_in_flight",
-            "Data-plane requests this router is answering now (summed over its workers).",
+            "Routed requests this router is answering now (summed over its workers).",
         )
         self.arm_in_flight = metrics.gauge(
             "banditgate_router_arm_in_flight",
